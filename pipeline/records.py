@@ -1,0 +1,74 @@
+"""Plain records passed from stage to stage. Data flows one way: RawItem -> ImageFacts -> LedgerEntry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Every raw input ends with exactly one of these fates in ledger.csv.
+FATES = ("kept", "duplicate", "label_conflict", "excluded", "invalid")
+
+
+@dataclass(frozen=True)
+class RawItem:
+    """One raw image file as found by ingest (no pixels read yet)."""
+
+    relpath: str  # POSIX path relative to RAW, e.g. "myeloblast/img_001.tif"
+    label: str  # the class: annotations.csv's label where that file exists, else the folder name
+    size: int  # bytes on disk
+    sha256: str  # of the file bytes
+    patient_id: str | None = None
+    annotator: str | None = None
+    dysplastic: bool = False
+    extra: tuple[tuple[str, str | None], ...] = ()  # further annotations.csv columns, sorted by name
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What one decode of one image tells us; the only per-image state kept for the whole dataset."""
+
+    relpath: str
+    label: str
+    pixel_sha256: str  # sha256 of the decoded RGB pixel bytes (row-major, HxWx3 uint8)
+    phash: int  # 64-bit imagehash.phash of the decoded image, as an unsigned int
+    width: int
+    height: int
+    sharpness: float  # variance of a Laplacian of the grey image: tells refocused look-alikes from copies
+    lossless: bool  # True when the file bytes can be published as they are (lossless format, RGB, 8 bit)
+    file_format: str  # PIL format name: "TIFF", "PNG", "JPEG"
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    relpath: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    relpath: str
+    label: str
+    fate: str  # one of FATES
+    reason: str
+    duplicate_of: str | None = None  # relpath of the kept copy, for fate == "duplicate"
+    split: str | None = None  # for fate == "kept"
+    image_id: str | None = None  # for fate == "kept"
+    sha256: str | None = None  # file sha256 where the file could be read
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A pair the dedup looked at closely, kept for the release's gallery and the report."""
+
+    a: str
+    b: str
+    kind: str  # "exact", "near_duplicate", "lookalike"
+    hamming: int
+
+
+@dataclass
+class DedupResult:
+    # relpath -> (fate, reason, duplicate_of) for every image given to dedup; fate in kept/duplicate/label_conflict
+    fates: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
+    # relpath -> look-alike group id (16 hex) for every image; images of one cell share it
+    group_of: dict[str, str] = field(default_factory=dict)
+    pairs: list[Pair] = field(default_factory=list)
