@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import warnings
@@ -62,7 +63,7 @@ def open_rgb(data: bytes, expected_size: tuple[int, int]) -> tuple[Image.Image, 
             img = Image.open(io.BytesIO(data))
             img.load()
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(f"not a readable image: {exc}") from None
+        raise ImageRejected("not a readable image (unknown or unsupported format)" if isinstance(exc, UnidentifiedImageError) else f"not a readable image: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(f"corrupt or truncated image: {exc}") from None
     if getattr(img, "n_frames", 1) > 1:
@@ -94,13 +95,17 @@ def decode_image(data: bytes, relpath: str, label: str, expected_size: tuple[int
 
 
 def decode_file(path: Path, relpath: str, label: str, expected_size: tuple[int, int]) -> ImageFacts | DecodeFailure:
+    """The per-image task run in worker processes: one read, one decode, every hash."""
     try:
-        facts, _ = decode_image(path.read_bytes(), relpath, label, expected_size)
-    except ImageRejected as exc:
-        return DecodeFailure(relpath, str(exc))
+        data = path.read_bytes()
     except OSError as exc:
         return DecodeFailure(relpath, f"cannot read file: {exc.strerror or exc}")
-    return facts
+    file_sha = hashlib.sha256(data).hexdigest()
+    try:
+        facts, _ = decode_image(data, relpath, label, expected_size)
+    except ImageRejected as exc:
+        return DecodeFailure(relpath, str(exc), file_sha)
+    return dataclasses.replace(facts, file_sha256=file_sha)
 
 
 def load_rgb(path: Path, expected_size: tuple[int, int]) -> np.ndarray:

@@ -14,8 +14,7 @@ class RawItem:
 
     relpath: str  # POSIX path relative to RAW, e.g. "myeloblast/img_001.tif"
     label: str  # the class: annotations.csv's label where that file exists, else the folder name
-    size: int  # bytes on disk
-    sha256: str  # of the file bytes
+    size: int  # bytes on disk (the sha256 is taken by decode, from the same read as the pixels)
     patient_id: str | None = None
     annotator: str | None = None
     dysplastic: bool = False
@@ -35,12 +34,14 @@ class ImageFacts:
     sharpness: float  # variance of a Laplacian of the grey image: tells refocused look-alikes from copies
     lossless: bool  # True when the file bytes can be published as they are (lossless format, RGB, 8 bit)
     file_format: str  # PIL format name: "TIFF", "PNG", "JPEG"
+    file_sha256: str = ""  # of the file bytes, from the same read that decoded the pixels
 
 
 @dataclass(frozen=True)
 class DecodeFailure:
     relpath: str
     reason: str
+    file_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,3 +73,42 @@ class DedupResult:
     # relpath -> look-alike group id (16 hex) for every image; images of one cell share it
     group_of: dict[str, str] = field(default_factory=dict)
     pairs: list[Pair] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """One published image: what goes into a Parquet row, a WebDataset sample and the record schema."""
+
+    image_id: str  # 16 hex of the pixel sha256: stable as long as the pixels are
+    label: int  # index into the config's class list
+    label_name: str
+    split: str
+    source_file: str  # relpath under RAW
+    patient_id: str | None
+    annotator: str | None
+    group_id: str  # look-alike group: images of one cell share it
+    pixel_sha256: str
+    phash: str  # 16 hex
+    width: int
+    height: int
+    lossless: bool  # the file bytes are published unchanged
+    file_format: str
+    extra: tuple[tuple[str, str | None], ...] = ()
+
+    def metadata(self) -> dict:
+        """The JSON form validated against schemas/record.schema.json."""
+        return {
+            "image_id": self.image_id,
+            "label": self.label,
+            "label_name": self.label_name,
+            "split": self.split,
+            "source_file": self.source_file,
+            "patient_id": self.patient_id,
+            "annotator": self.annotator,
+            "group_id": self.group_id,
+            "pixel_sha256": self.pixel_sha256,
+            "phash": self.phash,
+            "width": self.width,
+            "height": self.height,
+            "extra": dict(self.extra),
+        }

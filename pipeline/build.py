@@ -1,0 +1,300 @@
+"""Build: run every stage in order and write the release directory whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import pipeline
+from pipeline import card, manifest
+from pipeline.config import SPLITS, ReleaseConfig
+from pipeline.decode import decode_file, load_rgb, publishable_bytes
+from pipeline.dedup import deduplicate
+from pipeline.exclude import exclusion_reason
+from pipeline.ingest import ingest
+from pipeline.parquet_writer import write_split
+from pipeline.records import FATES, DecodeFailure, ImageFacts, LedgerEntry, RawItem, ReleaseRecord
+from pipeline.split import SplitItem, assign_splits
+from pipeline.validate import record_errors, record_validator
+
+
+class BuildError(RuntimeError):
+    """The build refused to write a release; the message says why."""
+
+
+class Progress:
+    """Receives stage progress; the CLI draws bars, tests and libraries use this silent default."""
+
+    def start(self, stage: str, total: int | None) -> None: ...
+
+    def advance(self, stage: str, n: int = 1) -> None: ...
+
+    def finish(self, stage: str) -> None: ...
+
+
+@dataclass
+class BuildReport:
+    out_dir: Path
+    counts: dict
+    ledger: list[LedgerEntry]
+    ignored: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def problems(self) -> list[LedgerEntry]:
+        return [e for e in self.ledger if e.fate == "invalid"]
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def parallel_map(fn: Callable, items: list, workers: int) -> Iterator:
+    """fn over items in order; a process pool when workers > 1 (chunked so both cores stay busy)."""
+    if workers <= 1 or len(items) < 2 * workers:
+        yield from map(fn, items)
+        return
+    chunksize = max(1, min(256, len(items) // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(fn, items, chunksize=chunksize)
+
+
+def _decode_task(raw: str, size: tuple[int, int], item: RawItem) -> ImageFacts | DecodeFailure:
+    return decode_file(Path(raw) / item.relpath, item.relpath, item.label, size)
+
+
+def _record(item: RawItem, facts: ImageFacts, config: ReleaseConfig, group_id: str) -> ReleaseRecord:
+    return ReleaseRecord(
+        image_id=facts.pixel_sha256[:16],
+        label=config.label_index(item.label),
+        label_name=item.label,
+        split="train",  # placeholder until the split stage; replaced before anything is written
+        source_file=item.relpath,
+        patient_id=item.patient_id,
+        annotator=item.annotator,
+        group_id=group_id,
+        pixel_sha256=facts.pixel_sha256,
+        phash=f"{facts.phash:016x}",
+        width=facts.width,
+        height=facts.height,
+        lossless=facts.lossless,
+        file_format=facts.file_format,
+        extra=item.extra,
+    )
+
+
+def _counts(config: ReleaseConfig, ledger: list[LedgerEntry], records: list[ReleaseRecord], raw_images: int) -> dict:
+    fates = Counter(e.fate for e in ledger)
+    per_class = {c: {"raw": 0, "kept": 0} for c in config.class_names}
+    for e in ledger:
+        if e.label in per_class and not (e.fate == "invalid" and "no such image file" in e.reason):
+            per_class[e.label]["raw"] += 1
+    for r in records:
+        per_class[r.label_name]["kept"] += 1
+    splits = {s: {"total": 0, "per_class": {}} for s in SPLITS}
+    for r in records:
+        splits[r.split]["total"] += 1
+        splits[r.split]["per_class"][r.label_name] = splits[r.split]["per_class"].get(r.label_name, 0) + 1
+    return {
+        "raw_images": raw_images,
+        "ledger_total": len(ledger),
+        "ledger": {f: fates.get(f, 0) for f in FATES},
+        "per_class": per_class,
+        "splits": splits,
+    }
+
+
+def check_ledger_invariant(counts: dict) -> None:
+    total = sum(counts["ledger"].values())
+    if total != counts["ledger_total"]:
+        raise BuildError(f"ledger invariant broken: fates add up to {total}, ledger has {counts['ledger_total']} rows")
+
+
+def _staging_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial-{os.getpid()}"
+
+
+def _publish_dir(staging: Path, out: Path, overwrite: bool) -> None:
+    """Move a finished release into place; an old release is replaced only with overwrite."""
+    if out.exists():
+        if not overwrite:
+            raise BuildError(f"{out} already exists; pass --overwrite to replace it")
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, out)
+
+
+def build_release(
+    raw: Path,
+    out: Path,
+    config: ReleaseConfig,
+    *,
+    workers: int | None = None,
+    strict: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> BuildReport:
+    raw, out = Path(raw), Path(out)
+    progress = progress or Progress()
+    workers = workers or default_workers()
+    if out.exists() and not overwrite:
+        raise BuildError(f"{out} already exists; pass --overwrite to replace it")
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = now - clock
+        clock = now
+
+    # ingest
+    ingested = ingest(raw, config)
+    ledger: list[LedgerEntry] = [LedgerEntry(i.relpath, i.label, "invalid", i.reason) for i in ingested.invalid]
+    items = ingested.items
+    lap("ingest")
+
+    # decode (one read and one decode per image, in worker processes)
+    progress.start("decode", len(items))
+    facts: dict[str, ImageFacts] = {}
+    task = partial(_decode_task, str(raw), config.image_size)
+    for item, result in zip(items, parallel_map(task, items, workers)):
+        if isinstance(result, DecodeFailure):
+            ledger.append(LedgerEntry(item.relpath, item.label, "invalid", result.reason, sha256=result.file_sha256))
+        else:
+            facts[item.relpath] = result
+        progress.advance("decode")
+    progress.finish("decode")
+    lap("decode")
+
+    # dedup
+    decoded_items = [i for i in items if i.relpath in facts]
+    dedup = deduplicate(
+        [facts[i.relpath] for i in decoded_items],
+        lambda rel: load_rgb(raw / rel, config.image_size),
+        phash_threshold=config.phash_threshold,
+        lookalike_threshold=config.lookalike_threshold,
+        policy=config.conflict_policy,
+    )
+    lap("dedup")
+
+    # exclude + validate
+    records: list[ReleaseRecord] = []
+    validator = record_validator()
+    for item in decoded_items:
+        f = facts[item.relpath]
+        fate, reason, dup_of = dedup.fates[item.relpath]
+        if fate != "kept":
+            ledger.append(LedgerEntry(item.relpath, item.label, fate, reason, duplicate_of=dup_of, sha256=f.file_sha256))
+            continue
+        why = exclusion_reason(item, config.exclude_labels)
+        if why:
+            ledger.append(LedgerEntry(item.relpath, item.label, "excluded", why, sha256=f.file_sha256))
+            continue
+        record = _record(item, f, config, dedup.group_of[item.relpath])
+        errors = record_errors(record.metadata(), validator)
+        if errors:
+            ledger.append(LedgerEntry(item.relpath, item.label, "invalid", "record schema: " + "; ".join(errors), sha256=f.file_sha256))
+            continue
+        records.append(record)
+    lap("exclude+validate")
+
+    if strict and any(e.fate == "invalid" for e in ledger):
+        bad = [e for e in ledger if e.fate == "invalid"]
+        lines = "\n".join(f"  {e.relpath}: {e.reason}" for e in sorted(bad, key=lambda e: e.relpath)[:50])
+        more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+        raise BuildError(f"--strict: {len(bad)} invalid input(s); no release written:\n{lines}{more}")
+
+    # split
+    by_id = {r.image_id: r for r in records}
+    assignment = assign_splits(
+        [SplitItem(r.image_id, r.label_name, r.group_id, r.patient_id) for r in records],
+        config.split_fractions,
+        config.split_seed,
+    )
+    records = sorted(
+        (_with_split(r, assignment[r.image_id]) for r in by_id.values()),
+        key=lambda r: (SPLITS.index(r.split), r.label, r.image_id),
+    )
+    ledger.extend(
+        LedgerEntry(r.source_file, r.label_name, "kept", "", split=r.split, image_id=r.image_id, sha256=facts[r.source_file].file_sha256)
+        for r in records
+    )
+    lap("split")
+
+    counts = _counts(config, ledger, records, raw_images=len(items) + _invalid_files(ingested))
+    check_ledger_invariant(counts)
+
+    # write, into a staging sibling that is renamed into place only when complete
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = _staging_dir(out)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        progress.start("write", len(records))
+        split_bytes: dict[str, int] = {}
+        shards: dict[str, list[str]] = {}
+
+        def read_bytes(record: ReleaseRecord) -> bytes:
+            progress.advance("write")
+            return publishable_bytes(raw / record.source_file, facts[record.source_file])
+
+        for split in SPLITS:
+            infos = write_split(
+                staging / "data",
+                split,
+                (r for r in records if r.split == split),
+                read_bytes,
+                config.class_names,
+                max_shard_bytes=config.max_shard_bytes,
+                max_row_group_bytes=config.max_row_group_bytes,
+            )
+            shards[split] = [i.path.relative_to(staging).as_posix() for i in infos]
+            split_bytes[split] = sum(i.path.stat().st_size for i in infos)
+        progress.finish("write")
+        (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
+        card.write_card(staging, card.render_card(config, counts, split_bytes))
+        manifest.write_manifest(staging, _manifest_body(config, counts, shards, ingested, facts, items))
+        _publish_dir(staging, out, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    lap("write")
+    return BuildReport(out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings)
+
+
+def _invalid_files(ingested) -> int:
+    # annotation rows that name no file are in the ledger but are not raw images
+    return sum(1 for i in ingested.invalid if "no such image file" not in i.reason)
+
+
+def _with_split(record: ReleaseRecord, split: str) -> ReleaseRecord:
+    return replace(record, split=split)
+
+
+def _manifest_body(config, counts, shards, ingested, facts, items) -> dict:
+    fingerprint_lines = [f"{i.relpath}\t{i.size}\t{facts[i.relpath].file_sha256 if i.relpath in facts else ''}" for i in items]
+    if ingested.annotations_sha256:
+        fingerprint_lines.append(f"annotations.csv\t\t{ingested.annotations_sha256}")
+    return {
+        "name": config.name,
+        "version": config.version,
+        "release_date": config.release_date,
+        "tool": {"name": "mll23-pipeline", "version": pipeline.__version__},
+        "config_sha256": config.digest(),
+        "raw_fingerprint": manifest.raw_fingerprint(fingerprint_lines),
+        "class_names": config.class_names,
+        "counts": counts,
+        "splits": {s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s]} for s in SPLITS},
+    }

@@ -1,0 +1,137 @@
+"""The `mll23` command: a thin typer layer over the pipeline's functions.
+
+Exit codes: 0 success; 1 the input or release failed a check (invalid inputs under --strict, a failed
+verification); 2 wrong usage or an invalid config (nothing was done).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pipeline import build as build_mod
+from pipeline.config import SPLITS, ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Build, check and publish MLL23 dataset releases.")
+
+# The consoles are made per command, not at import, so that tests and embedding callers see their own streams.
+def _consoles() -> tuple[Console, Console]:
+    return Console(), Console(stderr=True)
+
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+
+
+class RichProgress(build_mod.Progress):
+    def __init__(self, console: Console) -> None:
+        self._bar = Progress(
+            TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False,
+        )
+        self._tasks: dict[str, int] = {}
+
+    def start(self, stage: str, total: int | None) -> None:
+        if not self._tasks:
+            self._bar.start()
+        self._tasks[stage] = self._bar.add_task(stage, total=total)
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        self._bar.advance(self._tasks[stage], n)
+
+    def finish(self, stage: str) -> None:
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._tasks:
+            self._bar.stop()
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _load_config(config: Path | None, version: str | None):
+    try:
+        return load_config(config, version=version)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+
+
+def summary_table(report: build_mod.BuildReport) -> Table:
+    counts = report.counts
+    table = Table(title=f"release {report.out_dir}", show_lines=False)
+    table.add_column("fate")
+    table.add_column("images", justify="right")
+    for fate, n in counts["ledger"].items():
+        table.add_row(fate, f"{n:,}")
+    table.add_row("[bold]ledger total[/]", f"[bold]{sum(counts['ledger'].values()):,}[/]")
+    for split in SPLITS:
+        table.add_row(f"split {split}", f"{counts['splits'][split]['total']:,}")
+    return table
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Where to write the synthetic RAW archive (must not exist)")],
+    scale: Annotated[float, typer.Option(help="1.0 gives the 41,906 raw crops of MLL23; 0.01 about 420")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed and scale give identical files")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes (0: all cores)")] = 0,
+    config: Annotated[Path | None, typer.Option(help="Release config TOML (default: the shipped MLL23 config)")] = None,
+) -> None:
+    """Write realistic synthetic raw crops with planted duplicates, conflicts, dysplastic cells and look-alikes."""
+    from pipeline.synth import synthesize
+
+    out, _ = _consoles()
+    cfg = _load_config(config, None)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise _fail(f"{out_dir} exists and is not empty; choose a new directory", EXIT_USAGE)
+    if not 0 < scale <= 10:
+        raise _fail(f"--scale must be in (0, 10], got {scale}", EXIT_USAGE)
+    summary = synthesize(out_dir, config=cfg, scale=scale, seed=seed, workers=workers or build_mod.default_workers())
+    out.print(f"wrote {summary.files:,} raw images to {out_dir} (truth: {out_dir / 'synth_truth.csv'})")
+    out.print(f"a correct build keeps {sum(summary.expected_published.values()):,} of them")
+
+
+@app.command()
+def build(
+    raw: Annotated[Path, typer.Argument(help="RAW directory: one folder per class, optional annotations.csv")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Release directory to create")],
+    config: Annotated[Path | None, typer.Option(help="Release config TOML (default: the shipped MLL23 config)")] = None,
+    version: Annotated[str | None, typer.Option(help="Release version X.Y.Z (overrides the config)")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail, writing nothing, if any input is invalid")] = False,
+    workers: Annotated[int, typer.Option(help="Processes for per-image work (0: all cores)")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing release directory")] = False,
+) -> None:
+    """Build a release: ingest, decode, dedup, exclude, validate, split, write."""
+    out, err = _consoles()
+    cfg = _load_config(config, version)
+    if not raw.is_dir():
+        raise _fail(f"RAW directory not found: {raw}", EXIT_USAGE)
+    progress = RichProgress(err)
+    try:
+        report = build_mod.build_release(raw, out_dir, cfg, workers=workers or None, strict=strict, overwrite=overwrite, progress=progress)
+    except build_mod.BuildError as exc:
+        progress.close()
+        raise _fail(str(exc), EXIT_CHECK_FAILED) from None
+    progress.close()
+    for entry in report.problems:
+        err.print(f"[yellow]invalid:[/] {entry.relpath}: {entry.reason}", highlight=False, soft_wrap=True)
+    if report.ignored:
+        err.print(f"ignored {len(report.ignored)} non-input file(s): {', '.join(report.ignored[:10])}", highlight=False)
+    out.print(summary_table(report))
+    c = report.counts
+    out.print(
+        "ledger: " + " + ".join(f"{n:,} {f}" for f, n in c["ledger"].items()) + f" = {sum(c['ledger'].values()):,} raw inputs",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()

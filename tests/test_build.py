@@ -1,0 +1,103 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.build import BuildError, build_release
+from pipeline.cli import app
+from pipeline.manifest import read_ledger, sha256_file
+from tests.rawkit import crop, save, simple_raw, write_annotations
+
+LABELS = ["myeloblast", "monocyte", "eosinophil"]
+
+
+@pytest.fixture
+def raw(tmp_path):
+    raw = tmp_path / "raw"
+    rows = simple_raw(raw, LABELS, per_class=8)
+    save(raw / "myeloblast" / "copy.png", crop(0))  # identical pixels to myeloblast/cell_000.tif, other encoding
+    (raw / "monocyte" / "broken.tif").write_bytes(b"II*\0garbage")
+    rows += [
+        {"image": "myeloblast/copy.png", "label": "myeloblast", "patient_id": "P00", "dysplastic": "false"},
+        {"image": "monocyte/broken.tif", "label": "monocyte", "patient_id": "P01", "dysplastic": "false"},
+    ]
+    rows[3]["dysplastic"] = "true"
+    write_annotations(raw, rows)
+    return raw
+
+
+def test_build_writes_a_release_whose_ledger_accounts_for_every_input(raw, tmp_path, config):
+    report = build_release(raw, tmp_path / "rel", config, workers=1)
+    ledger = read_ledger(tmp_path / "rel" / "ledger.csv")
+    assert len(ledger) == 26 == report.counts["ledger_total"]
+    fates = {row["source_file"]: row for row in ledger}
+    assert fates["myeloblast/copy.png"]["fate"] == "duplicate"
+    assert fates["myeloblast/copy.png"]["duplicate_of"] == "myeloblast/cell_000.tif"
+    assert fates["myeloblast/cell_003.tif"]["fate"] == "excluded"
+    assert fates["monocyte/broken.tif"]["fate"] == "invalid"
+    assert "corrupt or truncated" in fates["monocyte/broken.tif"]["reason"] or "not a readable image" in fates["monocyte/broken.tif"]["reason"]
+    assert report.counts["ledger"] == {"kept": 23, "duplicate": 1, "label_conflict": 0, "excluded": 1, "invalid": 1}
+    kept = [r for r in ledger if r["fate"] == "kept"]
+    assert len(kept) == 23 and all(r["split"] in ("train", "validation", "test") for r in kept)
+
+    manifest = json.loads((tmp_path / "rel" / "manifest.json").read_text())
+    listed = {f["path"]: f for f in manifest["files"]}
+    assert set(listed) == {"README.md", "ledger.csv", *(p for s in manifest["splits"].values() for p in s["parquet"])}
+    for path, entry in listed.items():
+        assert sha256_file(tmp_path / "rel" / path) == entry["sha256"]
+    assert sum(s["num_examples"] for s in manifest["splits"].values()) == 23
+
+
+def test_release_loads_with_datasets(raw, tmp_path, config):
+    import datasets
+
+    build_release(raw, tmp_path / "rel", config, workers=2)
+    manifest = json.loads((tmp_path / "rel" / "manifest.json").read_text())
+    ds = datasets.load_dataset(str(tmp_path / "rel"))
+    nonempty = {s for s, v in manifest["splits"].items() if v["num_examples"]}
+    assert set(ds) == nonempty
+    for split in nonempty:
+        assert ds[split].num_rows == manifest["splits"][split]["num_examples"]
+        assert isinstance(ds[split].features["image"], datasets.Image)
+        assert ds[split].features["label"].names == config.class_names
+    row = ds["train"][0]
+    assert row["image"].size == (288, 288) and row["image"].mode == "RGB"
+    assert config.class_names[row["label"]] in LABELS
+
+
+def test_same_input_gives_identical_release(raw, tmp_path, config):
+    build_release(raw, tmp_path / "a", config, workers=1)
+    build_release(raw, tmp_path / "b", config, workers=2)
+    a = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    b = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert a == b
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
+
+
+def test_strict_refuses_and_writes_nothing(raw, tmp_path, config):
+    with pytest.raises(BuildError, match="monocyte/broken.tif"):
+        build_release(raw, tmp_path / "rel", config, workers=1, strict=True)
+    assert not (tmp_path / "rel").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+def test_existing_release_is_not_overwritten_by_accident(raw, tmp_path, config):
+    build_release(raw, tmp_path / "rel", config, workers=1)
+    with pytest.raises(BuildError, match="already exists; pass --overwrite"):
+        build_release(raw, tmp_path / "rel", config, workers=1)
+    build_release(raw, tmp_path / "rel", config, workers=1, overwrite=True)
+    assert (tmp_path / "rel" / "manifest.json").is_file()
+
+
+def test_cli_exit_codes_and_messages(raw, tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["build", str(raw), "--out", str(tmp_path / "rel"), "--workers", "1"])
+    assert ok.exit_code == 0, ok.output
+    assert "monocyte/broken.tif" in ok.output
+    assert "= 26 raw inputs" in ok.output
+    strict = runner.invoke(app, ["build", str(raw), "--out", str(tmp_path / "rel2"), "--strict", "--workers", "1"])
+    assert strict.exit_code == 1 and "monocyte/broken.tif" in strict.output
+    bad_version = runner.invoke(app, ["build", str(raw), "--out", str(tmp_path / "rel3"), "--version", "one"])
+    assert bad_version.exit_code == 2 and "key 'version'" in bad_version.output
+    missing = runner.invoke(app, ["build", str(tmp_path / "nope"), "--out", str(tmp_path / "rel4")])
+    assert missing.exit_code == 2 and "RAW directory not found" in missing.output

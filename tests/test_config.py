@@ -1,0 +1,62 @@
+import tomllib
+
+import pytest
+
+from pipeline.config import ConfigError, load_config, validate_config
+from pipeline.resources import default_config_path
+
+
+def _doc():
+    return tomllib.loads(default_config_path().read_text())
+
+
+def test_shipped_config_is_valid_and_has_18_classes_in_order(config):
+    assert config.class_names[0] == "myeloblast"
+    assert config.class_names[-1] == "lymphocyte_reactive"
+    assert len(config.class_names) == 18
+    assert sum(c.raw_count for c in config.classes) == 41_906
+    assert sum(c.published_count for c in config.classes) == 41_621
+
+
+def test_digest_is_stable_and_changes_with_content():
+    a, b = validate_config(_doc(), "a"), validate_config(_doc(), "b")
+    assert a.digest() == b.digest()
+    doc = _doc()
+    doc["split"]["seed"] = 24
+    assert validate_config(doc, "c").digest() != a.digest()
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda d: d.update(colour="red"), "(top level)"),
+        (lambda d: d["dedup"].update(phash_threshold="four"), "dedup.phash_threshold"),
+        (lambda d: d.update(version="1.0"), "version"),
+        (lambda d: d["split"].update(extra=1), "split"),
+    ],
+)
+def test_schema_errors_name_the_key(mutate, key):
+    doc = _doc()
+    mutate(doc)
+    with pytest.raises(ConfigError) as exc:
+        validate_config(doc, "cfg.toml")
+    assert f"key '{key}'" in str(exc.value)
+
+
+def test_duplicate_classes_and_bad_split_sum_are_refused():
+    doc = _doc()
+    doc["classes"].append(dict(doc["classes"][0]))
+    with pytest.raises(ConfigError, match="key 'classes': duplicate labels \\['myeloblast'\\]"):
+        validate_config(doc, "x")
+    doc = _doc()
+    doc["split"]["test"] = 0.3
+    with pytest.raises(ConfigError, match="key 'split': .*sum to 1, got 1.1"):
+        validate_config(doc, "x")
+
+
+def test_version_override_is_validated(tmp_path):
+    assert load_config(version="2.1.0").version == "2.1.0"
+    with pytest.raises(ConfigError, match="key 'version'"):
+        load_config(version="v2")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
