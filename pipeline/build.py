@@ -18,9 +18,9 @@ from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.decode import decode_file, load_rgb, publishable_bytes
 from pipeline.dedup import deduplicate
 from pipeline.exclude import exclusion_reason
-from pipeline.ingest import ingest
+from pipeline.ingest import IngestResult, ingest
 from pipeline.parquet_writer import write_split
-from pipeline.records import FATES, DecodeFailure, ImageFacts, LedgerEntry, RawItem, ReleaseRecord
+from pipeline.records import FATES, DecodeFailure, DedupResult, ImageFacts, LedgerEntry, RawItem, ReleaseRecord
 from pipeline.split import SplitItem, assign_splits
 from pipeline.validate import record_errors, record_validator
 
@@ -70,53 +70,6 @@ def _decode_task(raw: str, size: tuple[int, int], item: RawItem) -> ImageFacts |
     return decode_file(Path(raw) / item.relpath, item.relpath, item.label, size)
 
 
-def _record(item: RawItem, facts: ImageFacts, config: ReleaseConfig, group_id: str) -> ReleaseRecord:
-    return ReleaseRecord(
-        image_id=facts.pixel_sha256[:16],
-        label=config.label_index(item.label),
-        label_name=item.label,
-        split="train",  # placeholder until the split stage; replaced before anything is written
-        source_file=item.relpath,
-        patient_id=item.patient_id,
-        annotator=item.annotator,
-        group_id=group_id,
-        pixel_sha256=facts.pixel_sha256,
-        phash=f"{facts.phash:016x}",
-        width=facts.width,
-        height=facts.height,
-        lossless=facts.lossless,
-        file_format=facts.file_format,
-        extra=item.extra,
-    )
-
-
-def _counts(config: ReleaseConfig, ledger: list[LedgerEntry], records: list[ReleaseRecord], raw_images: int) -> dict:
-    fates = Counter(e.fate for e in ledger)
-    per_class = {c: {"raw": 0, "kept": 0} for c in config.class_names}
-    for e in ledger:
-        if e.label in per_class and not (e.fate == "invalid" and "no such image file" in e.reason):
-            per_class[e.label]["raw"] += 1
-    for r in records:
-        per_class[r.label_name]["kept"] += 1
-    splits = {s: {"total": 0, "per_class": {}} for s in SPLITS}
-    for r in records:
-        splits[r.split]["total"] += 1
-        splits[r.split]["per_class"][r.label_name] = splits[r.split]["per_class"].get(r.label_name, 0) + 1
-    return {
-        "raw_images": raw_images,
-        "ledger_total": len(ledger),
-        "ledger": {f: fates.get(f, 0) for f in FATES},
-        "per_class": per_class,
-        "splits": splits,
-    }
-
-
-def check_ledger_invariant(counts: dict) -> None:
-    total = sum(counts["ledger"].values())
-    if total != counts["ledger_total"]:
-        raise BuildError(f"ledger invariant broken: fates add up to {total}, ledger has {counts['ledger_total']} rows")
-
-
 def _staging_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial-{os.getpid()}"
 
@@ -132,6 +85,184 @@ def _publish_dir(staging: Path, out: Path, overwrite: bool) -> None:
         shutil.rmtree(old)
     else:
         os.replace(staging, out)
+
+
+
+def _record(item: RawItem, facts: ImageFacts, config: ReleaseConfig, group_id: str) -> ReleaseRecord:
+    return ReleaseRecord(
+        image_id=facts.pixel_sha256[:16],
+        label=config.label_index(item.label),
+        label_name=item.label,
+        split="train",  # provisional: the split stage sets the real split before anything is written
+        source_file=item.relpath,
+        patient_id=item.patient_id,
+        annotator=item.annotator,
+        group_id=group_id,
+        pixel_sha256=facts.pixel_sha256,
+        phash=f"{facts.phash:016x}",
+        width=facts.width,
+        height=facts.height,
+        lossless=facts.lossless,
+        file_format=facts.file_format,
+        extra=item.extra,
+    )
+
+
+def compute_counts(config: ReleaseConfig, ledger: list[LedgerEntry], records: list[ReleaseRecord]) -> dict:
+    fates = Counter(e.fate for e in ledger)
+    per_class = {c: {"raw": 0, "kept": 0} for c in config.class_names}
+    for e in ledger:
+        if e.label in per_class and e.input_kind == "file":
+            per_class[e.label]["raw"] += 1
+    for r in records:
+        per_class[r.label_name]["kept"] += 1
+    splits = {s: {"total": 0, "per_class": {}} for s in SPLITS}
+    for r in records:
+        splits[r.split]["total"] += 1
+        splits[r.split]["per_class"][r.label_name] = splits[r.split]["per_class"].get(r.label_name, 0) + 1
+    return {
+        "raw_images": sum(1 for e in ledger if e.input_kind == "file"),
+        "annotation_rows_without_file": sum(1 for e in ledger if e.input_kind == "annotation_row"),
+        "ledger_total": len(ledger),
+        "ledger": {f: fates.get(f, 0) for f in FATES},
+        "per_class": per_class,
+        "splits": splits,
+    }
+
+
+def check_ledger_invariant(ledger: list[LedgerEntry], raw_files: list[str], counts: dict) -> None:
+    """Nothing lost: every raw file has exactly one ledger row, and the fates add up to the ledger."""
+    seen = Counter(e.relpath for e in ledger if e.input_kind == "file")
+    twice = sorted(p for p, n in seen.items() if n > 1)
+    missing = sorted(set(raw_files) - set(seen))
+    if twice or missing:
+        raise BuildError(f"ledger invariant broken: files twice {twice[:5]}, files missing {missing[:5]}")
+    if sum(counts["ledger"].values()) != counts["ledger_total"]:
+        raise BuildError(f"ledger invariant broken: fates add up to {sum(counts['ledger'].values())}, ledger has {counts['ledger_total']} rows")
+
+
+# ---- stages: each takes plain records and returns plain records ------------------------------------------
+
+
+def run_ingest(raw: Path, config: ReleaseConfig) -> tuple[IngestResult, list[LedgerEntry]]:
+    ingested = ingest(raw, config)
+    ledger = [LedgerEntry(i.relpath, i.label, "invalid", i.reason, input_kind=i.input_kind) for i in ingested.invalid]
+    return ingested, ledger
+
+
+def run_decode(
+    raw: Path, items: list[RawItem], config: ReleaseConfig, workers: int, progress: Progress
+) -> tuple[dict[str, ImageFacts], list[LedgerEntry]]:
+    """One read and one decode per image, in worker processes; failures become invalid ledger rows."""
+    progress.start("decode", len(items))
+    facts: dict[str, ImageFacts] = {}
+    failed: list[LedgerEntry] = []
+    task = partial(_decode_task, str(raw), config.image_size)
+    for item, result in zip(items, parallel_map(task, items, workers)):
+        if isinstance(result, DecodeFailure):
+            failed.append(LedgerEntry(item.relpath, item.label, "invalid", result.reason, sha256=result.file_sha256))
+        else:
+            facts[item.relpath] = result
+        progress.advance("decode")
+    progress.finish("decode")
+    return facts, failed
+
+
+def run_dedup(raw: Path, items: list[RawItem], facts: dict[str, ImageFacts], config: ReleaseConfig) -> DedupResult:
+    return deduplicate(
+        [facts[i.relpath] for i in items],
+        lambda rel: load_rgb(raw / rel, config.image_size),
+        phash_threshold=config.phash_threshold,
+        lookalike_threshold=config.lookalike_threshold,
+        policy=config.conflict_policy,
+    )
+
+
+def run_exclude_and_validate(
+    items: list[RawItem], facts: dict[str, ImageFacts], dedup: DedupResult, config: ReleaseConfig
+) -> tuple[list[ReleaseRecord], list[LedgerEntry]]:
+    records: list[ReleaseRecord] = []
+    ledger: list[LedgerEntry] = []
+    validator = record_validator()
+    for item in items:
+        f = facts[item.relpath]
+        fate, reason, dup_of = dedup.fates[item.relpath]
+        if fate != "kept":
+            ledger.append(LedgerEntry(item.relpath, item.label, fate, reason, duplicate_of=dup_of, sha256=f.file_sha256))
+            continue
+        why = exclusion_reason(item, config.exclude_labels)
+        if why:
+            ledger.append(LedgerEntry(item.relpath, item.label, "excluded", why, sha256=f.file_sha256))
+            continue
+        record = _record(item, f, config, dedup.group_of[item.relpath])
+        errors = record_errors(record.metadata(), validator)
+        if errors:
+            ledger.append(LedgerEntry(item.relpath, item.label, "invalid", "record schema: " + "; ".join(errors), sha256=f.file_sha256))
+            continue
+        records.append(record)
+    return records, ledger
+
+
+def run_split(records: list[ReleaseRecord], config: ReleaseConfig, previous: dict[str, str] | None = None) -> list[ReleaseRecord]:
+    """Records with their split, in publishing order: split, then label, then image_id."""
+    assignment = assign_splits(
+        [SplitItem(r.image_id, r.label_name, r.group_id, r.patient_id) for r in records],
+        config.split_fractions,
+        config.split_seed,
+        previous=previous,
+    )
+    return sorted(
+        (replace(r, split=assignment[r.image_id]) for r in records),
+        key=lambda r: (SPLITS.index(r.split), r.label, r.image_id),
+    )
+
+
+def refuse_if_strict(ledger: list[LedgerEntry]) -> None:
+    bad = sorted((e for e in ledger if e.fate == "invalid"), key=lambda e: e.relpath)
+    if bad:
+        lines = "\n".join(f"  {e.relpath}: {e.reason}" for e in bad[:50])
+        more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+        raise BuildError(f"--strict: {len(bad)} invalid input(s); no release written:\n{lines}{more}")
+
+
+def write_release(
+    staging: Path,
+    raw: Path,
+    records: list[ReleaseRecord],
+    facts: dict[str, ImageFacts],
+    ledger: list[LedgerEntry],
+    counts: dict,
+    config: ReleaseConfig,
+    manifest_body: dict,
+    progress: Progress,
+) -> None:
+    """Every file of the release, into staging; the manifest last, since it lists all the others."""
+    progress.start("write", len(records))
+    split_bytes: dict[str, int] = {}
+    shards: dict[str, list[str]] = {}
+
+    def read_bytes(record: ReleaseRecord) -> bytes:
+        progress.advance("write")
+        return publishable_bytes(raw / record.source_file, facts[record.source_file])
+
+    for split in SPLITS:
+        infos = write_split(
+            staging / "data",
+            split,
+            (r for r in records if r.split == split),
+            read_bytes,
+            config.class_names,
+            max_shard_bytes=config.max_shard_bytes,
+            max_row_group_bytes=config.max_row_group_bytes,
+        )
+        shards[split] = [i.path.relative_to(staging).as_posix() for i in infos]
+        split_bytes[split] = sum(i.path.stat().st_size for i in infos)
+    progress.finish("write")
+    (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
+    card.write_card(staging, card.render_card(config, counts, split_bytes))
+    body = dict(manifest_body)
+    body["splits"] = {s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s]} for s in SPLITS}
+    manifest.write_manifest(staging, body)
 
 
 def build_release(
@@ -158,114 +289,36 @@ def build_release(
         timings[stage] = now - clock
         clock = now
 
-    # ingest
-    ingested = ingest(raw, config)
-    ledger: list[LedgerEntry] = [LedgerEntry(i.relpath, i.label, "invalid", i.reason) for i in ingested.invalid]
-    items = ingested.items
+    ingested, ledger = run_ingest(raw, config)
     lap("ingest")
-
-    # decode (one read and one decode per image, in worker processes)
-    progress.start("decode", len(items))
-    facts: dict[str, ImageFacts] = {}
-    task = partial(_decode_task, str(raw), config.image_size)
-    for item, result in zip(items, parallel_map(task, items, workers)):
-        if isinstance(result, DecodeFailure):
-            ledger.append(LedgerEntry(item.relpath, item.label, "invalid", result.reason, sha256=result.file_sha256))
-        else:
-            facts[item.relpath] = result
-        progress.advance("decode")
-    progress.finish("decode")
+    facts, failed = run_decode(raw, ingested.items, config, workers, progress)
+    ledger += failed
     lap("decode")
-
-    # dedup
-    decoded_items = [i for i in items if i.relpath in facts]
-    dedup = deduplicate(
-        [facts[i.relpath] for i in decoded_items],
-        lambda rel: load_rgb(raw / rel, config.image_size),
-        phash_threshold=config.phash_threshold,
-        lookalike_threshold=config.lookalike_threshold,
-        policy=config.conflict_policy,
-    )
+    decoded = [i for i in ingested.items if i.relpath in facts]
+    dedup = run_dedup(raw, decoded, facts, config)
     lap("dedup")
-
-    # exclude + validate
-    records: list[ReleaseRecord] = []
-    validator = record_validator()
-    for item in decoded_items:
-        f = facts[item.relpath]
-        fate, reason, dup_of = dedup.fates[item.relpath]
-        if fate != "kept":
-            ledger.append(LedgerEntry(item.relpath, item.label, fate, reason, duplicate_of=dup_of, sha256=f.file_sha256))
-            continue
-        why = exclusion_reason(item, config.exclude_labels)
-        if why:
-            ledger.append(LedgerEntry(item.relpath, item.label, "excluded", why, sha256=f.file_sha256))
-            continue
-        record = _record(item, f, config, dedup.group_of[item.relpath])
-        errors = record_errors(record.metadata(), validator)
-        if errors:
-            ledger.append(LedgerEntry(item.relpath, item.label, "invalid", "record schema: " + "; ".join(errors), sha256=f.file_sha256))
-            continue
-        records.append(record)
+    records, dropped = run_exclude_and_validate(decoded, facts, dedup, config)
+    ledger += dropped
     lap("exclude+validate")
-
-    if strict and any(e.fate == "invalid" for e in ledger):
-        bad = [e for e in ledger if e.fate == "invalid"]
-        lines = "\n".join(f"  {e.relpath}: {e.reason}" for e in sorted(bad, key=lambda e: e.relpath)[:50])
-        more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
-        raise BuildError(f"--strict: {len(bad)} invalid input(s); no release written:\n{lines}{more}")
-
-    # split
-    by_id = {r.image_id: r for r in records}
-    assignment = assign_splits(
-        [SplitItem(r.image_id, r.label_name, r.group_id, r.patient_id) for r in records],
-        config.split_fractions,
-        config.split_seed,
-    )
-    records = sorted(
-        (_with_split(r, assignment[r.image_id]) for r in by_id.values()),
-        key=lambda r: (SPLITS.index(r.split), r.label, r.image_id),
-    )
-    ledger.extend(
+    if strict:
+        refuse_if_strict(ledger)
+    records = run_split(records, config)
+    ledger += [
         LedgerEntry(r.source_file, r.label_name, "kept", "", split=r.split, image_id=r.image_id, sha256=facts[r.source_file].file_sha256)
         for r in records
-    )
+    ]
     lap("split")
+    counts = compute_counts(config, ledger, records)
+    raw_files = [i.relpath for i in ingested.items] + [i.relpath for i in ingested.invalid if i.input_kind == "file"]
+    check_ledger_invariant(ledger, raw_files, counts)
 
-    counts = _counts(config, ledger, records, raw_images=len(items) + _invalid_files(ingested))
-    check_ledger_invariant(counts)
-
-    # write, into a staging sibling that is renamed into place only when complete
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_dir(out)
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        progress.start("write", len(records))
-        split_bytes: dict[str, int] = {}
-        shards: dict[str, list[str]] = {}
-
-        def read_bytes(record: ReleaseRecord) -> bytes:
-            progress.advance("write")
-            return publishable_bytes(raw / record.source_file, facts[record.source_file])
-
-        for split in SPLITS:
-            infos = write_split(
-                staging / "data",
-                split,
-                (r for r in records if r.split == split),
-                read_bytes,
-                config.class_names,
-                max_shard_bytes=config.max_shard_bytes,
-                max_row_group_bytes=config.max_row_group_bytes,
-            )
-            shards[split] = [i.path.relative_to(staging).as_posix() for i in infos]
-            split_bytes[split] = sum(i.path.stat().st_size for i in infos)
-        progress.finish("write")
-        (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
-        card.write_card(staging, card.render_card(config, counts, split_bytes))
-        manifest.write_manifest(staging, _manifest_body(config, counts, shards, ingested, facts, items))
+        write_release(staging, raw, records, facts, ledger, counts, config, _manifest_body(config, counts, ingested, facts), progress)
         _publish_dir(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -274,17 +327,9 @@ def build_release(
     return BuildReport(out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings)
 
 
-def _invalid_files(ingested) -> int:
-    # annotation rows that name no file are in the ledger but are not raw images
-    return sum(1 for i in ingested.invalid if "no such image file" not in i.reason)
-
-
-def _with_split(record: ReleaseRecord, split: str) -> ReleaseRecord:
-    return replace(record, split=split)
-
-
-def _manifest_body(config, counts, shards, ingested, facts, items) -> dict:
-    fingerprint_lines = [f"{i.relpath}\t{i.size}\t{facts[i.relpath].file_sha256 if i.relpath in facts else ''}" for i in items]
+def _manifest_body(config: ReleaseConfig, counts: dict, ingested: IngestResult, facts: dict[str, ImageFacts]) -> dict:
+    fingerprint_lines = [f"{i.relpath}\t{i.size}\t{facts[i.relpath].file_sha256 if i.relpath in facts else ''}" for i in ingested.items]
+    fingerprint_lines += [f"{i.relpath}\t\tinvalid" for i in ingested.invalid]
     if ingested.annotations_sha256:
         fingerprint_lines.append(f"annotations.csv\t\t{ingested.annotations_sha256}")
     return {
@@ -296,5 +341,4 @@ def _manifest_body(config, counts, shards, ingested, facts, items) -> dict:
         "raw_fingerprint": manifest.raw_fingerprint(fingerprint_lines),
         "class_names": config.class_names,
         "counts": counts,
-        "splits": {s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s]} for s in SPLITS},
     }

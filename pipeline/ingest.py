@@ -36,6 +36,7 @@ class Invalid:
     relpath: str
     label: str
     reason: str
+    input_kind: str = "file"  # or "annotation_row": a row that names no file
 
 
 @dataclass
@@ -213,7 +214,8 @@ def ingest(raw: Path, config: ReleaseConfig) -> IngestResult:
             where = normalise_relpath(row.fields.get("image") or "") or f"(row {row.number})"
             target = by_path.pop(where, None)
             label = target.folder if target else (row.fields.get("label") or "")
-            result.invalid.append(Invalid(where, label, f"{ANNOTATIONS} row {row.number}: {problem}"))
+            kind = "file" if target else "annotation_row"
+            result.invalid.append(Invalid(where, label, f"{ANNOTATIONS} row {row.number}: {problem}", kind))
             continue
         parsed_by_path.setdefault(parsed["image"], []).append((row, parsed))
 
@@ -222,7 +224,9 @@ def ingest(raw: Path, config: ReleaseConfig) -> IngestResult:
         found = by_path.pop(relpath, None)
         first = entries[0][1]
         if found is None:
-            result.invalid.append(Invalid(relpath, first["label"], f"{ANNOTATIONS} row {rows_text}: no such image file under RAW"))
+            result.invalid.append(
+                Invalid(relpath, first["label"], f"{ANNOTATIONS} row {rows_text}: no such image file under RAW", "annotation_row")
+            )
             continue
         distinct = {tuple(sorted((k, v) for k, v in p.items())) for _, p in entries}
         if len(distinct) > 1:

@@ -13,7 +13,7 @@ from pipeline.records import LedgerEntry
 
 MANIFEST = "manifest.json"
 LEDGER = "ledger.csv"
-LEDGER_COLUMNS = ("source_file", "label", "fate", "reason", "duplicate_of", "split", "image_id", "file_sha256")
+LEDGER_COLUMNS = ("source_file", "input", "label", "fate", "reason", "duplicate_of", "split", "image_id", "file_sha256")
 _CHUNK = 1 << 20
 
 
@@ -62,7 +62,7 @@ def ledger_text(entries: Iterable[LedgerEntry]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(LEDGER_COLUMNS)
     for e in sorted(entries, key=lambda e: (e.relpath, e.fate, e.reason)):
-        writer.writerow([e.relpath, e.label, e.fate, e.reason, e.duplicate_of or "", e.split or "", e.image_id or "", e.sha256 or ""])
+        writer.writerow([e.relpath, e.input_kind, e.label, e.fate, e.reason, e.duplicate_of or "", e.split or "", e.image_id or "", e.sha256 or ""])
     return buf.getvalue()
 
 

@@ -54,6 +54,8 @@ class LedgerEntry:
     split: str | None = None  # for fate == "kept"
     image_id: str | None = None  # for fate == "kept"
     sha256: str | None = None  # file sha256 where the file could be read
+    # "file" for a raw file; "annotation_row" for an annotations.csv row that names no file (not a raw image)
+    input_kind: str = "file"
 
 
 @dataclass(frozen=True)
