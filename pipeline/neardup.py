@@ -133,21 +133,22 @@ def choose_blocks(n: int, threshold: int) -> int | None:
 
 
 def _as_u64(a) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype == np.uint64:
-        return a
-    if a.dtype.kind in "iu":
-        return a.astype(np.uint64)  # signed values: their two's-complement bit pattern
-    if a.dtype == object:
-        return np.asarray(a, dtype=np.uint64)  # Python ints up to 2**64 - 1
-    raise TypeError(f"hashes must be an integer array, got dtype {a.dtype}")
+    """uint64 view of integer input: arrays of any integer dtype (signed ones keep their bit
+    pattern), or Python ints in 0..2**64-1 (negative ones as two's complement). Lists go through
+    Python ints because numpy turns e.g. ``[0, 2**64 - 1]`` into float64, losing bits."""
+    if isinstance(a, np.ndarray) and a.dtype.kind != "O":
+        if a.dtype.kind in "iu" or a.size == 0:
+            return a if a.dtype == np.uint64 else a.astype(np.uint64)
+        raise TypeError(f"hashes must be integers, got dtype {a.dtype}")
+    obj = np.asarray(a, dtype=object)
+    flat = obj.ravel()
+    if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in flat):
+        raise TypeError("hashes must be integers")
+    return np.array([int(x) & 0xFFFF_FFFF_FFFF_FFFF for x in flat], dtype=np.uint64).reshape(obj.shape)
 
 
 def _as_hashes(hashes) -> np.ndarray:
-    h = np.asarray(hashes)
-    if h.size == 0 and h.dtype.kind not in "iuO":
-        h = h.astype(np.uint64)  # np.asarray([]) is float64
-    h = _as_u64(h)
+    h = _as_u64(hashes)
     if h.ndim != 1:
         raise ValueError(f"hashes must be 1-D, got shape {h.shape}")
     return h
@@ -218,9 +219,10 @@ def _index_search(values: np.ndarray, k: int, m: int) -> tuple[np.ndarray, np.nd
     return np.concatenate(out_u), np.concatenate(out_v)
 
 
-def _run_pairs(starts: np.ndarray, lens: np.ndarray, budget: int = _CHUNK_PAIRS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _run_pairs(starts: np.ndarray, lens: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """All position pairs (p, q), p < q, inside each run [start, start + len), in chunks of about
-    ``budget`` pairs (a chunk exceeds it by at most one run). Each run is expanded exactly once."""
+    ``_CHUNK_PAIRS`` pairs (a chunk exceeds it by less than one run). Each run is expanded once."""
+    budget = _CHUNK_PAIRS
     starts = np.asarray(starts, dtype=np.intp)
     lens = np.asarray(lens, dtype=np.intp)
     if starts.size == 0:
