@@ -58,11 +58,13 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def near_pairs(hashes: np.ndarray, threshold: int, *, blocks: int | None = None) -> np.ndarray:
     """All index pairs ``(i, j)``, ``i < j``, with ``popcount(hashes[i] ^ hashes[j]) <= threshold``.
 
-    ``hashes``: 1-D uint64 array (other integer arrays are reinterpreted as their 64-bit patterns).
+    ``hashes``: 1-D uint64 array (other integer arrays are reinterpreted as their 64-bit patterns;
+    a list of Python ints, e.g. ``ImageFacts.phash`` values, is taken exactly).
     Returns an int64 array of shape ``(k, 2)``, rows sorted lexicographically, no repeats.
 
     Exact by pigeonhole (see the module docstring): the set equals ``near_pairs_bruteforce``'s.
-    ``blocks`` forces the number of blocks ``m`` (``threshold < m <= 64``); by default
+    ``blocks`` forces the number of blocks ``m`` (``threshold < m <= 64``; it costs C(m, threshold)
+    sorts, so keep it near ``threshold + 2``); by default
     ``choose_blocks`` picks it from a cost estimate, and falls back to the (equally exact) brute
     force over the distinct values where that is cheaper: tiny inputs or wide radii.
     """
