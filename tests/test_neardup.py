@@ -267,7 +267,7 @@ def hash_arrays(draw):
     return np.array([out[i] for i in order], dtype=np.uint64)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(h=hash_arrays(), k=st.integers(0, 16), data=st.data())
 def test_property_equals_bruteforce(h, k, data):
     blocks = data.draw(st.one_of(st.none(), st.sampled_from(feasible_blocks(k))), label="blocks")
