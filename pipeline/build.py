@@ -6,8 +6,6 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -16,7 +14,9 @@ import pipeline
 from pipeline import card, manifest
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.decode import decode_file, load_rgb, publishable_bytes
+from pipeline.cache import FactsCache, file_sha256_or_none, rebuild
 from pipeline.dedup import deduplicate
+from pipeline.executor import Executor, make_executor
 from pipeline.exclude import exclusion_reason
 from pipeline.ingest import IngestResult, ingest
 from pipeline.parquet_writer import write_split
@@ -46,6 +46,7 @@ class BuildReport:
     ledger: list[LedgerEntry]
     ignored: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    work: dict[str, int] = field(default_factory=dict)  # per-image work: images, from_cache, decoded
 
     @property
     def problems(self) -> list[LedgerEntry]:
@@ -54,16 +55,6 @@ class BuildReport:
 
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-
-def parallel_map(fn: Callable, items: list, workers: int) -> Iterator:
-    """fn over items in order; a process pool when workers > 1 (chunked so both cores stay busy)."""
-    if workers <= 1 or len(items) < 2 * workers:
-        yield from map(fn, items)
-        return
-    chunksize = max(1, min(256, len(items) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(fn, items, chunksize=chunksize)
 
 
 def _decode_task(raw: str, size: tuple[int, int], item: RawItem) -> ImageFacts | DecodeFailure:
@@ -151,21 +142,59 @@ def run_ingest(raw: Path, config: ReleaseConfig) -> tuple[IngestResult, list[Led
 
 
 def run_decode(
-    raw: Path, items: list[RawItem], config: ReleaseConfig, workers: int, progress: Progress
-) -> tuple[dict[str, ImageFacts], list[LedgerEntry]]:
-    """One read and one decode per image, in worker processes; failures become invalid ledger rows."""
+    raw: Path,
+    items: list[RawItem],
+    config: ReleaseConfig,
+    executor: Executor,
+    progress: Progress,
+    cache: FactsCache | None = None,
+) -> tuple[dict[str, ImageFacts], list[LedgerEntry], dict[str, int]]:
+    """One read and one decode per image, on the executor's workers, skipping images the cache already
+    knows; failures become invalid ledger rows. Also returns how much work was done."""
     progress.start("decode", len(items))
+    raw = Path(os.path.abspath(raw))  # workers (maybe on other machines) open files by absolute path
+    executor.require_path(str(raw))
+    paths = [str(raw / i.relpath) for i in items]
+    results: list[ImageFacts | DecodeFailure | None] = [None] * len(items)
+    stat_keys: dict = {}
+    looked_at_ns = time.time_ns()
+    if cache is not None:
+        lookup = cache.lookup(paths, [i.relpath for i in items], [i.label for i in items])
+        stat_keys = lookup.stat_keys
+        for index, cached in lookup.cached.items():
+            results[index] = cached
+        if cache.verify:
+            _fill_from_content(cache, executor, paths, items, results)
+        progress.advance("decode", sum(r is not None for r in results))
+    from_cache = sum(r is not None for r in results)
+    todo = [k for k, r in enumerate(results) if r is None]
+    task = partial(_decode_task, str(raw), config.image_size)
+    for index, result in zip(todo, executor.map(task, [items[k] for k in todo])):
+        results[index] = result
+        if cache is not None:
+            cache.record(paths[index], stat_keys.get(index), result, looked_at_ns)
+        progress.advance("decode")
+    if cache is not None:
+        cache.commit()
+    progress.finish("decode")
     facts: dict[str, ImageFacts] = {}
     failed: list[LedgerEntry] = []
-    task = partial(_decode_task, str(raw), config.image_size)
-    for item, result in zip(items, parallel_map(task, items, workers)):
+    for item, result in zip(items, results):
         if isinstance(result, DecodeFailure):
             failed.append(LedgerEntry(item.relpath, item.label, "invalid", result.reason, sha256=result.file_sha256))
         else:
             facts[item.relpath] = result
-        progress.advance("decode")
-    progress.finish("decode")
-    return facts, failed
+    return facts, failed, {"images": len(items), "from_cache": from_cache, "decoded": len(todo)}
+
+
+def _fill_from_content(cache: FactsCache, executor: Executor, paths: list[str], items: list[RawItem], results: list) -> None:
+    """--verify-cache: hash every file not yet resolved and take cached facts by sha256 alone."""
+    todo = [k for k, r in enumerate(results) if r is None]
+    shas = dict(zip(todo, executor.map(file_sha256_or_none, [paths[k] for k in todo])))
+    known = cache.facts_for(sha for sha in shas.values() if sha)
+    for index, sha in shas.items():
+        if sha in known:
+            results[index] = rebuild(known[sha], sha, items[index].relpath, items[index].label)
 
 
 def run_dedup(raw: Path, items: list[RawItem], facts: dict[str, ImageFacts], config: ReleaseConfig) -> DedupResult:
@@ -274,7 +303,12 @@ def build_release(
     strict: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    executor: Executor | None = None,
+    cache_dir: Path | None = None,
+    verify_cache: bool = False,
 ) -> BuildReport:
+    """Build a release. Per-image work runs on ``executor`` (default: a local pool of ``workers`` processes);
+    with ``cache_dir`` per-image results are reused from and saved to that cache (pipeline/cache.py)."""
     raw, out = Path(raw), Path(out)
     progress = progress or Progress()
     workers = workers or default_workers()
@@ -291,7 +325,7 @@ def build_release(
 
     ingested, ledger = run_ingest(raw, config)
     lap("ingest")
-    facts, failed = run_decode(raw, ingested.items, config, workers, progress)
+    facts, failed, work = _decode_stage(raw, ingested.items, config, progress, executor, workers, cache_dir, verify_cache)
     ledger += failed
     lap("decode")
     decoded = [i for i in ingested.items if i.relpath in facts]
@@ -324,7 +358,22 @@ def build_release(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     lap("write")
-    return BuildReport(out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings)
+    return BuildReport(out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings, work=work)
+
+
+def _decode_stage(
+    raw: Path, items: list[RawItem], config: ReleaseConfig, progress: Progress, executor: Executor | None, workers: int, cache_dir: Path | None, verify_cache: bool
+) -> tuple[dict[str, ImageFacts], list[LedgerEntry], dict[str, int]]:
+    owned = executor is None
+    executor = executor or make_executor("local", workers)
+    try:
+        if cache_dir is None:
+            return run_decode(raw, items, config, executor, progress)
+        with FactsCache(Path(cache_dir), config.image_size, verify=verify_cache) as cache:
+            return run_decode(raw, items, config, executor, progress, cache)
+    finally:
+        if owned:
+            executor.close()
 
 
 def _manifest_body(config: ReleaseConfig, counts: dict, ingested: IngestResult, facts: dict[str, ImageFacts]) -> dict:

@@ -107,19 +107,46 @@ def build(
     strict: Annotated[bool, typer.Option(help="Fail, writing nothing, if any input is invalid")] = False,
     workers: Annotated[int, typer.Option(help="Processes for per-image work (0: all cores)")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing release directory")] = False,
+    executor: Annotated[str, typer.Option(help="Where per-image work runs: local (process pool) or dask")] = "local",
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address for --executor dask, e.g. tcp://head:8786")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Per-image result cache (default: $XDG_CACHE_HOME/mll23, else ~/.cache/mll23)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the per-image cache")] = False,
+    verify_cache: Annotated[bool, typer.Option(help="Re-hash every file and reuse cached results by sha256 only")] = False,
 ) -> None:
     """Build a release: ingest, decode, dedup, exclude, validate, split, write."""
+    from pipeline.cache import default_cache_dir
+    from pipeline.executor import ExecutorError, make_executor
+
     out, err = _consoles()
     cfg = _load_config(config, version)
     if not raw.is_dir():
         raise _fail(f"RAW directory not found: {raw}", EXIT_USAGE)
+    cache_dir = None if no_cache else (cache or default_cache_dir())
+    try:
+        engine = make_executor(executor, workers or build_mod.default_workers(), scheduler)
+    except ExecutorError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
     progress = RichProgress(err)
     try:
-        report = build_mod.build_release(raw, out_dir, cfg, workers=workers or None, strict=strict, overwrite=overwrite, progress=progress)
+        report = build_mod.build_release(
+            raw, out_dir, cfg, strict=strict, overwrite=overwrite, progress=progress, executor=engine, cache_dir=cache_dir, verify_cache=verify_cache
+        )
+    except ExecutorError as exc:
+        progress.close()
+        raise _fail(str(exc), EXIT_USAGE) from None
     except build_mod.BuildError as exc:
         progress.close()
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None
+    finally:
+        engine.close()
     progress.close()
+    work = report.work
+    err.print(
+        f"per-image work on {engine.describe()}: {work['decoded']:,} decoded, {work['from_cache']:,} from the cache"
+        + (f" ({cache_dir})" if cache_dir else " (cache off)"),
+        highlight=False,
+        soft_wrap=True,
+    )
     for entry in report.problems:
         err.print(f"[yellow]invalid:[/] {entry.relpath}: {entry.reason}", highlight=False, soft_wrap=True)
     if report.ignored:
