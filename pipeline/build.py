@@ -6,6 +6,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -16,7 +17,7 @@ from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.decode import decode_file, load_rgb, publishable_bytes
 from pipeline.cache import FactsCache, file_sha256_or_none, rebuild
 from pipeline.dedup import deduplicate
-from pipeline.executor import Executor, make_executor
+from pipeline.executor import Executor, batch_size, batched, make_executor
 from pipeline.exclude import exclusion_reason
 from pipeline.ingest import IngestResult, ingest
 from pipeline.parquet_writer import write_split
@@ -55,6 +56,12 @@ class BuildReport:
 
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def parallel_map(fn: Callable, items: list, workers: int) -> Iterator:
+    """fn over items in order on a local pool of ``workers`` processes (serially when workers <= 1)."""
+    with make_executor("local", workers) as executor:
+        yield from executor.map(fn, items)
 
 
 def _decode_task(raw: str, size: tuple[int, int], item: RawItem) -> ImageFacts | DecodeFailure:
@@ -169,11 +176,13 @@ def run_decode(
     from_cache = sum(r is not None for r in results)
     todo = [k for k, r in enumerate(results) if r is None]
     task = partial(_decode_task, str(raw), config.image_size)
-    for index, result in zip(todo, executor.map(task, [items[k] for k in todo])):
-        results[index] = result
-        if cache is not None:
-            cache.record(paths[index], stat_keys.get(index), result, looked_at_ns)
-        progress.advance("decode")
+    batches = list(batched(todo, batch_size(len(todo), executor.parallelism)))
+    for indices, batch_results in zip(batches, executor.map_batches(task, ([items[k] for k in b] for b in batches))):
+        for index, result in zip(indices, batch_results):
+            results[index] = result
+            if cache is not None:
+                cache.record(paths[index], stat_keys.get(index), result, looked_at_ns)
+        progress.advance("decode", len(indices))
     if cache is not None:
         cache.commit()
     progress.finish("decode")
@@ -283,6 +292,7 @@ def write_release(
             config.class_names,
             max_shard_bytes=config.max_shard_bytes,
             max_row_group_bytes=config.max_row_group_bytes,
+            image_compression=config.image_compression,
         )
         shards[split] = [i.path.relative_to(staging).as_posix() for i in infos]
         split_bytes[split] = sum(i.path.stat().st_size for i in infos)

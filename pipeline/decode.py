@@ -26,14 +26,19 @@ class ImageRejected(ValueError):
 def sharpness(grey: np.ndarray) -> float:
     """Variance of the 4-neighbour Laplacian: drops sharply when a cell is refocused (blurred).
 
-    Computed exactly: the Laplacian of 8-bit pixels is a small integer, its sums are exact integers,
-    and the variance is their correctly rounded quotient, so it is the same on every machine.
+    Computed exactly: the Laplacian of 8-bit pixels is an integer in [-1020, 1020] (int16), its sum and
+    sum of squares are integers below 2**53 (exact in float64 whatever the summation order), and the
+    variance is their correctly rounded quotient, so it is the same on every machine.
     """
-    g = grey.astype(np.int32)
-    lap = (g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4 * g[1:-1, 1:-1]).ravel()
-    n = lap.size
+    g = grey.astype(np.int16)
+    lap = g[1:-1, :-2] + g[1:-1, 2:]
+    lap += g[:-2, 1:-1]
+    lap += g[2:, 1:-1]
+    lap -= 4 * g[1:-1, 1:-1]
+    flat = lap.astype(np.float64).ravel()
+    n = flat.size
     total = int(lap.sum(dtype=np.int64))
-    squares = int(np.dot(lap, lap.astype(np.int64)))
+    squares = int(flat @ flat)
     return (squares * n - total * total) / (n * n)
 
 
