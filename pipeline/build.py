@@ -20,6 +20,7 @@ from pipeline.dedup import deduplicate
 from pipeline.executor import Executor, batch_size, batched, make_executor
 from pipeline.exclude import exclusion_reason
 from pipeline.ingest import IngestResult, ingest
+from pipeline.overlap import prefetch
 from pipeline.parquet_writer import write_split
 from pipeline.records import FATES, DecodeFailure, DedupResult, ImageFacts, LedgerEntry, RawItem, ReleaseRecord
 from pipeline.split import SplitItem, assign_splits
@@ -279,9 +280,16 @@ def write_release(
     split_bytes: dict[str, int] = {}
     shards: dict[str, list[str]] = {}
 
+    # Images are read (and the few lossy inputs re-encoded) ahead by threads, in the order the writers ask
+    # for them: split by split, each in publishing order.
+    ahead = prefetch(lambda r: publishable_bytes(raw / r.source_file, facts[r.source_file]), [r for s in SPLITS for r in records if r.split == s])
+
     def read_bytes(record: ReleaseRecord) -> bytes:
         progress.advance("write")
-        return publishable_bytes(raw / record.source_file, facts[record.source_file])
+        expected, data = next(ahead)
+        if expected is not record:
+            raise BuildError(f"write stage asked for {record.source_file} out of order (expected {expected.source_file})")
+        return data
 
     for split in SPLITS:
         infos = write_split(
@@ -296,6 +304,7 @@ def write_release(
         )
         shards[split] = [i.path.relative_to(staging).as_posix() for i in infos]
         split_bytes[split] = sum(i.path.stat().st_size for i in infos)
+    ahead.close()
     progress.finish("write")
     (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
     card.write_card(staging, card.render_card(config, counts, split_bytes))

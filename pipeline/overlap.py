@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
+import pyarrow as pa
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -62,3 +65,31 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], *, window: int = 16, thre
         finally:
             for _, future in pending:
                 future.cancel()
+
+
+class BinaryColumnBuffers:
+    """Binary Arrow arrays built in two alternating buffers that are reused from row group to row group.
+
+    A fresh 100 MB allocation per row group costs a page fault per 4 kB page every time (Arrow's
+    allocator hands freed memory back to the system quickly; on a VM a fault is several microseconds),
+    which made building a row group's image column 5-8x slower than copying the bytes. Two buffers are
+    enough because BackgroundWriter keeps at most one row group in flight: when a buffer is reused, the
+    table that pointed into it has been written.
+    """
+
+    def __init__(self) -> None:
+        self._buffers = [bytearray(), bytearray()]
+        self._turn = 0
+
+    def array(self, values: list[bytes]) -> pa.Array:
+        lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+        offsets = np.zeros(len(values) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])  # int32 offsets: pa.binary(), a row group stays far below 2 GiB
+        total = int(offsets[-1])
+        turn, self._turn = self._turn, 1 - self._turn
+        if len(self._buffers[turn]) < total:
+            self._buffers[turn] = bytearray(total)
+        view = memoryview(self._buffers[turn])
+        for value, start, end in zip(values, offsets[:-1].tolist(), offsets[1:].tolist()):
+            view[start:end] = value
+        return pa.BinaryArray.from_buffers(pa.binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(view[:total])])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.overlap import BackgroundWriter
+from pipeline.overlap import BackgroundWriter, BinaryColumnBuffers
 from pipeline.records import ReleaseRecord
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -59,11 +59,11 @@ class ShardInfo:
     image_bytes: int
 
 
-def _table(rows: list[tuple[ReleaseRecord, bytes]], schema: pa.Schema) -> pa.Table:
-    # The image column is assembled from a binary array (one copy of each image's bytes, in C) rather
-    # than from per-row dicts, which made Arrow inspect every row in Python.
+def _table(rows: list[tuple[ReleaseRecord, bytes]], schema: pa.Schema, buffers: BinaryColumnBuffers) -> pa.Table:
+    # The image column is assembled from a binary array (one copy of each image's bytes into a reused
+    # buffer) rather than from per-row dicts, which made Arrow inspect every row in Python.
     images = pa.StructArray.from_arrays(
-        [pa.array([data for _, data in rows], pa.binary()), pa.array([image_filename(r) for r, _ in rows], pa.string())],
+        [buffers.array([data for _, data in rows]), pa.array([image_filename(r) for r, _ in rows], pa.string())],
         fields=list(IMAGE_TYPE),
     )
     cols = {
@@ -117,6 +117,7 @@ def write_split(
     shard_rows = shard_bytes = 0
     group: list[tuple[ReleaseRecord, bytes]] = []
     group_bytes = 0
+    buffers = BinaryColumnBuffers()
 
     def tmp_name(i: int) -> Path:
         return data_dir / f".{split}-{i:05d}.parquet.partial"
@@ -127,7 +128,7 @@ def write_split(
             return
         if writer is None:
             writer = _open_writer(tmp_name(len(shards)), schema, image_compression)
-        writer.write_table(_table(group, schema), row_group_size=len(group))
+        writer.write_table(_table(group, schema, buffers), row_group_size=len(group))
         shard_rows += len(group)
         shard_bytes += group_bytes
         group, group_bytes = [], 0
