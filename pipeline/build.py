@@ -269,20 +269,34 @@ def write_release(
         split_bytes[split] = sum(i.path.stat().st_size for i in infos)
     progress.finish("write")
     (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
-    wds_writer.write_wds_card(staging, config, tar_shards, image_suffixes)
-    dedup = dedup or DedupResult()
-    pictures = figures.write_figures(
-        staging, config, counts, grid, dedup.pairs, dedup.fates, lambda rel: load_rgb(raw / rel, config.image_size)
-    )
-    extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures)]
-    card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
-    croissant.write_croissant(staging, config, counts)
+    write_cards_and_pictures(staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult())
     body = dict(manifest_body)
     body["splits"] = {
         s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s], "webdataset": wds_writer.manifest_entry(s, tar_shards[s])}
         for s in SPLITS
     }
     manifest.write_manifest(staging, body)
+
+
+def write_cards_and_pictures(
+    staging: Path,
+    raw: Path,
+    config: ReleaseConfig,
+    counts: dict,
+    split_bytes: dict[str, int],
+    tar_shards: dict[str, list[wds_writer.TarShard]],
+    image_suffixes: set[str],
+    grid: figures.SampleGrid,
+    dedup: DedupResult,
+) -> None:
+    """The tars' own card, the pictures, the dataset card linking both, then croissant.json, which hashes them all."""
+    wds_writer.write_wds_card(staging, config, tar_shards, image_suffixes)
+    pictures = figures.write_figures(
+        staging, config, counts, grid, dedup.pairs, dedup.fates, lambda rel: load_rgb(raw / rel, config.image_size)
+    )
+    extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures)]
+    card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
+    croissant.write_croissant(staging, config, counts)
 
 
 def build_release(

@@ -211,17 +211,22 @@ def write_wds_card(release_dir: Path, config: ReleaseConfig, shards: dict[str, l
 
 def card_section(shards: dict[str, list[TarShard]], suffixes: set[str]) -> str:
     """The dataset card's section on the WebDataset variant and the Croissant metadata."""
+    croissant = """```python
+import mlcroissant as mlc                                    # Croissant 1.1 metadata with every file's sha256
+records = mlc.Dataset(jsonld="croissant.json").records("images")
+```"""
     patterns = [(s, brace_pattern(s, len(shards.get(s, [])))) for s in SPLITS]
-    rows = "\n".join(f"| {s} | {sum(x.num_examples for x in shards.get(s, [])):,} | `{p}` |" for s, p in patterns if p)
-    image_keys = ";".join(sorted(suffixes)) or "tif;png"
-    first = next((p for _, p in patterns if p), f"{WDS_DIR}/train-{{000000..000000}}.tar")
+    if not any(p for _, p in patterns):
+        return f"\n## Croissant metadata\n\nNo image was published, so there are no WebDataset shards.\n\n{croissant}\n"
+    rows = "\n".join(f"| {s} | {sum(x.num_examples for x in shards[s]):,} | `{p}` |" for s, p in patterns if p)
+    image_members = " or ".join(f"`<key>.{x}`" for x in sorted(suffixes))
+    first = next(p for _, p in patterns if p)
     return f"""
 ## WebDataset shards and Croissant metadata
 
 The same records are also published as WebDataset tar shards in `{WDS_DIR}/`: one sample per image, key
 `image_id`, members `<key>.cls` (label index), `<key>.json` (the record's metadata) and the image
-(`<key>.{'` / `<key>.'.join(sorted(suffixes)) or 'tif'}`, the same bytes as the Parquet `image` column). Shard lists and counts are in
-`manifest.json`.
+({image_members}: the same bytes as the Parquet `image` column). Shard lists and counts are in `manifest.json`.
 
 | split | samples | shard pattern |
 | --- | --- | --- |
@@ -229,12 +234,11 @@ The same records are also published as WebDataset tar shards in `{WDS_DIR}/`: on
 
 ```python
 import webdataset as wds                                     # streaming training
-ds = wds.WebDataset("{first}", shardshuffle=False).decode("pil").to_tuple("{image_keys}", "cls", "json")
+ds = wds.WebDataset("{first}", shardshuffle=False).decode("pil").to_tuple("{';'.join(sorted(suffixes))}", "cls", "json")
 
-from datasets import load_dataset                            # same tars through `datasets`:
-ds = load_dataset("<release directory>/{WDS_DIR}")                # its own card declares Image + ClassLabel
-
-import mlcroissant as mlc                                    # Croissant 1.1 metadata with every file's sha256
-records = mlc.Dataset(jsonld="croissant.json").records("images")
+from datasets import load_dataset                            # the same tars through `datasets`:
+ds = load_dataset("<downloaded release>/{WDS_DIR}")               # their own card declares Image + ClassLabel
 ```
+
+{croissant}
 """
