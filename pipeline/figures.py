@@ -27,8 +27,9 @@ from pipeline.records import Pair, ReleaseRecord
 FIGURES_DIR = "figures"
 SAMPLES_PER_CLASS = 4
 THUMB_PX = 64
-PAIR_THUMB_PX = 128
-PAIRS_PER_KIND = 6
+PAIR_THUMB_PX = 96
+PAIRS_PER_KIND = 4
+DIFF_GAIN = 4  # the difference tile shows |left - right| times this, so one-level changes stay visible
 # Duplicates are shown hardest first (largest Hamming distance still merged); look-alikes closest first
 # (smallest distance still kept apart): the pairs where a wrong threshold would show first.
 KIND_ORDER = ("exact", "near_duplicate", "lookalike")
@@ -171,6 +172,12 @@ def _fit(font, text: str, width: int) -> str:
     return "…" + text
 
 
+def difference_tile(a: np.ndarray, b: np.ndarray, size: int) -> Image.Image:
+    """Largest per-channel difference of two images, amplified: black where the pixels agree."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=2) * DIFF_GAIN
+    return thumbnail(Image.fromarray(np.clip(diff, 0, 255).astype(np.uint8), mode="L"), size)
+
+
 def pair_gallery(
     pairs: list[Pair],
     fates: dict[str, tuple[str, str, str | None]],
@@ -185,20 +192,21 @@ def pair_gallery(
         totals[p.kind] += 1
     caption_w = 300
     row_h = size + 2 * PAD
-    width = PAD + 2 * (size + PAD) + caption_w
+    width = PAD + 3 * (size + PAD) + caption_w
     title_h = 44
     img, draw = _canvas(width, title_h + row_h * max(len(shown), 1))
     summary = ", ".join(f"{totals[k]} {KIND_TITLE.get(k, k)}" for k in sorted(totals, key=_kind_rank)) or "none"
-    draw.text((PAD, PAD), "Pairs the dedup compared closely", fill=INK, font=title_font)
+    draw.text((PAD, PAD), "Pairs the dedup compared closely: left, right, difference x" + str(DIFF_GAIN), fill=INK, font=title_font)
     draw.text((PAD, PAD + 18), _fit(font, f"{summary}; up to {per_kind} of each shown", width - 2 * PAD), fill=MUTED, font=font)
     if not shown:
         draw.text((PAD, title_h + PAD), "The dedup found no duplicate or look-alike pairs in this input.", fill=MUTED, font=font)
     for row, pair in enumerate(shown):
         y = title_h + row * row_h
-        for col, rel in enumerate((pair.a, pair.b)):
-            tile = thumbnail(Image.fromarray(load_pixels(rel)), size)
+        left, right = load_pixels(pair.a), load_pixels(pair.b)
+        tiles = [thumbnail(Image.fromarray(left), size), thumbnail(Image.fromarray(right), size), difference_tile(left, right, size)]
+        for col, tile in enumerate(tiles):
             img.paste(tile, (PAD + col * (size + PAD), y + PAD))
-        x = PAD + 2 * (size + PAD)
+        x = PAD + 3 * (size + PAD)
         lines = [f"{KIND_TITLE.get(pair.kind, pair.kind)}, pHash distance {pair.hamming}"]
         for side, rel in (("left", pair.a), ("right", pair.b)):
             fate = fates.get(rel, ("", "", None))[0] or "?"
@@ -240,7 +248,8 @@ def card_section(figures: list[Figure]) -> str:
 ## Pictures
 
 Class distribution per split, a few crops of every class, and the pairs the dedup compared most closely
-(duplicates it merged and look-alikes of the same cell it kept), drawn from this release's data.
+(duplicates it merged and look-alikes of the same cell it kept, each with their pixel difference), drawn from
+this release's data.
 
 {links}
 """
