@@ -133,7 +133,7 @@ class SampleGrid:
         title_h = 24
         width = max(label_w + cell * self.per_class + PAD, 320)
         img, draw = _canvas(width, title_h + cell * max(len(labels), 1) + PAD)
-        draw.text((PAD, PAD), f"{self.per_class} crops per class (smallest image_id), {self.size} px", fill=INK, font=_font(14))
+        draw.text((PAD, PAD), f"{self.per_class} crops per class, {self.size} px (those with the smallest image_id, a hash: an unbiased pick)", fill=INK, font=_font(14))
         if not labels:
             draw.text((PAD, title_h + PAD), "no published images", fill=MUTED, font=font)
         for row, label in enumerate(labels):
