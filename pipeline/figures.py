@@ -126,14 +126,15 @@ class SampleGrid:
                 self._thumbs[record.image_id] = thumbnail(img, self.size)
 
     def render(self) -> Image.Image:
-        font = _font(12)
+        font, title_font = _font(12), _font(14)
+        title = f"{self.per_class} crops per class, {self.size} px (smallest image_id, a hash: an unbiased pick)"
         labels = [c for c in self.class_names if self.chosen.get(c)]
         label_w = max((_text_width(font, c) for c in labels), default=0) + 2 * PAD
         cell = self.size + 4
         title_h = 24
-        width = max(label_w + cell * self.per_class + PAD, 320)
+        width = max(label_w + cell * self.per_class + PAD, _text_width(title_font, title) + 2 * PAD)
         img, draw = _canvas(width, title_h + cell * max(len(labels), 1) + PAD)
-        draw.text((PAD, PAD), f"{self.per_class} crops per class, {self.size} px (those with the smallest image_id, a hash: an unbiased pick)", fill=INK, font=_font(14))
+        draw.text((PAD, PAD), title, fill=INK, font=title_font)
         if not labels:
             draw.text((PAD, title_h + PAD), "no published images", fill=MUTED, font=font)
         for row, label in enumerate(labels):
