@@ -64,17 +64,20 @@ POLICIES = ("drop_all", "majority")
 # A copy may be shifted by up to this many px (planted: 1-2 px, edge replicated).
 DUP_MAX_SHIFT = 2
 # RMS residual (grey levels, per RGB channel, after per-channel mean-brightness compensation) at the
-# best shift. Measured: JPEG q90-95 1.3-2.3, shifted/brighter copies <= 0.35; different cells >> 10.
-# Refocused look-alikes also score 1.9-6.4, so this only rejects different images; focus is tested below.
+# best shift. Measured on the full-scale synthetic archive: JPEG q90-95 1.36-2.26, shifted/brighter
+# copies <= 0.33; re-crops 10-32; different cells >> 10. Refocused look-alikes score 1.58-4.61, i.e.
+# they overlap JPEG (PSNR alone cannot tell them apart), so this only rejects different images and
+# misalignment; focus is tested by the high-frequency ratio below.
 DUP_MAX_RMS = 4.0
-# Global brightness change allowed (mean-brightness ratio). Planted brighter copies: 1.03-1.06.
+# Global brightness change allowed (mean-brightness ratio). Planted brighter copies: 1.031-1.058.
 DUP_MAX_GAIN = 0.12
 # Ratio of the high-frequency energy of the two images over the overlap: mean square of the
 # 4-neighbour Laplacian after a Gaussian of sigma 1 (which removes pixel noise but keeps cell
-# structure), the brightness gain divided out. Re-encoding, shifts and brightness leave it at 1
-# (measured 0.99-1.02 for JPEG q90-95, 1.00-1.06 for brighter copies), a refocus changes it a lot:
-# 0.16-0.61 when blurred by sigma 1-2, 1.5-2.8 when re-rendered sharper. Bounds sit near the geometric
-# middle of the gaps.
+# structure), the brightness gain divided out. Re-encoding, shifts and brightness leave it near 1,
+# a refocus changes it a lot. Measured at scale 1 (112 confirmed duplicate pairs, 119 refocused
+# look-alikes): duplicates 0.952-1.013 (JPEG 0.980-1.013, brighter 0.952-1.003, shift 1.000);
+# blurred look-alikes (extra sigma 1-2) 0.175-0.686, sharper ones 1.569-2.761. Each bound sits near the
+# geometric middle of its gap (0.686|0.952 -> 0.80; 1.013|1.569 -> 1.25): ~17-26% margin either side.
 DUP_HF_RATIO = (0.80, 1.25)
 HF_PRESMOOTH = 1.0
 
@@ -85,16 +88,17 @@ HF_PRESMOOTH = 1.0
 # image met in a candidate pair). Fine stage, only above SAME_CELL_COARSE_CORR: 144 x 144 (2x).
 SAME_CELL_BLUR = 2.0
 SAME_CELL_MAX_SHIFT = 24
-# Coarse correlation: same cell >= 0.967; other candidate pairs (pHash within 10 bits or centre hash
-# within 10 bits) at scale 0.1: median 0.75, 99th percentile 0.93, max 0.965; 4% of them reach 0.90.
+# Coarse correlation, measured at scale 1: the 179 planted look-alikes >= 0.949; the 98,753 other
+# candidate pairs (pHash or centre hash within 10 bits): median 0.70, 99th percentile 0.905, max 0.968.
+# About 1.3% of candidates pass this prefilter and get the fine stage.
 SAME_CELL_COARSE_CORR = 0.90
-# Fine correlation: same cell (refocused sigma 1-2, sharper, re-cropped 6-20 px) >= 0.994, different
-# cells <= 0.93 (the closest pairs among 600 synthetic originals).
-SAME_CELL_MIN_CORR = 0.975
+# Fine correlation, measured at scale 1: look-alikes (refocused sigma 1-2, sharper, re-cropped 6-20 px)
+# >= 0.992; different cells that passed the prefilter <= 0.969. The bound is the middle of that gap.
+SAME_CELL_MIN_CORR = 0.98
 
 # ---- Centre hash (re-crop candidates) ----
 CENTRE_HALF = 96  # the hashed window is 192 x 192 px around the stained cell's centroid
-CENTRE_RADIUS = 10  # re-crops by 6-20 px: centre-hash distance 0-12 (pHash: 2-24)
+CENTRE_RADIUS = 10  # re-crops by 6-20 px: centre-hash distance 0-12 (pHash: 2-24); ~half the candidates
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _FULL_CACHE = 64  # full-resolution images kept (duplicate tests, fine same-cell stage)

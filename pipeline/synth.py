@@ -660,7 +660,8 @@ def _render_cell(args: tuple) -> list[tuple[str, str]]:
     fld = _Field(cell.label, rng, dysplastic=cell.kind == "dysplastic")
     orig = fld.render(rng)
     orig_bytes = _tiff(orig)
-    ph0 = _phash(orig)
+    needs_hash = any(o.kind not in ("original", "dysplastic", "conflict_original", "exact_copy", "reencode_png", "reencode_lzw") for o in cell.outputs)
+    ph0 = _phash(orig) if needs_hash else 0  # only derived images are compared with it
     details = []
     for o in cell.outputs:
         detail = ""

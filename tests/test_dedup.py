@@ -7,7 +7,6 @@ import shutil
 from collections import Counter
 from itertools import combinations
 
-import numpy as np
 import pytest
 
 from pipeline import synth
