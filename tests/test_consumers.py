@@ -20,16 +20,17 @@ from pipeline import figures, wds_writer
 from pipeline.build import build_release
 from pipeline.config import SPLITS
 from pipeline.croissant import CROISSANT
-from pipeline.manifest import MANIFEST, read_manifest
-from tests.consumerkit import LABELS, SHARD_BYTES, consumer_raw, small_shards
+from pipeline.decode import load_rgb
+from pipeline.manifest import MANIFEST, read_ledger, read_manifest
+from tests.consumerkit import PNG_ONLY, SHARD_BYTES, consumer_raw, small_shards
 from tests.rawkit import crop
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory, config):
     base = tmp_path_factory.mktemp("consumers")
-    consumer_raw(base / "raw")
-    build_release(base / "raw", base / "release", small_shards(config), workers=1)
+    consumer_raw(base / "raw", config)
+    build_release(base / "raw", base / "release", small_shards(config), workers=2)
     return base / "release"
 
 
@@ -147,7 +148,7 @@ def test_tar_shards_follow_webdataset_conventions_with_fixed_headers(release, ma
 def test_webdataset_library_reads_every_split_from_its_pattern(release, manifest, config):
     import webdataset as wds
 
-    suffixes = set()
+    png_sources = set()
     for split in nonempty_splits(manifest):
         rows = parquet_rows(release, manifest, split)
         pattern = str(release / manifest["splits"][split]["webdataset"]["pattern"])
@@ -160,9 +161,10 @@ def test_webdataset_library_reads_every_split_from_its_pattern(release, manifest
         raw = list(wds.WebDataset(pattern, shardshuffle=False))
         for sample in raw:
             suffix = "tif" if "tif" in sample else "png"
-            suffixes.add(suffix)
             assert sample[suffix] == rows[sample["__key__"]]["image"]["bytes"]
-    assert suffixes == {"tif", "png"}  # the fixture mixes formats: both member names are exercised
+            if suffix == "png":
+                png_sources.add(rows[sample["__key__"]]["source_file"])
+    assert PNG_ONLY in png_sources  # the release mixes .tif and .png samples: both member names are exercised
 
 
 def test_webdataset_loads_through_datasets_with_declared_features(release, manifest, config):
@@ -235,25 +237,40 @@ def test_card_shows_every_picture_and_they_are_small_lossless_pngs(release, mani
     for link in links:
         assert link in listed
         data = (release / link).read_bytes()
-        assert len(data) < 300_000
+        assert len(data) < 512_000  # small: each picture under half a megabyte
         with Image.open(io.BytesIO(data)) as img:
             assert img.format == "PNG" and img.mode == "RGB"
             assert not set(img.info) - {"dpi"}  # no text or time chunks
 
 
-def test_sample_grid_shows_published_crops_and_gallery_shows_the_duplicate_pair(release, manifest, config):
+def test_sample_grid_shows_published_crops_of_every_class(release, manifest, config):
     grid = np.asarray(Image.open(release / "figures" / "sample_grid.png").convert("RGB"))
     rows = {k: v for s in nonempty_splits(manifest) for k, v in parquet_rows(release, manifest, s).items()}
     published = [SimpleNamespace(label_name=config.class_names[r["label"]], image_id=k) for k, r in rows.items()]
     chosen = figures.choose_samples(published, figures.SAMPLES_PER_CLASS)
-    assert set(chosen) == set(LABELS)
+    assert set(chosen) == set(config.class_names)
     for ids in chosen.values():
         for image_id in ids:
             tile = figures.thumbnail(Image.open(io.BytesIO(rows[image_id]["image"]["bytes"])), figures.THUMB_PX)
-            assert contains_tile(grid, np.asarray(tile))
+            assert contains_tile(grid, np.asarray(tile)), image_id
+
+
+def test_dedup_gallery_shows_duplicate_and_lookalike_pairs_of_this_build(release, manifest, config):
     gallery = np.asarray(Image.open(release / "figures" / "dedup_pairs.png").convert("RGB"))
-    pair_tile = np.asarray(figures.thumbnail(Image.fromarray(crop(0)), figures.PAIR_THUMB_PX))
-    assert contains_tile(gallery, pair_tile)  # myeloblast/cell_000.tif and its duplicate copy.png
+    raw = release.parent / "raw"
+
+    def shown(rel: str) -> bool:
+        pixels = load_rgb(raw / rel, config.image_size)
+        return contains_tile(gallery, np.asarray(figures.thumbnail(Image.fromarray(pixels), figures.PAIR_THUMB_PX)))
+
+    duplicates = [(r["duplicate_of"], r["source_file"]) for r in read_ledger(release / "ledger.csv") if r["fate"] == "duplicate"]
+    assert any(shown(kept) and shown(dropped) for kept, dropped in duplicates)
+    by_group: dict[str, list[str]] = {}
+    for split in nonempty_splits(manifest):
+        for row in parquet_rows(release, manifest, split).values():
+            by_group.setdefault(row["group_id"], []).append(row["source_file"])
+    lookalikes = [sorted(files) for files in by_group.values() if len(files) > 1]
+    assert lookalikes and any(all(shown(f) for f in files[:2]) for files in lookalikes)
 
 
 def test_pair_gallery_orders_hardest_pairs_first_and_shows_both_images(tmp_path):
