@@ -12,10 +12,10 @@ from functools import partial
 from pathlib import Path
 
 import pipeline
-from pipeline import card, manifest
+from pipeline import card, croissant, figures, manifest, wds_writer
 from pipeline.config import SPLITS, ReleaseConfig
-from pipeline.decode import decode_file, load_rgb, publishable_bytes
 from pipeline.cache import FactsCache, file_sha256_or_none, rebuild
+from pipeline.decode import decode_file, load_rgb, publishable_bytes
 from pipeline.dedup import deduplicate
 from pipeline.executor import Executor, batch_size, batched, make_executor
 from pipeline.exclude import exclusion_reason
@@ -274,11 +274,15 @@ def write_release(
     config: ReleaseConfig,
     manifest_body: dict,
     progress: Progress,
+    dedup: DedupResult | None = None,
 ) -> None:
     """Every file of the release, into staging; the manifest last, since it lists all the others."""
     progress.start("write", len(records))
     split_bytes: dict[str, int] = {}
     shards: dict[str, list[str]] = {}
+    tar_shards: dict[str, list[wds_writer.TarShard]] = {}
+    image_suffixes: set[str] = set()
+    grid = figures.SampleGrid(records, config.class_names)
 
     # Images are read (and the few lossy inputs re-encoded) ahead by threads, in the order the writers ask
     # for them: split by split, each in publishing order.
@@ -289,28 +293,57 @@ def write_release(
         expected, data = next(ahead)
         if expected is not record:
             raise BuildError(f"write stage asked for {record.source_file} out of order (expected {expected.source_file})")
+        grid.offer(record, data)
         return data
 
     for split in SPLITS:
-        infos = write_split(
-            staging / "data",
-            split,
-            (r for r in records if r.split == split),
-            read_bytes,
-            config.class_names,
-            max_shard_bytes=config.max_shard_bytes,
-            max_row_group_bytes=config.max_row_group_bytes,
-            image_compression=config.image_compression,
-        )
+        # One read per image feeds both formats: the tar writer takes each image as the Parquet writer asks for it.
+        with wds_writer.ShardedTarWriter(staging, split, config.max_shard_bytes, wds_writer.release_mtime(config.release_date)) as tars:
+            infos = write_split(
+                staging / "data",
+                split,
+                (r for r in records if r.split == split),
+                lambda r: tars.add(r, read_bytes(r)),
+                config.class_names,
+                max_shard_bytes=config.max_shard_bytes,
+                max_row_group_bytes=config.max_row_group_bytes,
+                image_compression=config.image_compression,
+            )
+        tar_shards[split] = tars.shards
+        image_suffixes |= tars.suffixes
         shards[split] = [i.path.relative_to(staging).as_posix() for i in infos]
         split_bytes[split] = sum(i.path.stat().st_size for i in infos)
     ahead.close()
     progress.finish("write")
     (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
-    card.write_card(staging, card.render_card(config, counts, split_bytes))
+    write_cards_and_pictures(staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult())
     body = dict(manifest_body)
-    body["splits"] = {s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s]} for s in SPLITS}
+    body["splits"] = {
+        s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s], "webdataset": wds_writer.manifest_entry(s, tar_shards[s])}
+        for s in SPLITS
+    }
     manifest.write_manifest(staging, body)
+
+
+def write_cards_and_pictures(
+    staging: Path,
+    raw: Path,
+    config: ReleaseConfig,
+    counts: dict,
+    split_bytes: dict[str, int],
+    tar_shards: dict[str, list[wds_writer.TarShard]],
+    image_suffixes: set[str],
+    grid: figures.SampleGrid,
+    dedup: DedupResult,
+) -> None:
+    """The tars' own card, the pictures, the dataset card linking both, then croissant.json, which hashes them all."""
+    wds_writer.write_wds_card(staging, config, tar_shards, image_suffixes)
+    pictures = figures.write_figures(
+        staging, config, counts, grid, dedup.pairs, dedup.fates, lambda rel: load_rgb(raw / rel, config.image_size)
+    )
+    extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures)]
+    card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
+    croissant.write_croissant(staging, config, counts)
 
 
 def build_release(
@@ -371,7 +404,7 @@ def build_release(
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        write_release(staging, raw, records, facts, ledger, counts, config, _manifest_body(config, counts, ingested, facts), progress)
+        write_release(staging, raw, records, facts, ledger, counts, config, _manifest_body(config, counts, ingested, facts), progress, dedup)
         _publish_dir(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -23,7 +23,9 @@ killed build resumes from what it finished. Delete the directory to clear the ca
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import sqlite3
 import sys
@@ -57,9 +59,7 @@ CREATE TABLE IF NOT EXISTS files (
     file_sha256 TEXT NOT NULL, recorded_ns INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS facts (
-    file_sha256 TEXT NOT NULL, context TEXT NOT NULL,
-    pixel_sha256 TEXT, phash TEXT, width INTEGER, height INTEGER, sharpness REAL, lossless INTEGER,
-    file_format TEXT, reject_reason TEXT,
+    file_sha256 TEXT NOT NULL, context TEXT NOT NULL, facts_json TEXT, reject_reason TEXT,
     PRIMARY KEY (file_sha256, context)
 );
 """
@@ -178,8 +178,7 @@ class FactsCache:
         for chunk in _chunks(sorted(shas), _QUERY_CHUNK):
             marks = ",".join("?" * len(chunk))
             for row in self._db.execute(
-                f"SELECT file_sha256, pixel_sha256, phash, width, height, sharpness, lossless, file_format, reject_reason "
-                f"FROM facts WHERE context = ? AND file_sha256 IN ({marks})",
+                f"SELECT file_sha256, facts_json, reject_reason FROM facts WHERE context = ? AND file_sha256 IN ({marks})",
                 [self.context, *chunk],
             ):
                 out[row[0]] = row[1:]
@@ -203,10 +202,10 @@ class FactsCache:
         if not sha:
             return
         if isinstance(result, DecodeFailure):
-            row = (sha, self.context, None, None, None, None, None, None, None, result.reason)
+            row = (sha, self.context, None, result.reason)
         else:
-            row = (sha, self.context, result.pixel_sha256, f"{result.phash:016x}", result.width, result.height, result.sharpness, int(result.lossless), result.file_format, None)
-        self._db.execute("INSERT OR REPLACE INTO facts VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+            row = (sha, self.context, content_json(result), None)
+        self._db.execute("INSERT OR REPLACE INTO facts VALUES (?,?,?,?)", row)
         if stat_key is not None and stat_key.usable():
             self._db.execute(
                 "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
@@ -238,22 +237,20 @@ class FactsCache:
         return self._db.execute("SELECT COUNT(*) FROM facts WHERE context = ?", (self.context,)).fetchone()[0]
 
 
+# ImageFacts fields that come from the ingest or the file, not from decoding its content.
+_NOT_CONTENT = ("relpath", "label", "file_sha256")
+
+
+def content_json(facts: ImageFacts) -> str:
+    """Every content field of ImageFacts (whatever fields it has) as JSON; floats and big ints round-trip exactly."""
+    return json.dumps({f.name: getattr(facts, f.name) for f in dataclasses.fields(facts) if f.name not in _NOT_CONTENT}, sort_keys=True)
+
+
 def rebuild(row: tuple, file_sha256: str, relpath: str, label: str) -> ImageFacts | DecodeFailure:
-    pixel_sha, phash_hex, width, height, sharp, lossless, fmt, reason = row
+    facts_json, reason = row
     if reason is not None:
         return DecodeFailure(relpath, reason, file_sha256)
-    return ImageFacts(
-        relpath=relpath,
-        label=label,
-        pixel_sha256=pixel_sha,
-        phash=int(phash_hex, 16),
-        width=width,
-        height=height,
-        sharpness=sharp,
-        lossless=bool(lossless),
-        file_format=fmt,
-        file_sha256=file_sha256,
-    )
+    return ImageFacts(relpath=relpath, label=label, file_sha256=file_sha256, **json.loads(facts_json))
 
 
 def file_sha256_or_none(path: str) -> str | None:

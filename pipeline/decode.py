@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.dedup import centre_hash
 from pipeline.phash import phash, phash_of_grey
 from pipeline.records import DecodeFailure, ImageFacts
 
@@ -104,6 +105,7 @@ def decode_image(data: bytes, relpath: str, label: str, expected_size: tuple[int
         sharpness=sharpness(grey),
         lossless=lossless,
         file_format=fmt,
+        centre_hash=centre_hash(rgb),
     )
     return facts, rgb
 
