@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pipeline
 from pipeline import card, croissant, figures, manifest, wds_writer
-from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.cache import FactsCache, file_sha256_or_none, rebuild
+from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.decode import decode_file, load_rgb, publishable_bytes
 from pipeline.dedup import deduplicate
 from pipeline.executor import Executor, batch_size, batched, make_executor
@@ -49,6 +49,7 @@ class BuildReport:
     ignored: list[str]
     timings: dict[str, float] = field(default_factory=dict)
     work: dict[str, int] = field(default_factory=dict)  # per-image work: images, from_cache, decoded
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per stage, worker processes included
 
     @property
     def problems(self) -> list[LedgerEntry]:
@@ -316,13 +317,13 @@ def write_release(
     ahead.close()
     progress.finish("write")
     (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
-    write_cards_and_pictures(staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult())
+    entries = write_cards_and_pictures(staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult())
     body = dict(manifest_body)
     body["splits"] = {
         s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s], "webdataset": wds_writer.manifest_entry(s, tar_shards[s])}
         for s in SPLITS
     }
-    manifest.write_manifest(staging, body)
+    manifest.write_manifest(staging, body, known=entries)
 
 
 def write_cards_and_pictures(
@@ -335,7 +336,7 @@ def write_cards_and_pictures(
     image_suffixes: set[str],
     grid: figures.SampleGrid,
     dedup: DedupResult,
-) -> None:
+) -> list[dict]:
     """The tars' own card, the pictures, the dataset card linking both, then croissant.json, which hashes them all."""
     wds_writer.write_wds_card(staging, config, tar_shards, image_suffixes)
     pictures = figures.write_figures(
@@ -343,7 +344,9 @@ def write_cards_and_pictures(
     )
     extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures)]
     card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
-    croissant.write_croissant(staging, config, counts)
+    entries = manifest.file_entries(staging)
+    croissant.write_croissant(staging, config, counts, entries)
+    return entries  # the manifest reuses these digests instead of hashing every shard again
 
 
 def build_release(
@@ -367,13 +370,14 @@ def build_release(
     if out.exists() and not overwrite:
         raise BuildError(f"{out} already exists; pass --overwrite to replace it")
     timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    cpu_timings: dict[str, float] = {}
+    clock, cpu_clock = time.perf_counter(), _cpu_seconds()
 
     def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = now - clock
-        clock = now
+        nonlocal clock, cpu_clock
+        now, cpu_now = time.perf_counter(), _cpu_seconds()
+        timings[stage], cpu_timings[stage] = now - clock, cpu_now - cpu_clock
+        clock, cpu_clock = now, cpu_now
 
     ingested, ledger = run_ingest(raw, config)
     lap("ingest")
@@ -410,7 +414,13 @@ def build_release(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     lap("write")
-    return BuildReport(out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings, work=work)
+    return BuildReport(out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings, work=work, cpu_timings=cpu_timings)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished worker processes (a pool counts once it is shut down)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _decode_stage(

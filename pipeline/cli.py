@@ -148,6 +148,7 @@ def build(
         soft_wrap=True,
     )
     err.print("stage times: " + " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.timings.items()), highlight=False, soft_wrap=True)
+    err.print("stage CPU: " + " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.cpu_timings.items()), highlight=False, soft_wrap=True)
     for entry in report.problems:
         err.print(f"[yellow]invalid:[/] {entry.relpath}: {entry.reason}", highlight=False, soft_wrap=True)
     if report.ignored:

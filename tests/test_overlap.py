@@ -79,3 +79,15 @@ def test_image_column_codec_and_round_trip(tmp_path, config, codec, expected):
         table = pq.read_table(info.path)
         back.update(zip(table.column("source_file").to_pylist(), (img["bytes"] for img in table.column("image").to_pylist())))
     assert back == payload
+
+
+def test_file_entries_reuse_known_digests_only_for_unchanged_sizes(tmp_path):
+    from pipeline.manifest import file_entries, sha256_file
+
+    (tmp_path / "a.bin").write_bytes(b"a" * 100)
+    (tmp_path / "b.bin").write_bytes(b"b" * 100)
+    known = [{"path": "a.bin", "size": 100, "sha256": "digest-from-earlier"}, {"path": "b.bin", "size": 99, "sha256": "stale"}]
+    entries = {e["path"]: e for e in file_entries(tmp_path, known)}
+    assert entries["a.bin"]["sha256"] == "digest-from-earlier"  # reused, not re-read
+    assert entries["b.bin"]["sha256"] == sha256_file(tmp_path / "b.bin")  # size differs: hashed again
+    assert [e["sha256"] for e in file_entries(tmp_path)] == [sha256_file(tmp_path / n) for n in ("a.bin", "b.bin")]
