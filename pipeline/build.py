@@ -283,6 +283,7 @@ def write_release(
     shards: dict[str, list[str]] = {}
     tar_shards: dict[str, list[wds_writer.TarShard]] = {}
     image_suffixes: set[str] = set()
+    written: list[dict] = []  # path, size, sha256 of each shard, hashed while it was written
     grid = figures.SampleGrid(records, config.class_names)
 
     # Images are read (and the few lossy inputs re-encoded) ahead by threads, in the order the writers ask
@@ -313,11 +314,13 @@ def write_release(
         tar_shards[split] = tars.shards
         image_suffixes |= tars.suffixes
         shards[split] = [i.path.relative_to(staging).as_posix() for i in infos]
+        written += [{"path": rel, "size": i.size, "sha256": i.sha256} for rel, i in zip(shards[split], infos)]
+        written += [{"path": t.path, "size": t.size, "sha256": t.sha256} for t in tars.shards]
         split_bytes[split] = sum(i.path.stat().st_size for i in infos)
     ahead.close()
     progress.finish("write")
     (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
-    entries = write_cards_and_pictures(staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult())
+    entries = write_cards_and_pictures(staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult(), written)
     body = dict(manifest_body)
     body["splits"] = {
         s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s], "webdataset": wds_writer.manifest_entry(s, tar_shards[s])}
@@ -336,6 +339,7 @@ def write_cards_and_pictures(
     image_suffixes: set[str],
     grid: figures.SampleGrid,
     dedup: DedupResult,
+    written: list[dict] = (),
 ) -> list[dict]:
     """The tars' own card, the pictures, the dataset card linking both, then croissant.json, which hashes them all."""
     wds_writer.write_wds_card(staging, config, tar_shards, image_suffixes)
@@ -344,7 +348,7 @@ def write_cards_and_pictures(
     )
     extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures)]
     card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
-    entries = manifest.file_entries(staging)
+    entries = manifest.file_entries(staging, known=written)  # shards were hashed as they were written
     croissant.write_croissant(staging, config, counts, entries)
     return entries  # the manifest reuses these digests instead of hashing every shard again
 
