@@ -182,17 +182,44 @@ def mll23_build(name: str, raw: Path, out: Path, workers: int, cache: Path | Non
     return run
 
 
-def hardlink_tree(raw: Path, tree: Path) -> None:
-    """A tree of hard links to the cached archive: files in it can be replaced without touching the cache."""
+def hardlink_tree(raw: Path, tree: Path, replicas: int = 1) -> None:
+    """A tree of hard links to the cached archive: files in it can be replaced without touching the cache.
+
+    With replicas > 1 every image appears that many times under new names (``name_r1.tif``, ...), with
+    annotation rows of their own (patient ids suffixed the same way): ``replicas`` times the inputs for
+    no extra disk, every copy beyond the first an exact duplicate of it.
+    """
     if tree.exists():
         shutil.rmtree(tree)
     for src in raw.rglob("*"):
-        dst = tree / src.relative_to(raw)
+        rel = src.relative_to(raw)
         if src.is_dir():
-            dst.mkdir(parents=True, exist_ok=True)
-        elif src.name != ".complete":
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.link(src, dst)
+            (tree / rel).mkdir(parents=True, exist_ok=True)
+        elif src.suffix.lower() in SUFFIXES:
+            for r in range(replicas):
+                dst = tree / (rel if r == 0 else rel.with_name(f"{src.stem}_r{r}{src.suffix}"))
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.link(src, dst)
+        elif src.name == "annotations.csv":
+            _replicate_annotations(src, tree / rel, replicas)
+
+
+def _replicate_annotations(src: Path, dst: Path, replicas: int) -> None:
+    import csv
+
+    with open(src, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(dst, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["image", "label"], lineterminator="\n")
+        writer.writeheader()
+        for r in range(replicas):
+            for row in rows:
+                if r:
+                    path = Path(row["image"])
+                    row = dict(row, image=path.with_name(f"{path.stem}_r{r}{path.suffix}").as_posix())
+                    if row.get("patient_id"):
+                        row["patient_id"] += f"_r{r}"
+                writer.writerow(row)
 
 
 def change_images(tree: Path, fraction: float) -> int:
@@ -231,19 +258,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip the hand-written baseline")
     ap.add_argument("--no-incremental", action="store_true", help="skip the cached rebuild after a 1%% change")
     ap.add_argument("--no-record", action="store_true", help="do not append the run to bench/RESULTS.md")
+    ap.add_argument("--replicate", type=int, default=1, help="each image K times under new names (hard links): K x the inputs, no extra disk")
     a = ap.parse_args(argv)
 
     OUT.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     raw = archive(a.scale, a.seed, a.workers)
-    files = image_files(raw)
+    tree = OUT / "raw"
+    hardlink_tree(raw, tree, a.replicate)
+    files = image_files(tree)
     n = len(files)
     print(f"archive {raw.name}: {n:,} images, workers {a.workers}", flush=True)
     floor = floors(files, a.workers)
     print(f"floors: read {floor['read']:.1f} s ({floor['bytes'] / 1e9:.2f} GB), decode {floor['decode']:.1f} s", flush=True)
 
-    tree = OUT / "raw"
-    hardlink_tree(raw, tree)
     ours = mll23_build("mll23-build", tree, OUT / "release", a.workers, None)
     release_bytes = sum(p.stat().st_size for p in (OUT / "release").rglob("*") if p.is_file())
     shutil.rmtree(OUT / "release")
@@ -268,10 +296,13 @@ def main(argv: list[str] | None = None) -> None:
         cold = mll23_build("cold-cache", tree, OUT / "release", a.workers, cache)
         shutil.rmtree(OUT / "release")
         changed = change_images(tree, CHANGED_FRACTION)
-        warm = mll23_build("rebuild-1pct", tree, OUT / "rebuilt", a.workers, cache)
+        warm = mll23_build("rebuild-1pct", tree, OUT / "release", a.workers, cache)
+        # The manifest lists every file's sha256: equal manifests mean identical releases. One release on
+        # disk at a time (a full-scale one is ~21 GB).
+        rebuilt_manifest = (OUT / "release" / "manifest.json").read_bytes()
+        shutil.rmtree(OUT / "release")
         clean = mll23_build("clean-after-change", tree, OUT / "release", a.workers, None)
-        identical = (OUT / "rebuilt" / "manifest.json").read_bytes() == (OUT / "release" / "manifest.json").read_bytes()
-        shutil.rmtree(OUT / "rebuilt")
+        identical = rebuilt_manifest == (OUT / "release" / "manifest.json").read_bytes()
         shutil.rmtree(OUT / "release")
         shutil.rmtree(cache)
         incremental = {"cold": cold, "warm": warm, "clean": clean, "changed": changed, "identical": identical}
@@ -290,7 +321,7 @@ def render(a, raw, n, floor, ours, release_bytes, baseline, incremental, load_be
     lines = [
         f"### {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, scale {a.scale:g} ({n:,} images), commit `{commit[:12]}`{dirty}",
         "",
-        f"- Command: `python bench/run.py --scale {a.scale:g}" + (" --no-baseline" if a.no_baseline else "") + (" --no-incremental" if a.no_incremental else "") + "`"
+        f"- Command: `python bench/run.py --scale {a.scale:g}" + (f" --replicate {a.replicate}" if a.replicate > 1 else "") + (" --no-baseline" if a.no_baseline else "") + (" --no-incremental" if a.no_incremental else "") + "`"
         + f"; archive `{raw.name}` ({floor['bytes'] / 1e9:.2f} GB); workers {a.workers}; {os.cpu_count()} CPUs;"
         + f" load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (shared machine)",
         "",
