@@ -440,6 +440,8 @@ def _decode_stage(
     finally:
         if owned:
             executor.close()
+        else:
+            executor.idle()  # a local pool's workers exit now: their memory is free for the write stage
 
 
 def _manifest_body(config: ReleaseConfig, counts: dict, ingested: IngestResult, facts: dict[str, ImageFacts]) -> dict:

@@ -83,6 +83,10 @@ class Executor:
     def close(self) -> None:
         """Release workers; the executor cannot be used afterwards."""
 
+    def idle(self) -> None:
+        """Between stages: a local pool stops its processes (freeing their memory; the next map starts new
+        ones); a cluster keeps its workers."""
+
     def __enter__(self) -> Executor:
         return self
 
@@ -113,6 +117,9 @@ class LocalExecutor(Executor):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+    def idle(self) -> None:
+        self.close()
 
 
 class DaskExecutor(Executor):

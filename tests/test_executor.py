@@ -26,8 +26,11 @@ def test_local_pool_keeps_input_order_and_uses_its_workers():
     items = list(range(500))
     with LocalExecutor(2) as pool:
         results = list(pool.map(square_and_pid, items))
-    assert [r for r, _ in results] == [x * x for x in items]
+        pool.idle()  # between stages the workers exit; the next map starts fresh ones
+        again = list(pool.map(square_and_pid, items))
+    assert [r for r, _ in results] == [x * x for x in items] == [r for r, _ in again]
     assert len({pid for _, pid in results}) == 2
+    assert not {pid for _, pid in results} & {pid for _, pid in again}
     assert [r for r, _ in SerialExecutor().map(square_and_pid, items)] == [x * x for x in items]
 
 
