@@ -121,7 +121,19 @@ def _overlap(h: int, w: int, dy: int, dx: int) -> tuple[tuple[slice, slice], tup
 
 def _down(g: np.ndarray, f: int) -> np.ndarray:
     h, w = g.shape
-    return g[: h // f * f, : w // f * f].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    blocks = g[: h // f * f, : w // f * f].reshape(h // f, f, w // f, f)
+    if f < 8 and blocks.flags.c_contiguous:
+        # The same float additions, in the same order, as blocks.mean(axis=(1, 3)) makes (numpy sums runs
+        # shorter than 8 one element after the other), so the same bits, ~10x faster than the generic
+        # two-axis reduction (tests/test_phash.py compares them).
+        rows = blocks[:, :, :, 0]
+        for b in range(1, f):
+            rows = rows + blocks[:, :, :, b]
+        total = rows[:, 0]
+        for a in range(1, f):
+            total = total + rows[:, a]
+        return total / (f * f)
+    return blocks.mean(axis=(1, 3))
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,20 @@ def test_decode_file_phash_and_sharpness(tmp_path):
     assert facts.sharpness == pytest.approx(float(lap.var()), rel=1e-12)
     blurred = np.asarray(Image.fromarray(pixels).convert("L").resize((144, 144)).resize((288, 288)))
     assert sharpness(blurred) < facts.sharpness
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.sampled_from([(288, 288), (192, 192), (96, 144), (290, 287)]),
+    factor=st.sampled_from([2, 4]),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_dedup_downscale_fast_path_equals_numpy_mean(size, factor, seed, dtype):
+    from pipeline.dedup import _down
+
+    g = (np.random.default_rng(seed).random(size) * 255).astype(dtype)
+    h, w = size
+    reference = g[: h // factor * factor, : w // factor * factor].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+    fast = _down(g, factor)
+    assert fast.dtype == reference.dtype and np.array_equal(fast, reference)
