@@ -208,14 +208,21 @@ def _fill_from_content(cache: FactsCache, executor: Executor, paths: list[str], 
             results[index] = rebuild(known[sha], sha, items[index].relpath, items[index].label)
 
 
-def run_dedup(raw: Path, items: list[RawItem], facts: dict[str, ImageFacts], config: ReleaseConfig) -> DedupResult:
+def run_dedup(raw: Path, items: list[RawItem], facts: dict[str, ImageFacts], config: ReleaseConfig, executor: Executor | None = None) -> DedupResult:
+    """Duplicates and look-alike groups; the pixel work of the same-cell tests runs on the executor."""
     return deduplicate(
         [facts[i.relpath] for i in items],
-        lambda rel: load_rgb(raw / rel, config.image_size),
+        partial(_load_pixels, os.path.abspath(raw), config.image_size),
         phash_threshold=config.phash_threshold,
         lookalike_threshold=config.lookalike_threshold,
         policy=config.conflict_policy,
+        map_fn=executor.map if executor is not None else None,
     )
+
+
+def _load_pixels(raw: str, size: tuple[int, int], relpath: str):
+    """Pixels of an accepted image, by absolute path (picklable: runs in worker processes too)."""
+    return load_rgb(Path(raw) / relpath, size)
 
 
 def run_exclude_and_validate(
@@ -385,11 +392,19 @@ def build_release(
 
     ingested, ledger = run_ingest(raw, config)
     lap("ingest")
-    facts, failed, work = _decode_stage(raw, ingested.items, config, progress, executor, workers, cache_dir, verify_cache)
-    ledger += failed
-    lap("decode")
-    decoded = [i for i in ingested.items if i.relpath in facts]
-    dedup = run_dedup(raw, decoded, facts, config)
+    owned = executor is None
+    executor = executor or make_executor("local", workers)
+    try:
+        facts, failed, work = _decode_stage(raw, ingested.items, config, progress, executor, cache_dir, verify_cache)
+        ledger += failed
+        lap("decode")
+        decoded = [i for i in ingested.items if i.relpath in facts]
+        dedup = run_dedup(raw, decoded, facts, config, executor)
+    finally:
+        if owned:
+            executor.close()
+        else:
+            executor.idle()  # a local pool's workers exit now: their memory is free for the write stage
     lap("dedup")
     records, dropped = run_exclude_and_validate(decoded, facts, dedup, config)
     ledger += dropped
@@ -428,20 +443,15 @@ def _cpu_seconds() -> float:
 
 
 def _decode_stage(
-    raw: Path, items: list[RawItem], config: ReleaseConfig, progress: Progress, executor: Executor | None, workers: int, cache_dir: Path | None, verify_cache: bool
+    raw: Path, items: list[RawItem], config: ReleaseConfig, progress: Progress, executor: Executor, cache_dir: Path | None, verify_cache: bool
 ) -> tuple[dict[str, ImageFacts], list[LedgerEntry], dict[str, int]]:
-    owned = executor is None
-    executor = executor or make_executor("local", workers)
     try:
         if cache_dir is None:
             return run_decode(raw, items, config, executor, progress)
         with FactsCache(Path(cache_dir), config.image_size, verify=verify_cache) as cache:
             return run_decode(raw, items, config, executor, progress, cache)
     finally:
-        if owned:
-            executor.close()
-        else:
-            executor.idle()  # a local pool's workers exit now: their memory is free for the write stage
+        executor.idle()  # a local pool's workers exit, so their CPU time is counted in this stage
 
 
 def _manifest_body(config: ReleaseConfig, counts: dict, ingested: IngestResult, facts: dict[str, ImageFacts]) -> dict:

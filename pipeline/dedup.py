@@ -36,8 +36,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from scipy import ndimage
@@ -255,13 +256,33 @@ def _best(ncc: np.ndarray, R: int, scale: int) -> tuple[float, int, int]:
 
 
 def _same_cell(sig_a: np.ndarray, sig_b: np.ndarray, fine_a: Callable[[], np.ndarray], fine_b: Callable[[], np.ndarray]) -> SameCellTest:
+    coarse = _coarse_test((sig_a, sig_b))
+    if coarse.coarse_corr < SAME_CELL_COARSE_CORR:
+        return coarse
+    return _fine_test(coarse.coarse_corr, fine_a(), fine_b())
+
+
+def _coarse_test(sigs: tuple[np.ndarray, np.ndarray]) -> SameCellTest:
+    """The coarse stage of the same-cell test; final (not same) unless coarse_corr >= SAME_CELL_COARSE_CORR."""
     R = max(1, SAME_CELL_MAX_SHIFT // 8)
-    coarse, dy, dx = _best(_ncc_all_shifts(sig_a.astype(np.float64), sig_b.astype(np.float64), R), R, 8)
-    if coarse < SAME_CELL_COARSE_CORR:
-        return SameCellTest(dy, dx, coarse, coarse, False)
+    coarse, dy, dx = _best(_ncc_all_shifts(sigs[0].astype(np.float64), sigs[1].astype(np.float64), R), R, 8)
+    return SameCellTest(dy, dx, coarse, coarse, False)
+
+
+def _fine_test(coarse: float, fine_a: np.ndarray, fine_b: np.ndarray) -> SameCellTest:
     R = SAME_CELL_MAX_SHIFT // 2
-    corr, dy, dx = _best(_ncc_all_shifts(fine_a(), fine_b(), R), R, 2)
+    corr, dy, dx = _best(_ncc_all_shifts(fine_a, fine_b, R), R, 2)
     return SameCellTest(dy, dx, coarse, corr, corr >= SAME_CELL_MIN_CORR)
+
+
+# Worker-side pieces of the parallel same-cell tests (module level: picklable for process pools).
+def _signature_of(load_pixels: Callable[[str], np.ndarray], relpath: str) -> np.ndarray:
+    return signature(np.asarray(load_pixels(relpath)))
+
+
+def _fine_test_of(load_pixels: Callable[[str], np.ndarray], job: tuple[str, str, float]) -> SameCellTest:
+    a, b, coarse = job
+    return _fine_test(coarse, _fine_signature(np.asarray(load_pixels(a))), _fine_signature(np.asarray(load_pixels(b))))
 
 
 def same_cell(a: np.ndarray, b: np.ndarray) -> SameCellTest:
@@ -355,6 +376,7 @@ def deduplicate(
     prefer: Callable[[ImageFacts], tuple] | None = None,
     centre_hashes: Mapping[str, int] | None = None,
     stats: dict | None = None,
+    map_fn: Callable[[Callable, list], Iterable] | None = None,
 ) -> DedupResult:
     """Fates, look-alike groups and confirmed pairs for every image in ``facts``.
 
@@ -362,7 +384,9 @@ def deduplicate(
     default key prefers lossless files, so the kept copy is the first lossless one by relpath.
     ``centre_hashes`` (relpath -> :func:`centre_hash`) adds re-crop candidates; without it a
     ``centre_hash`` attribute of the facts is used when every fact has one. ``stats``, when given, is
-    filled with counts (candidates, pixel loads, tests run) for reports.
+    filled with counts (candidates, pixel loads, tests run) for reports. ``map_fn(fn, items)`` (results in
+    order, e.g. an executor's map) runs the same-cell tests' image work in parallel; ``fn`` and
+    ``load_pixels`` must then be picklable. The outcome is the same with or without it.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown conflict policy {policy!r}; expected one of {POLICIES}")
@@ -414,20 +438,30 @@ def deduplicate(
     sigs = _LRU(_SIG_CACHE, lambda i: signature(full.get(i)))
     fine = _LRU(8, lambda i: _fine_signature(full.get(i)))
 
-    # 3. Confirm on pixels, in a fixed order.
-    for a, b in sorted(cand):
-        h = _hamming(items[a].phash, items[b].phash)
-        if h <= phash_threshold:
+    # 3. Confirm on pixels, in a fixed order. Every test is a pure function of the pair's pixels, so with
+    # map_fn the same-cell tests are run beforehand in parallel and only looked up here.
+    ordered = sorted(cand)
+    duplicate = {}
+    for a, b in ordered:
+        if _hamming(items[a].phash, items[b].phash) <= phash_threshold:
             counters["duplicate_tests"] += 1
-            t = compare_duplicate(full.get(a), full.get(b))
-            if t.duplicate:
-                dup_uf.union(a, b)
-                cell_uf.union(a, b)
-                via_pixels.update((a, b))
-                pairs.append(Pair(items[a].relpath, items[b].relpath, "near_duplicate", h))
-                continue
+            duplicate[(a, b)] = compare_duplicate(full.get(a), full.get(b))
+    tested = [(a, b) for a, b in ordered if not ((a, b) in duplicate and duplicate[(a, b)].duplicate)]
+    if map_fn is None:
+        cell_tests = {(a, b): _same_cell(sigs.get(a), sigs.get(b), lambda: fine.get(a), lambda: fine.get(b)) for a, b in tested}
+    else:
+        cell_tests = _same_cell_tests_parallel(items, tested, load_pixels, map_fn, counters)
+    for a, b in ordered:
+        h = _hamming(items[a].phash, items[b].phash)
+        t = duplicate.get((a, b))
+        if t is not None and t.duplicate:
+            dup_uf.union(a, b)
+            cell_uf.union(a, b)
+            via_pixels.update((a, b))
+            pairs.append(Pair(items[a].relpath, items[b].relpath, "near_duplicate", h))
+            continue
         counters["same_cell_tests"] += 1
-        s = _same_cell(sigs.get(a), sigs.get(b), lambda: fine.get(a), lambda: fine.get(b))
+        s = cell_tests[(a, b)]
         counters["same_cell_fine_tests"] += s.coarse_corr >= SAME_CELL_COARSE_CORR
         if s.same:
             cell_uf.union(a, b)
@@ -457,6 +491,22 @@ def deduplicate(
     if stats is not None:
         stats.update(counters)
     return DedupResult(fates=dict(sorted(fates.items())), group_of=dict(sorted(group_of.items())), pairs=pairs)
+
+
+def _same_cell_tests_parallel(
+    items: list[ImageFacts], tested: list[tuple[int, int]], load_pixels: Callable[[str], np.ndarray], map_fn: Callable, counters: Counter
+) -> dict[tuple[int, int], SameCellTest]:
+    """_same_cell for every pair, in three parallel rounds: each image's coarse signature (one load per
+    image), the coarse test of every pair, the fine test of the pairs that pass it (two loads each)."""
+    involved = sorted({i for pair in tested for i in pair})
+    counters["pixel_loads"] += len(involved)
+    sig = dict(zip(involved, map_fn(partial(_signature_of, load_pixels), [items[i].relpath for i in involved])))
+    coarse = dict(zip(tested, map_fn(_coarse_test, [(sig[a], sig[b]) for a, b in tested])))
+    fine_pairs = [pair for pair in tested if coarse[pair].coarse_corr >= SAME_CELL_COARSE_CORR]
+    counters["pixel_loads"] += 2 * len(fine_pairs)
+    jobs = [(items[a].relpath, items[b].relpath, coarse[(a, b)].coarse_corr) for a, b in fine_pairs]
+    coarse.update(zip(fine_pairs, map_fn(partial(_fine_test_of, load_pixels), jobs)))
+    return coarse
 
 
 def _centre_hashes(items: list[ImageFacts], given: Mapping[str, int] | None) -> list[int] | None:

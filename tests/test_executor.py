@@ -86,3 +86,19 @@ def test_dask_build_is_byte_identical_to_the_local_pool(tmp_path, config, dask_c
     assert remote.work == local.work == {"images": 38, "from_cache": 0, "decoded": 38}
     assert remote.counts == local.counts
     assert release_bytes(tmp_path / "dask") == release_bytes(tmp_path / "local")
+
+
+def test_parallel_same_cell_tests_give_the_serial_dedup(tmp_path, config):
+    from pipeline.build import run_decode, run_dedup, run_ingest, Progress
+    from pipeline.synth import synthesize
+
+    raw = tmp_path / "raw"
+    synthesize(raw, config=config, scale=0.004, seed=3, workers=1)
+    ingested, _ = run_ingest(raw, config)
+    with LocalExecutor(2) as pool:
+        facts, _, _ = run_decode(raw, ingested.items, config, pool, Progress())
+        items = [i for i in ingested.items if i.relpath in facts]
+        parallel = run_dedup(raw, items, facts, config, pool)
+    serial = run_dedup(raw, items, facts, config)
+    assert parallel.fates == serial.fates and parallel.group_of == serial.group_of and parallel.pairs == serial.pairs
+    assert {p.kind for p in serial.pairs} >= {"exact", "near_duplicate", "lookalike"}  # every kind of test ran
