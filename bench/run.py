@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def render(a, raw, n, floor, ours, release_bytes, baseline, incremental, load_before, load_after) -> str:
     commit = git("rev-parse", "HEAD")
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/RESULTS.md") else ""
     lines = [
         f"### {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, scale {a.scale:g} ({n:,} images), commit `{commit[:12]}`{dirty}",
         "",
