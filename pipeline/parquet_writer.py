@@ -85,7 +85,7 @@ def _table(rows: list[tuple[ReleaseRecord, bytes]], schema: pa.Schema, buffers: 
 
 def _open_writer(sink: HashingWriter, schema: pa.Schema, image_compression: str = "none") -> BackgroundWriter:
     # Image bytes: config [shards] image_compression ("none" by default: bench/RESULTS.md measures zstd
-    # writing 2.5x and reading 2.9x slower for 28% smaller synthetic crops); metadata columns: zstd.
+    # writing 4x and reading 3x slower for 24% smaller synthetic crops); metadata columns: zstd.
     compression = {name: "zstd" for name in ["image.path", "label", *STRING_COLUMNS]}
     compression["image.bytes"] = image_compression
     writer = pq.ParquetWriter(
