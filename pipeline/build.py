@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import pipeline
-from pipeline import card, manifest
+from pipeline import card, lineage, manifest, notes
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.decode import decode_file, load_rgb, publishable_bytes
 from pipeline.dedup import deduplicate
@@ -46,6 +46,9 @@ class BuildReport:
     ledger: list[LedgerEntry]
     ignored: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    # images of the previous release that changed split (their unit now straddles earlier splits)
+    split_moves: list[lineage.SplitMove] = field(default_factory=list)
+    notes_path: str = ""  # the release notes, relative to the release directory
 
     @property
     def problems(self) -> list[LedgerEntry]:
@@ -217,6 +220,14 @@ def run_split(records: list[ReleaseRecord], config: ReleaseConfig, previous: dic
     )
 
 
+def run_split_report(records: list[ReleaseRecord], prev: lineage.PreviousRelease | None) -> list[lineage.SplitMove]:
+    """Images of the previous release that changed split because their unit joins earlier splits."""
+    if prev is None:
+        return []
+    items = [SplitItem(r.image_id, r.label_name, r.group_id, r.patient_id) for r in records]
+    return lineage.split_moves(items, {r.image_id: r.split for r in records}, prev.splits)
+
+
 def refuse_if_strict(ledger: list[LedgerEntry]) -> None:
     bad = sorted((e for e in ledger if e.fate == "invalid"), key=lambda e: e.relpath)
     if bad:
@@ -235,6 +246,8 @@ def write_release(
     config: ReleaseConfig,
     manifest_body: dict,
     progress: Progress,
+    extra_files: dict[str, str] | None = None,
+    card_sections: list[str] | None = None,
 ) -> None:
     """Every file of the release, into staging; the manifest last, since it lists all the others."""
     progress.start("write", len(records))
@@ -259,7 +272,10 @@ def write_release(
         split_bytes[split] = sum(i.path.stat().st_size for i in infos)
     progress.finish("write")
     (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
-    card.write_card(staging, card.render_card(config, counts, split_bytes))
+    for relpath, text in sorted((extra_files or {}).items()):
+        (staging / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (staging / relpath).write_text(text, encoding="utf-8")
+    card.write_card(staging, card.render_card(config, counts, split_bytes, card_sections))
     body = dict(manifest_body)
     body["splits"] = {s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s]} for s in SPLITS}
     manifest.write_manifest(staging, body)
@@ -274,12 +290,21 @@ def build_release(
     strict: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    previous: Path | None = None,
+    notes_dir: Path | None = None,
 ) -> BuildReport:
+    """previous: the earlier release whose image ids and splits this one keeps (raises LineageError when it
+    is not an earlier version of this dataset). notes_dir: where the editable release notes live; their
+    maintainer section is kept and the regenerated file is written back there (raises NotesError when the
+    existing file's markers are broken). Both are checked before any work starts."""
     raw, out = Path(raw), Path(out)
     progress = progress or Progress()
     workers = workers or default_workers()
     if out.exists() and not overwrite:
         raise BuildError(f"{out} already exists; pass --overwrite to replace it")
+    prev = lineage.load_previous(previous, config) if previous is not None else None
+    notes_rel = notes.notes_relpath(config.version)
+    words = notes.maintainer_words(Path(notes_dir) / Path(notes_rel).name if notes_dir is not None else Path(out) / notes_rel)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -296,13 +321,16 @@ def build_release(
     lap("decode")
     decoded = [i for i in ingested.items if i.relpath in facts]
     dedup = run_dedup(raw, decoded, facts, config)
+    if prev is not None:
+        dedup = lineage.keep_previous_representatives(dedup, facts, prev)
     lap("dedup")
     records, dropped = run_exclude_and_validate(decoded, facts, dedup, config)
     ledger += dropped
     lap("exclude+validate")
     if strict:
         refuse_if_strict(ledger)
-    records = run_split(records, config)
+    records = run_split(records, config, previous=prev.splits if prev else None)
+    moves = run_split_report(records, prev)
     ledger += [
         LedgerEntry(r.source_file, r.label_name, "kept", "", split=r.split, image_id=r.image_id, sha256=facts[r.source_file].file_sha256)
         for r in records
@@ -318,13 +346,22 @@ def build_release(
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        write_release(staging, raw, records, facts, ledger, counts, config, _manifest_body(config, counts, ingested, facts), progress)
+        body = _manifest_body(config, counts, ingested, facts)
+        body.update(lineage.manifest_fields(config, prev, {r.image_id for r in records}, notes_rel))
+        notes_text = notes.notes_for_build(body, manifest.ledger_text(ledger), prev.path if prev else None, words)
+        card_link = notes.card_section(config.version, prev.version if prev else None)
+        write_release(staging, raw, records, facts, ledger, counts, config, body, progress, {notes_rel: notes_text}, [card_link])
         _publish_dir(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if notes_dir is not None:
+        notes.write_editable_copy(Path(notes_dir), notes_rel, notes_text)
     lap("write")
-    return BuildReport(out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings)
+    return BuildReport(
+        out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings,
+        split_moves=moves, notes_path=notes_rel,
+    )
 
 
 def _manifest_body(config: ReleaseConfig, counts: dict, ingested: IngestResult, facts: dict[str, ImageFacts]) -> dict:
