@@ -199,9 +199,9 @@ def verify(
             out.print(f"     - {f.message}", highlight=False, markup=False, soft_wrap=True)
     if failed:
         n = sum(len(r.failures) for r in failed)
-        out.print(f"{release}: {len(failed)} of {len(results)} checks failed ({n} problem(s))", highlight=False)
+        out.print(f"{release}: {len(failed)} of {len(results)} checks failed ({n} problem(s))", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_CHECK_FAILED)
-    out.print(f"{release}: all {len(results)} checks passed", highlight=False)
+    out.print(f"{release}: all {len(results)} checks passed", highlight=False, soft_wrap=True)
 
 
 @app.command("ci-workflow")

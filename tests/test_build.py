@@ -42,7 +42,7 @@ def test_build_writes_a_release_whose_ledger_accounts_for_every_input(raw, tmp_p
 
     manifest = json.loads((tmp_path / "rel" / "manifest.json").read_text())
     listed = {f["path"]: f for f in manifest["files"]}
-    assert set(listed) == {"README.md", "ledger.csv", *(p for s in manifest["splits"].values() for p in s["parquet"])}
+    assert set(listed) == {"README.md", "ledger.csv", manifest["release_notes"], *(p for s in manifest["splits"].values() for p in s["parquet"])}
     for path, entry in listed.items():
         assert sha256_file(tmp_path / "rel" / path) == entry["sha256"]
     assert sum(s["num_examples"] for s in manifest["splits"].values()) == 23
