@@ -507,6 +507,10 @@ def check_load_webdataset(view: ReleaseView, limits: HubLimits) -> Iterator[str]
     expected = {s: v.get("num_examples", 0) for s, v in view.manifest["splits"].items()}
     for split in SPLITS:
         tars = sorted((view.dir / "wds").glob(f"{split}-*.tar"))
+        if not tars:
+            if expected.get(split, 0):
+                yield f"no wds/{split}-*.tar, but the manifest has {expected[split]} {split} images"
+            continue
         keys: list[str] = []
         try:
             for sample in wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False):

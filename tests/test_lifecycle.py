@@ -243,3 +243,18 @@ def test_a_patient_link_across_old_splits_moves_the_unit_towards_train_and_is_re
     assert all(new[i]["split"] == "train" for i, r in old.items() if r["split"] == "train")
     notes = (tmp_path / "v1.0.1" / "release_notes" / "v1.0.1.md").read_text()
     assert "### Split changes (1)" in notes and f"| `{moved_id}` | test | train |" in notes
+
+
+def test_a_unit_straddling_old_splits_goes_to_the_split_nearest_train():
+    from pipeline.lineage import split_moves
+    from pipeline.split import SplitItem, assign_splits
+
+    fractions = {"train": 0.7, "validation": 0.1, "test": 0.2}
+    # one patient whose earlier images were mostly in test, one in validation: a majority rule would pick test
+    items = [SplitItem(f"{i:016x}", "a", f"g{i}", "P1") for i in range(4)]
+    previous = {items[0].key: "validation", items[1].key: "test", items[2].key: "test"}
+    assignment = assign_splits(items, fractions, seed=0, previous=previous)
+    assert set(assignment.values()) == {"validation"}
+    moves = split_moves(items, assignment, previous)
+    assert [(m.image_id, m.old_split, m.new_split) for m in moves] == [(items[1].key, "test", "validation"), (items[2].key, "test", "validation")]
+    assert moves[0].unit_splits == (("validation", 1), ("test", 2))

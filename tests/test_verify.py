@@ -246,3 +246,24 @@ def test_ci_workflow_runs_verify_on_every_release(built, tmp_path):
     shutil.rmtree(repo / "releases")
     empty = run()
     assert empty.returncode == 1 and "no release (a directory with manifest.json) under releases/" in empty.stdout
+
+
+def test_webdataset_check_runs_only_where_shards_exist(release):
+    import webdataset as wds
+
+    assert "load-webdataset" not in [r.name for r in run_checks(release, skip=FAST)]
+    (release / "wds").mkdir()
+    for split, info in read_manifest(release)["splits"].items():
+        rows = pq.read_table(release / info["parquet"][0]).to_pylist() if info["parquet"] else []
+        if split == "test":
+            rows = rows[1:]  # one sample short
+        with wds.TarWriter(str(release / "wds" / f"{split}-000000.tar")) as sink:
+            for row in rows:
+                sink.write({"__key__": row["image_id"], "tif": row["image"]["bytes"], "cls": row["label"]})
+    resign(release)
+    results = {r.name: r for r in run_checks(release, skip=FAST)}
+    expected = read_manifest(release)["splits"]["test"]["num_examples"]
+    assert [str(f) for f in results["load-webdataset"].failures] == [
+        f"[load-webdataset] wds/test-*.tar holds {expected - 1} samples, the manifest says {expected}"
+    ]
+    assert all(not r.failures for name, r in results.items() if name != "load-webdataset")
