@@ -667,3 +667,8 @@ def rebuild_differences(view: ReleaseView, raw: Path, previous: Path | None, wor
         for rel in sorted(ours & theirs):
             if not filecmp.cmp(view.dir / rel, out / rel, shallow=False):
                 yield f"{rel} differs from the rebuild from {raw}"
+
+
+def verify_messages(release_dir: Path, **options) -> list[str]:
+    """The failures as text, one per problem ('[check] message'): what `mll23 publish` refuses a release for."""
+    return [str(f) for f in verify_release(release_dir, **options)]
