@@ -56,6 +56,14 @@ class HubLimits:
     max_files: int = 100_000
 
 
+@dataclass(frozen=True)
+class VerifyOptions:
+    hub: HubLimits = field(default_factory=HubLimits)
+    # A non-streaming `load_dataset` copies the whole release into a cache: beyond this size (a CI runner's
+    # disk may not hold the release twice) the load check reads every row in streaming mode instead.
+    full_load_max_bytes: int = 2_000_000_000
+
+
 @dataclass
 class CheckResult:
     name: str
@@ -164,7 +172,7 @@ def _capped(check: str, messages: Iterable[str]) -> list[Failure]:
 # ---- the checks ----------------------------------------------------------------------------------------
 
 
-def check_files(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
+def check_files(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     listed = {}
     for entry in view.manifest["files"]:
         if entry["path"] in listed:
@@ -186,7 +194,7 @@ def check_files(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
         yield f"{path} is in the release but not listed in {MANIFEST} (remove it, or rebuild)"
 
 
-def check_version(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
+def check_version(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     from pipeline.lineage import LineageError, version_key
 
     version = view.manifest["version"]
@@ -213,7 +221,7 @@ def check_version(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
             yield f"{CARD} links {target}, which is not a file of the release"
 
 
-def check_records(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
+def check_records(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """Every row against schemas/record.schema.json, and its image: decodes, and has the pixels it claims."""
     validator = record_validator()
     names = view.class_names
@@ -301,7 +309,7 @@ def _int(cell: str) -> int | None:
     return int(text) if text.lstrip("-").isdigit() else None
 
 
-def check_counts(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
+def check_counts(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """The shards are what is published; the card, the manifest and the ledger must all say the same."""
     names = view.class_names
     rows = view.rows
@@ -374,7 +382,7 @@ def _card_counts(view: ReleaseView, shard_split: Counter, shard_class: Counter, 
                 yield f"{CARD}: cleaning table, row {fate} says {n}, but {LEDGER} has {actual}"
 
 
-def check_ledger(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
+def check_ledger(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """Every raw input exactly once, with a known fate; every published row has exactly one kept entry."""
     path = view.dir / LEDGER
     if not path.is_file():
@@ -410,7 +418,7 @@ def check_ledger(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
             )
 
 
-def check_splits(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
+def check_splits(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """No patient and no look-alike group in two splits: they would leak between training and evaluation."""
     for attr, what in (("patient_id", "patient"), ("group_id", "look-alike group")):
         where: dict[str, Counter] = defaultdict(Counter)
@@ -423,7 +431,7 @@ def check_splits(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
                 yield f"{what} {key} is in {len(splits)} splits ({spread})"
 
 
-def check_unique(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
+def check_unique(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     for attr in ("image_id", "pixel_sha256"):
         seen: dict[str, list[str]] = defaultdict(list)
         for r in view.rows:
@@ -433,7 +441,8 @@ def check_unique(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
                 yield f"{attr} {key} appears {len(places)} times: {', '.join(places[:5])}"
 
 
-def check_hub_limits(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
+def check_hub_limits(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    limits = opts.hub
     files = list_release_files(view.dir) + [MANIFEST]
     if len(files) > limits.max_files:
         yield f"{len(files):,} files; the Hub takes at most {limits.max_files:,} per repository"
@@ -462,45 +471,79 @@ def check_hub_limits(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
                 )
 
 
-def check_load_datasets(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
-    """The way the card tells people to load the release: `datasets.load_dataset(DIR)`, also streaming."""
+def check_load_datasets(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    """The way the card tells people to load the release: `datasets.load_dataset(DIR)`, and streaming."""
     import datasets
 
     expected = {s: v.get("num_examples", 0) for s, v in view.manifest["splits"].items() if v.get("num_examples")}
+    shard_bytes = sum((view.dir / p).stat().st_size for p in view.shard_paths)
     bars_were_off = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        with tempfile.TemporaryDirectory(prefix="mll23-verify-cache-") as cache:
-            try:
-                ds = datasets.load_dataset(str(view.dir), cache_dir=cache)
-            except Exception as exc:
-                yield f"datasets.load_dataset({str(view.dir)!r}) fails: {type(exc).__name__}: {exc}"
-                return
-            if set(ds) != set(expected):
-                yield f"datasets.load_dataset gives splits {sorted(ds)}, the manifest has {sorted(expected)}"
-            for split in sorted(set(ds) & set(expected)):
-                if ds[split].num_rows != expected[split]:
-                    yield f"datasets.load_dataset: {split} has {ds[split].num_rows} rows, the manifest says {expected[split]}"
-                label = ds[split].features.get("label")
-                if getattr(label, "names", None) != view.class_names:
-                    yield f"datasets.load_dataset: {split} label names are not the manifest's class_names"
-                try:
-                    ds[split][0]["image"].load()
-                except Exception as exc:
-                    yield f"datasets.load_dataset: first {split} image does not decode: {type(exc).__name__}: {exc}"
-            del ds
-            try:
-                streamed = datasets.load_dataset(str(view.dir), streaming=True)
-                for split in sorted(expected):
-                    next(iter(streamed[split]))["image"].load()
-            except Exception as exc:
-                yield f"datasets.load_dataset(..., streaming=True) fails: {type(exc).__name__}: {exc}"
+        if shard_bytes <= opts.full_load_max_bytes:
+            yield from _full_load(view, expected)
+        yield from _streaming_load(view, expected, count_all=shard_bytes > opts.full_load_max_bytes)
     finally:
         if not bars_were_off:
             datasets.enable_progress_bars()
 
 
-def check_load_webdataset(view: ReleaseView, limits: HubLimits) -> Iterator[str]:
+def _loaded_split_problems(how: str, split: str, features, rows: int, expected: dict[str, int], view: ReleaseView) -> Iterator[str]:
+    import datasets
+
+    if rows != expected[split]:
+        yield f"{how}: {split} has {rows} rows, the manifest says {expected[split]}"
+    if getattr(features.get("label"), "names", None) != view.class_names:
+        yield f"{how}: {split} label names are not the manifest's class_names"
+    if not isinstance(features.get("image"), datasets.Image):
+        yield f"{how}: {split} column image is {features.get('image')!r}, not an Image feature"
+
+
+def _full_load(view: ReleaseView, expected: dict[str, int]) -> Iterator[str]:
+    import datasets
+
+    how = f"datasets.load_dataset({str(view.dir)!r})"
+    with tempfile.TemporaryDirectory(prefix="mll23-verify-cache-") as cache:
+        try:
+            ds = datasets.load_dataset(str(view.dir), cache_dir=cache)
+        except Exception as exc:
+            yield f"{how} fails: {type(exc).__name__}: {exc}"
+            return
+        if set(ds) != set(expected):
+            yield f"{how} gives splits {sorted(ds)}, the manifest has {sorted(expected)}"
+        for split in sorted(set(ds) & set(expected)):
+            yield from _loaded_split_problems(how, split, ds[split].features, ds[split].num_rows, expected, view)
+            try:
+                ds[split][0]["image"].load()
+            except Exception as exc:
+                yield f"{how}: first {split} image does not decode: {type(exc).__name__}: {exc}"
+        del ds  # its Arrow files live in the cache about to be removed
+
+
+def _streaming_load(view: ReleaseView, expected: dict[str, int], count_all: bool) -> Iterator[str]:
+    """Streaming reads the Parquet files where they are: cheap enough to read every row of a large release."""
+    import datasets
+
+    how = f"datasets.load_dataset({str(view.dir)!r}, streaming=True)"
+    try:
+        streamed = datasets.load_dataset(str(view.dir), streaming=True)
+    except Exception as exc:
+        yield f"{how} fails: {type(exc).__name__}: {exc}"
+        return
+    if set(streamed) != set(expected):
+        yield f"{how} gives splits {sorted(streamed)}, the manifest has {sorted(expected)}"
+    for split in sorted(set(streamed) & set(expected)):
+        try:
+            next(iter(streamed[split]))["image"].load()
+            if count_all:
+                raw = streamed[split].cast_column("image", datasets.Image(decode=False))
+                rows = sum(1 for _ in raw)
+                yield from _loaded_split_problems(how, split, streamed[split].features, rows, expected, view)
+        except Exception as exc:
+            yield f"{how}: reading {split} fails: {type(exc).__name__}: {exc}"
+
+
+def check_load_webdataset(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """WebDataset shards (wds/{split}-*.tar): readable with `webdataset`, one sample per published image."""
     import webdataset as wds
 
@@ -529,7 +572,7 @@ def check_load_webdataset(view: ReleaseView, limits: HubLimits) -> Iterator[str]
 class Check:
     name: str
     description: str
-    run: Callable[[ReleaseView, HubLimits], Iterable[str]]
+    run: Callable[[ReleaseView, VerifyOptions], Iterable[str]]
     applies: Callable[[ReleaseView], bool] = lambda view: True
 
 
@@ -557,10 +600,13 @@ def run_checks(
     limits: HubLimits | None = None,
     skip: Iterable[str] = (),
     notes_dir: Path | None = None,
+    full_load_max_bytes: int | None = None,
 ) -> list[CheckResult]:
     """Every applicable check, in order, with its failures (none: it passed)."""
     view = ReleaseView(Path(release_dir))
-    limits = limits or HubLimits()
+    opts = VerifyOptions(hub=limits or HubLimits())
+    if full_load_max_bytes is not None:
+        opts = VerifyOptions(hub=opts.hub, full_load_max_bytes=full_load_max_bytes)
     try:
         view.manifest
     except ManifestUnreadable as exc:
@@ -571,7 +617,7 @@ def run_checks(
             continue
         result = CheckResult(check.name, check.description)
         try:
-            result.failures = _capped(check.name, check.run(view, limits))
+            result.failures = _capped(check.name, check.run(view, opts))
         except Exception as exc:  # a check that cannot finish is a failed check, reported like the others
             result.failures.append(Failure(check.name, f"could not complete: {type(exc).__name__}: {exc}"))
         results.append(result)

@@ -267,3 +267,18 @@ def test_webdataset_check_runs_only_where_shards_exist(release):
         f"[load-webdataset] wds/test-*.tar holds {expected - 1} samples, the manifest says {expected}"
     ]
     assert all(not r.failures for name, r in results.items() if name != "load-webdataset")
+
+
+def test_large_release_is_loaded_by_streaming_every_row(release):
+    """Above full_load_max_bytes only streaming runs, and it counts every row: a missing row is still caught."""
+    assert messages(release, skip=CHECKS_BUT_LOAD, full_load_max_bytes=0) == []
+    path = shard(release, "test")
+    rewrite_shard(path, lambda rows: rows[1:])
+    expected = read_manifest(release)["splits"]["test"]["num_examples"]
+    found = messages(release, skip=CHECKS_BUT_LOAD, full_load_max_bytes=0)
+    assert found == [
+        f"[load-datasets] datasets.load_dataset({str(release)!r}, streaming=True): test has {expected - 1} rows, the manifest says {expected}"
+    ]
+
+
+CHECKS_BUT_LOAD = tuple(c.name for c in CHECKS if c.name != "load-datasets")
