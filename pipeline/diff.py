@@ -8,7 +8,7 @@ the very same text.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.config import SPLITS
@@ -148,8 +148,6 @@ class ReleaseDiff:
     tool_change: tuple[str, str] | None
 
     def to_json(self) -> dict:
-        from dataclasses import asdict
-
         return asdict(self)
 
 

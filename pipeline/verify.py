@@ -26,8 +26,11 @@ import pyarrow.parquet as pq
 import yaml
 from PIL import Image
 
+from pipeline.build import BuildError, build_release
 from pipeline.config import SPLITS, ConfigError, validate_config
+from pipeline.lineage import LineageError, version_key
 from pipeline.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST, list_release_files, read_ledger, sha256_file
+from pipeline.notes import NOTES_DIR, NotesError
 from pipeline.records import FATES
 from pipeline.validate import record_errors, record_validator
 
@@ -195,8 +198,6 @@ def check_files(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
 
 
 def check_version(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
-    from pipeline.lineage import LineageError, version_key
-
     version = view.manifest["version"]
     try:
         version_key(version)
@@ -677,10 +678,6 @@ def find_previous(view: ReleaseView, previous: Path | None) -> tuple[Path | None
 
 
 def rebuild_differences(view: ReleaseView, raw: Path, previous: Path | None, workers: int | None) -> Iterator[str]:
-    from pipeline.build import BuildError, build_release
-    from pipeline.lineage import LineageError
-    from pipeline.notes import NOTES_DIR, NotesError
-
     config_doc = view.manifest.get("config")
     if config_doc is None:
         yield f"{MANIFEST} does not record the config it was built with, so it cannot be rebuilt"
