@@ -5,12 +5,14 @@ import json
 import shutil
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
+import pipeline
 from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.config import load_config
-from pipeline.diff import diff_releases, render_diff
+from pipeline.diff import config_changes, diff_releases, render_diff
 from pipeline.lineage import LineageError, version_key
 from pipeline.manifest import read_ledger, read_manifest
 from pipeline.notes import BEGIN, END, NotesError
@@ -42,7 +44,8 @@ def v1(tmp_path_factory):
 
 
 def changed_raw(v1, name: str):
-    """v1's RAW with 2 images removed, 3 added, 1 relabelled and 1 exact copy of a published image added."""
+    """v1's RAW with 2 images removed, 3 added, 1 relabelled, 1 now marked dysplastic, and 1 exact copy of a
+    published image added."""
     base, rows = v1
     raw = base / name
     shutil.copytree(base / "raw1", raw)
@@ -55,6 +58,7 @@ def changed_raw(v1, name: str):
     (raw / "monocyte/cell_001.tif").rename(raw / "eosinophil/from_monocyte_001.tif")
     relabelled = next(r for r in rows if r["image"] == "monocyte/cell_001.tif")
     relabelled.update(image="eosinophil/from_monocyte_001.tif", label="eosinophil")
+    next(r for r in rows if r["image"] == "eosinophil/cell_000.tif")["dysplastic"] = "true"
     added = {"myeloblast/new_a.tif": (900, "P10"), "monocyte/new_b.tif": (901, "P11"), "eosinophil/new_c.tif": (902, "P03")}
     for rel, (seed, patient) in added.items():
         save(raw / rel, crop(seed))
@@ -95,25 +99,29 @@ def test_notes_list_exactly_the_change(v2):
     assert {(r.image.image_id, r.why) for r in d.removed} == {
         (image_id(2), "raw file no longer in the input"),
         (image_id(21), "raw file no longer in the input"),
+        (image_id(16), "excluded: dysplastic cell (annotations.csv dysplastic=true)"),
     }
     assert [(r.image_id, r.old_label, r.new_label) for r in d.relabelled] == [(image_id(9), "monocyte", "eosinophil")]
     assert [(m.old, m.new) for m in d.renamed] == [("monocyte/cell_001.tif", "eosinophil/from_monocyte_001.tif")]
     assert d.split_changes == []
     assert [(f.source_file, f.before, f.after.split(";")[0]) for f in d.fate_changes] == [
-        ("myeloblast/a_copy.png", "", "duplicate: identical pixels")
+        ("eosinophil/cell_000.tif", "kept", "excluded: dysplastic cell (annotations.csv dysplastic=true)"),
+        ("myeloblast/a_copy.png", "", "duplicate: identical pixels"),
     ]
     counts = {c.key: (c.old, c.new) for c in d.per_class if c.old or c.new}
-    # myeloblast -1 +1, monocyte -1 (relabelled) +1, eosinophil -1 +1 (relabelled) +1
-    assert counts == {"myeloblast": (8, 8), "monocyte": (8, 8), "eosinophil": (8, 9)}
-    assert sum(c.new for c in d.per_split) == 25 and sum(c.old for c in d.per_split) == 24
+    # myeloblast -1 +1; monocyte -1 (relabelled) +1; eosinophil -1 -1 (dysplastic) +1 (relabelled) +1
+    assert counts == {"myeloblast": (8, 8), "monocyte": (8, 8), "eosinophil": (8, 8)}
+    assert sum(c.new for c in d.per_split) == 24 and sum(c.old for c in d.per_split) == 24
+    assert {c.key: (c.old, c.new) for c in d.fates if c.old or c.new} == {"kept": (24, 24), "duplicate": (0, 1), "excluded": (0, 1)}
     assert d.config_changes == [] and d.tool_change is None
 
     notes = (base / "v1.1.0" / "release_notes" / "v1.1.0.md").read_text()
     for k in d.added + [r.image for r in d.removed]:
         assert f"`{k.image_id}`" in notes
-    assert "### Images added (3)" in notes and "### Images removed (2)" in notes and "### Label changes (1)" in notes
+    assert "### Images added (3)" in notes and "### Images removed (3)" in notes and "### Label changes (1)" in notes
+    assert "### Dedup, exclusion and validity changes (2)" in notes
     assert "| `" + image_id(9) + "` | monocyte | eosinophil |" in notes
-    assert "| eosinophil | 8 | 9 | +1 |" in notes
+    assert "| eosinophil | 8 | 8 | 0 |" in notes and "| excluded | 0 | 1 | +1 |" in notes
     assert "Every image of v1.0.0 that is still published keeps its split." in notes
 
 
@@ -121,7 +129,7 @@ def test_surviving_images_keep_their_split_and_new_ones_follow_their_patient(v2)
     base, _ = v2
     old, new = kept(base / "v1.0.0"), kept(base / "v1.1.0")
     surviving = set(old) & set(new)
-    assert len(surviving) == 24 - 2
+    assert len(surviving) == 24 - 3
     assert all(new[i]["split"] == old[i]["split"] for i in surviving)
     # new_c joins patient P03, whose v1.0.0 images all share one split
     p03_split = {old[image_id(n)]["split"] for n in range(24) if n % 7 == 3 and image_id(n) in old}
@@ -158,7 +166,7 @@ def test_release_carries_notes_card_links_them_and_manifest_records_lineage(v1, 
     assert manifest["previous"]["version"] == "1.0.0"
     assert manifest["previous"]["manifest_sha256"] == hashlib.sha256((base / "v1.0.0" / "manifest.json").read_bytes()).hexdigest()
     assert "release_notes/v1.1.0.md" in {f["path"] for f in manifest["files"]}
-    assert set(manifest["retired"]) == {image_id(2), image_id(21)}
+    assert set(manifest["retired"]) == {image_id(2), image_id(16), image_id(21)}
     card = (release / "README.md").read_text()
     assert "what changed since v1.0.0 is in [release_notes/v1.1.0.md](release_notes/v1.1.0.md)" in card
     assert (base / "notes" / "v1.1.0.md").read_bytes() == (release / "release_notes" / "v1.1.0.md").read_bytes()
@@ -222,7 +230,7 @@ def test_a_removed_image_that_comes_back_returns_to_its_old_split(v1, v2, tmp_pa
     (raw / "annotations.csv").write_text("\n".join(rows) + "\n")
     build_release(raw, tmp_path / "v1.2.0", load_config(version="1.2.0"), workers=1, previous=base / "v1.1.0", notes_dir=tmp_path / "n")
     assert kept(tmp_path / "v1.2.0")[image_id(2)]["split"] == kept(base / "v1.0.0")[image_id(2)]["split"]
-    assert set(read_manifest(tmp_path / "v1.2.0")["retired"]) == {image_id(21)}
+    assert set(read_manifest(tmp_path / "v1.2.0")["retired"]) == {image_id(16), image_id(21)}
     assert read_manifest(tmp_path / "v1.2.0")["retired"][image_id(21)]["last_version"] == "1.0.0"
 
 
@@ -263,3 +271,37 @@ def test_a_unit_straddling_old_splits_goes_to_the_split_nearest_train():
     moves = split_moves(items, assignment, previous)
     assert [(m.image_id, m.old_split, m.new_split) for m in moves] == [(items[1].key, "test", "validation"), (items[2].key, "test", "validation")]
     assert moves[0].unit_splits == (("validation", 1), ("test", 2))
+
+
+def test_first_release_notes_give_its_counts(v1):
+    base, _ = v1
+    notes = (base / "v1.0.0" / "release_notes" / "v1.0.0.md").read_text()
+    assert notes.startswith("# mll23 v1.0.0\n") and "First release." in notes
+    per_split = {}
+    for row in kept(base / "v1.0.0").values():
+        per_split[row["split"]] = per_split.get(row["split"], 0) + 1
+    total_row = f"| **total** | {per_split['train']} | {per_split['validation']} | {per_split['test']} | 24 |"
+    assert "24 images in 3 classes, from 24 raw inputs." in notes and total_row in notes
+    assert (base / "notes" / "v1.0.0.md").read_bytes() == (base / "v1.0.0" / "release_notes" / "v1.0.0.md").read_bytes()
+
+
+def test_config_changes_are_listed_key_by_key():
+    old = load_config(version="1.0.0").raw
+    new = json.loads(json.dumps(old))
+    new.update(version="1.1.0", release_date="2026-01-15", exclude_labels=["basophil"])
+    new["split"]["seed"] = 24
+    new["classes"][1]["full_name"] = "segmented neutrophil"
+    assert config_changes(old, new) == [
+        ("classes[1].full_name", '"segmented neutrophil granulocyte"', '"segmented neutrophil"'),
+        ("exclude_labels", "[]", '["basophil"]'),
+        ("split.seed", "23", "24"),
+    ]
+
+
+def test_ci_workflow_command_pins_the_tool():
+    default = CliRunner().invoke(app, ["ci-workflow"])
+    assert default.exit_code == 0
+    assert yaml.safe_load(default.output)["env"]["MLL23_PIPELINE"] == f"mll23-pipeline=={pipeline.__version__}"
+    spec = "mll23-pipeline @ git+https://example.org/mll23-pipeline@v0.1.0"
+    pinned = CliRunner().invoke(app, ["ci-workflow", "--install", spec])
+    assert yaml.safe_load(pinned.output)["env"]["MLL23_PIPELINE"] == spec
