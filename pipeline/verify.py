@@ -218,7 +218,7 @@ def check_version(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
         if f"]({notes})" not in view.card_text:
             yield f"{CARD} does not link the release notes {notes}"
     for target in sorted(set(re.findall(r"\]\(([^)#?]+)\)", view.card_text))):
-        if "://" not in target and not target.startswith("mailto:") and not (view.dir / target).is_file():
+        if "://" not in target and not target.startswith("mailto:") and not (view.dir / target).exists():
             yield f"{CARD} links {target}, which is not a file of the release"
 
 
