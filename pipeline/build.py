@@ -171,13 +171,16 @@ def run_decode(
     return facts, failed
 
 
-def run_dedup(raw: Path, items: list[RawItem], facts: dict[str, ImageFacts], config: ReleaseConfig) -> DedupResult:
+def run_dedup(
+    raw: Path, items: list[RawItem], facts: dict[str, ImageFacts], config: ReleaseConfig, prefer: Callable | None = None
+) -> DedupResult:
     return deduplicate(
         [facts[i.relpath] for i in items],
         lambda rel: load_rgb(raw / rel, config.image_size),
         phash_threshold=config.phash_threshold,
         lookalike_threshold=config.lookalike_threshold,
         policy=config.conflict_policy,
+        prefer=prefer,
     )
 
 
@@ -320,7 +323,7 @@ def build_release(
     ledger += failed
     lap("decode")
     decoded = [i for i in ingested.items if i.relpath in facts]
-    dedup = run_dedup(raw, decoded, facts, config)
+    dedup = run_dedup(raw, decoded, facts, config, prefer=lineage.dedup_preference(prev) if prev else None)
     if prev is not None:
         dedup = lineage.keep_previous_representatives(dedup, facts, prev)
     lap("dedup")

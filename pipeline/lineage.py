@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -122,12 +123,17 @@ def retired_images(previous: PreviousRelease | None, kept_ids: set[str]) -> dict
 # ---- duplicate groups: keep the image that was published ----------------------------------------------
 
 
-def _preference(relpath: str, facts: dict[str, ImageFacts], previous: PreviousRelease) -> tuple[int, int]:
+def _preference(f: ImageFacts, previous: PreviousRelease) -> tuple[int, int]:
     """Lower is better: the very file published before, then a file with the pixels published before."""
-    image_id = facts[relpath].pixel_sha256[:16]
+    image_id = f.pixel_sha256[:16]
     published = previous.published.get(image_id)
-    same_file = published is not None and published.source_file == relpath
+    same_file = published is not None and published.source_file == f.relpath
     return (0 if same_file else 1, 0 if image_id in previous.splits else 1)
+
+
+def dedup_preference(previous: PreviousRelease) -> Callable[[ImageFacts], tuple]:
+    """dedup's `prefer` key: in a duplicate group, keep what was published; otherwise the usual lossless first."""
+    return lambda f: (*_preference(f, previous), not f.lossless)
 
 
 def keep_previous_representatives(dedup: DedupResult, facts: dict[str, ImageFacts], previous: PreviousRelease) -> DedupResult:
@@ -147,8 +153,8 @@ def keep_previous_representatives(dedup: DedupResult, facts: dict[str, ImageFact
     for kept, group in sorted(members.items()):
         if len(group) < 2 or kept not in facts:
             continue
-        best = min(sorted(group), key=lambda rel: _preference(rel, facts, previous))
-        if _preference(best, facts, previous) >= _preference(kept, facts, previous):
+        best = min(sorted(group), key=lambda rel: _preference(facts[rel], previous))
+        if _preference(facts[best], previous) >= _preference(facts[kept], previous):
             continue
         reason = fates[best][1]
         note = f"{reason}; the copy published in {previous.version} stays the published one"
