@@ -324,8 +324,6 @@ def build_release(
     lap("decode")
     decoded = [i for i in ingested.items if i.relpath in facts]
     dedup = run_dedup(raw, decoded, facts, config, prefer=lineage.dedup_preference(prev) if prev else None)
-    if prev is not None:
-        dedup = lineage.keep_previous_representatives(dedup, facts, prev)
     lap("dedup")
     records, dropped = run_exclude_and_validate(decoded, facts, dedup, config)
     ledger += dropped

@@ -155,7 +155,8 @@ def _fate_text(f: InputFate | None) -> str:
     if f is None:
         return ""
     text = f.fate + (f": {f.reason}" if f.reason else "")
-    return text + (f" (of {f.duplicate_of})" if f.duplicate_of else "")
+    # name the kept copy unless the reason already does
+    return text + (f" (of {f.duplicate_of})" if f.duplicate_of and f.duplicate_of not in f.reason else "")
 
 
 def _why_removed(image: KeptImage, new: ReleaseSummary) -> str:

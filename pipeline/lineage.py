@@ -16,12 +16,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.manifest import LEDGER, MANIFEST, read_ledger, read_manifest, sha256_file
-from pipeline.records import DedupResult, ImageFacts
+from pipeline.records import ImageFacts
 from pipeline.split import SplitItem, units
 
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?$")
@@ -134,38 +134,6 @@ def _preference(f: ImageFacts, previous: PreviousRelease) -> tuple[int, int]:
 def dedup_preference(previous: PreviousRelease) -> Callable[[ImageFacts], tuple]:
     """dedup's `prefer` key: in a duplicate group, keep what was published; otherwise the usual lossless first."""
     return lambda f: (*_preference(f, previous), not f.lossless)
-
-
-def keep_previous_representatives(dedup: DedupResult, facts: dict[str, ImageFacts], previous: PreviousRelease) -> DedupResult:
-    """Swap which copy of a duplicate group is kept where dedup chose a copy the previous release did not publish.
-
-    Works on any dedup's result (kept copy + duplicates pointing at it), so it does not depend on how the
-    groups were found. Label-conflict groups are untouched: they publish nothing. Where two images published
-    before now fall into one group, dedup's choice stands if it is one of them; else the first in path order.
-    """
-    members: dict[str, list[str]] = {}
-    for relpath, (fate, _, dup_of) in dedup.fates.items():
-        if fate == "kept":
-            members.setdefault(relpath, []).insert(0, relpath)
-        elif fate == "duplicate" and dup_of is not None:
-            members.setdefault(dup_of, []).append(relpath)
-    fates = dict(dedup.fates)
-    for kept, group in sorted(members.items()):
-        if len(group) < 2 or kept not in facts:
-            continue
-        best = min(sorted(group), key=lambda rel: _preference(facts[rel], previous))
-        if _preference(facts[best], previous) >= _preference(facts[kept], previous):
-            continue
-        reason = fates[best][1]
-        note = f"{reason}; the copy published in {previous.version} stays the published one"
-        for rel in group:
-            if rel == best:
-                fates[rel] = ("kept", "", None)
-            elif rel == kept:
-                fates[rel] = ("duplicate", note, best)
-            else:
-                fates[rel] = (fates[rel][0], fates[rel][1], best)
-    return replace(dedup, fates=fates)
 
 
 # ---- splits: units that join images of different earlier splits --------------------------------------
