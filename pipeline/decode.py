@@ -12,6 +12,7 @@ import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.dedup import centre_hash
 from pipeline.records import DecodeFailure, ImageFacts
 
 # TIFF compressions that give back the scanned pixels exactly; anything else is re-encoded as PNG.
@@ -90,6 +91,7 @@ def decode_image(data: bytes, relpath: str, label: str, expected_size: tuple[int
         sharpness=sharpness(np.asarray(rgb_img.convert("L"))),
         lossless=lossless,
         file_format=fmt,
+        centre_hash=centre_hash(rgb),
     )
     return facts, rgb
 
