@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import pipeline
-from pipeline import card, lineage, manifest, notes
+from pipeline import card, croissant, figures, lineage, manifest, notes, wds_writer
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.decode import decode_file, load_rgb, publishable_bytes
 from pipeline.dedup import deduplicate
@@ -249,6 +249,7 @@ def write_release(
     config: ReleaseConfig,
     manifest_body: dict,
     progress: Progress,
+    dedup: DedupResult | None = None,
     extra_files: dict[str, str] | None = None,
     card_sections: list[str] | None = None,
 ) -> None:
@@ -256,21 +257,30 @@ def write_release(
     progress.start("write", len(records))
     split_bytes: dict[str, int] = {}
     shards: dict[str, list[str]] = {}
+    tar_shards: dict[str, list[wds_writer.TarShard]] = {}
+    image_suffixes: set[str] = set()
+    grid = figures.SampleGrid(records, config.class_names)
 
     def read_bytes(record: ReleaseRecord) -> bytes:
         progress.advance("write")
-        return publishable_bytes(raw / record.source_file, facts[record.source_file])
+        data = publishable_bytes(raw / record.source_file, facts[record.source_file])
+        grid.offer(record, data)
+        return data
 
     for split in SPLITS:
-        infos = write_split(
-            staging / "data",
-            split,
-            (r for r in records if r.split == split),
-            read_bytes,
-            config.class_names,
-            max_shard_bytes=config.max_shard_bytes,
-            max_row_group_bytes=config.max_row_group_bytes,
-        )
+        # One read per image feeds both formats: the tar writer takes each image as the Parquet writer asks for it.
+        with wds_writer.ShardedTarWriter(staging, split, config.max_shard_bytes, wds_writer.release_mtime(config.release_date)) as tars:
+            infos = write_split(
+                staging / "data",
+                split,
+                (r for r in records if r.split == split),
+                lambda r: tars.add(r, read_bytes(r)),
+                config.class_names,
+                max_shard_bytes=config.max_shard_bytes,
+                max_row_group_bytes=config.max_row_group_bytes,
+            )
+        tar_shards[split] = tars.shards
+        image_suffixes |= tars.suffixes
         shards[split] = [i.path.relative_to(staging).as_posix() for i in infos]
         split_bytes[split] = sum(i.path.stat().st_size for i in infos)
     progress.finish("write")
@@ -278,10 +288,37 @@ def write_release(
     for relpath, text in sorted((extra_files or {}).items()):
         (staging / relpath).parent.mkdir(parents=True, exist_ok=True)
         (staging / relpath).write_text(text, encoding="utf-8")
-    card.write_card(staging, card.render_card(config, counts, split_bytes, card_sections))
+    write_cards_and_pictures(
+        staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult(), card_sections
+    )
     body = dict(manifest_body)
-    body["splits"] = {s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s]} for s in SPLITS}
+    body["splits"] = {
+        s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s], "webdataset": wds_writer.manifest_entry(s, tar_shards[s])}
+        for s in SPLITS
+    }
     manifest.write_manifest(staging, body)
+
+
+def write_cards_and_pictures(
+    staging: Path,
+    raw: Path,
+    config: ReleaseConfig,
+    counts: dict,
+    split_bytes: dict[str, int],
+    tar_shards: dict[str, list[wds_writer.TarShard]],
+    image_suffixes: set[str],
+    grid: figures.SampleGrid,
+    dedup: DedupResult,
+    card_sections: list[str] | None = None,
+) -> None:
+    """The tars' own card, the pictures, the dataset card linking both, then croissant.json, which hashes them all."""
+    wds_writer.write_wds_card(staging, config, tar_shards, image_suffixes)
+    pictures = figures.write_figures(
+        staging, config, counts, grid, dedup.pairs, dedup.fates, lambda rel: load_rgb(raw / rel, config.image_size)
+    )
+    extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures), *(card_sections or [])]
+    card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
+    croissant.write_croissant(staging, config, counts)
 
 
 def build_release(
@@ -351,7 +388,10 @@ def build_release(
         body.update(lineage.manifest_fields(config, prev, {r.image_id for r in records}, notes_rel))
         notes_text = notes.notes_for_build(body, manifest.ledger_text(ledger), prev.path if prev else None, words)
         card_link = notes.card_section(config.version, prev.version if prev else None)
-        write_release(staging, raw, records, facts, ledger, counts, config, body, progress, {notes_rel: notes_text}, [card_link])
+        write_release(
+            staging, raw, records, facts, ledger, counts, config, body, progress, dedup,
+            extra_files={notes_rel: notes_text}, card_sections=[card_link],
+        )
         _publish_dir(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -160,8 +160,7 @@ class ReleaseView:
 
     @cached_property
     def card_yaml(self) -> dict:
-        m = re.match(r"^---\n(.*?)\n---\n", self.card_text, re.S)
-        return (yaml.safe_load(m.group(1)) or {}) if m else {}
+        return _card_header(self.card_text)
 
 
 def _capped(check: str, messages: Iterable[str]) -> list[Failure]:
@@ -349,16 +348,28 @@ def check_counts(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     yield from _card_counts(view, shard_split, shard_class, fates)
 
 
-def _card_counts(view: ReleaseView, shard_split: Counter, shard_class: Counter, fates: Counter) -> Iterator[str]:
-    if not view.card_text:
-        yield f"{CARD} (the dataset card) is missing"
-        return
-    info = view.card_yaml.get("dataset_info") or {}
+def _card_header(text: str) -> dict:
+    m = re.match(r"^---\n(.*?)\n---\n", text, re.S)
+    return (yaml.safe_load(m.group(1)) or {}) if m else {}
+
+
+def _yaml_split_counts(name: str, header: dict, shard_split: Counter) -> Iterator[str]:
+    info = header.get("dataset_info") or {}
     claimed = {s.get("name"): s.get("num_examples") for s in info.get("splits", [])}
     for s in SPLITS:
         n = shard_split.get(s, 0)
         if claimed.get(s, 0) != n:
-            yield f"{CARD}: YAML dataset_info.splits {s} num_examples is {claimed.get(s, 0)}, but the shards hold {n}"
+            yield f"{name}: YAML dataset_info.splits {s} num_examples is {claimed.get(s, 0)}, but the shards hold {n}"
+
+
+def _card_counts(view: ReleaseView, shard_split: Counter, shard_class: Counter, fates: Counter) -> Iterator[str]:
+    if not view.card_text:
+        yield f"{CARD} (the dataset card) is missing"
+        return
+    yield from _yaml_split_counts(CARD, view.card_yaml, shard_split)
+    wds_card = view.dir / "wds" / CARD
+    if wds_card.is_file():
+        yield from _yaml_split_counts(f"wds/{CARD}", _card_header(wds_card.read_text(encoding="utf-8")), shard_split)
     tables = _markdown_tables(view.card_text)
     class_tables = [t for t in tables if t[0][:1] == ["label"] and all(s in t[0] for s in SPLITS)]
     fate_tables = [t for t in tables if t[0] == ["fate", "images"]]
@@ -474,99 +485,197 @@ def check_hub_limits(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
 
 def check_load_datasets(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """The way the card tells people to load the release: `datasets.load_dataset(DIR)`, and streaming."""
+    expected = {s: v.get("num_examples", 0) for s, v in view.manifest["splits"].items() if v.get("num_examples")}
+    yield from _datasets_load_problems(view.dir, view.shard_paths, expected, view.class_names, "label", opts)
+
+
+def _datasets_load_problems(
+    root: Path, files: list[str], expected: dict[str, int], class_names: list[str], label: str, opts: VerifyOptions
+) -> Iterator[str]:
+    """load_dataset(root) and load_dataset(root, streaming=True): splits, rows, ClassLabel names, one image per row."""
     import datasets
 
-    expected = {s: v.get("num_examples", 0) for s, v in view.manifest["splits"].items() if v.get("num_examples")}
-    shard_bytes = sum((view.dir / p).stat().st_size for p in view.shard_paths)
+    size = sum((root / f).stat().st_size for f in files)
     bars_were_off = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        if shard_bytes <= opts.full_load_max_bytes:
-            yield from _full_load(view, expected)
-        yield from _streaming_load(view, expected, count_all=shard_bytes > opts.full_load_max_bytes)
+        if size <= opts.full_load_max_bytes:
+            yield from _full_load(root, expected, class_names, label)
+        yield from _streaming_load(root, expected, class_names, label, count_all=size > opts.full_load_max_bytes)
     finally:
         if not bars_were_off:
             datasets.enable_progress_bars()
 
 
-def _loaded_split_problems(how: str, split: str, features, rows: int, expected: dict[str, int], view: ReleaseView) -> Iterator[str]:
+def _image_columns(features) -> list[str]:
     import datasets
 
-    if rows != expected[split]:
-        yield f"{how}: {split} has {rows} rows, the manifest says {expected[split]}"
-    if getattr(features.get("label"), "names", None) != view.class_names:
-        yield f"{how}: {split} label names are not the manifest's class_names"
-    if not isinstance(features.get("image"), datasets.Image):
-        yield f"{how}: {split} column image is {features.get('image')!r}, not an Image feature"
+    return sorted(name for name, feature in features.items() if isinstance(feature, datasets.Image))
 
 
-def _full_load(view: ReleaseView, expected: dict[str, int]) -> Iterator[str]:
+def _split_problems(how: str, split: str, features, rows: Iterable[dict], expected: dict[str, int], class_names: list[str], label: str) -> Iterator[str]:
+    """rows: the split's image columns, undecoded. Every row must carry exactly one image."""
+    images = _image_columns(features)
+    if not images:
+        yield f"{how}: {split} has no Image column (features: {sorted(features)})"
+    if getattr(features.get(label), "names", None) != class_names:
+        yield f"{how}: {split} column {label} is not a ClassLabel with the manifest's class_names"
+    n = without_image = 0
+    for row in rows:
+        n += 1
+        without_image += sum(row[c] is not None for c in images) != 1
+    if n != expected[split]:
+        yield f"{how}: {split} has {n} rows, the manifest says {expected[split]}"
+    if images and without_image:
+        yield f"{how}: {without_image} {split} row(s) without exactly one image in {images}"
+
+
+def _undecoded(ds, features):
     import datasets
 
-    how = f"datasets.load_dataset({str(view.dir)!r})"
+    for column in _image_columns(features):
+        ds = ds.cast_column(column, datasets.Image(decode=False))
+    return ds.select_columns(_image_columns(features))
+
+
+def _first_image_problem(how: str, split: str, ds, features) -> Iterator[str]:
+    try:
+        first = next(iter(ds))
+        image = next(first[c] for c in _image_columns(features) if first[c] is not None)
+        image.load()
+    except Exception as exc:
+        yield f"{how}: first {split} image does not decode: {type(exc).__name__}: {exc}"
+
+
+def _full_load(root: Path, expected: dict[str, int], class_names: list[str], label: str) -> Iterator[str]:
+    import datasets
+
+    how = f"datasets.load_dataset({str(root)!r})"
     with tempfile.TemporaryDirectory(prefix="mll23-verify-cache-") as cache:
         try:
-            ds = datasets.load_dataset(str(view.dir), cache_dir=cache)
+            ds = datasets.load_dataset(str(root), cache_dir=cache)
         except Exception as exc:
             yield f"{how} fails: {type(exc).__name__}: {exc}"
             return
         if set(ds) != set(expected):
             yield f"{how} gives splits {sorted(ds)}, the manifest has {sorted(expected)}"
         for split in sorted(set(ds) & set(expected)):
-            yield from _loaded_split_problems(how, split, ds[split].features, ds[split].num_rows, expected, view)
-            try:
-                ds[split][0]["image"].load()
-            except Exception as exc:
-                yield f"{how}: first {split} image does not decode: {type(exc).__name__}: {exc}"
+            features = ds[split].features
+            yield from _split_problems(how, split, features, _undecoded(ds[split], features), expected, class_names, label)
+            yield from _first_image_problem(how, split, ds[split], features)
         del ds  # its Arrow files live in the cache about to be removed
 
 
-def _streaming_load(view: ReleaseView, expected: dict[str, int], count_all: bool) -> Iterator[str]:
-    """Streaming reads the Parquet files where they are: cheap enough to read every row of a large release."""
+def _streaming_load(root: Path, expected: dict[str, int], class_names: list[str], label: str, count_all: bool) -> Iterator[str]:
+    """Streaming reads the files where they are: cheap enough to read every row of a large release."""
     import datasets
 
-    how = f"datasets.load_dataset({str(view.dir)!r}, streaming=True)"
+    how = f"datasets.load_dataset({str(root)!r}, streaming=True)"
     try:
-        streamed = datasets.load_dataset(str(view.dir), streaming=True)
+        streamed = datasets.load_dataset(str(root), streaming=True)
     except Exception as exc:
         yield f"{how} fails: {type(exc).__name__}: {exc}"
         return
     if set(streamed) != set(expected):
         yield f"{how} gives splits {sorted(streamed)}, the manifest has {sorted(expected)}"
     for split in sorted(set(streamed) & set(expected)):
+        features = streamed[split].features
         try:
-            next(iter(streamed[split]))["image"].load()
+            yield from _first_image_problem(how, split, streamed[split], features)
             if count_all:
-                raw = streamed[split].cast_column("image", datasets.Image(decode=False))
-                rows = sum(1 for _ in raw)
-                yield from _loaded_split_problems(how, split, streamed[split].features, rows, expected, view)
+                yield from _split_problems(how, split, features, _undecoded(streamed[split], features), expected, class_names, label)
         except Exception as exc:
             yield f"{how}: reading {split} fails: {type(exc).__name__}: {exc}"
 
 
+def _parquet_truth(view: ReleaseView) -> dict[str, dict[str, int]]:
+    """split -> image_id -> label, as the Parquet shards publish them."""
+    truth: dict[str, dict[str, int]] = defaultdict(dict)
+    for r in view.rows:
+        truth[r.split][r.image_id] = r.label
+    return truth
+
+
 def check_load_webdataset(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
-    """WebDataset shards (wds/{split}-*.tar): readable with `webdataset`, one sample per published image."""
+    """wds/: `webdataset` over the manifest's brace pattern, and `datasets.load_dataset(DIR/wds)` (also streaming)."""
     import webdataset as wds
 
-    expected = {s: v.get("num_examples", 0) for s, v in view.manifest["splits"].items()}
-    for split in SPLITS:
-        tars = sorted((view.dir / "wds").glob(f"{split}-*.tar"))
-        if not tars:
-            if expected.get(split, 0):
-                yield f"no wds/{split}-*.tar, but the manifest has {expected[split]} {split} images"
+    truth = _parquet_truth(view)
+    for split, info in sorted(view.manifest["splits"].items()):
+        entry = info.get("webdataset") or {}
+        if not info.get("num_examples"):
             continue
-        keys: list[str] = []
+        if entry.get("num_examples") != info["num_examples"]:
+            yield f"{MANIFEST}: splits.{split}.webdataset.num_examples is {entry.get('num_examples')}, the split has {info['num_examples']}"
+        pattern = entry.get("pattern")
+        if not pattern:
+            yield f"{MANIFEST}: splits.{split}.webdataset has no brace pattern"
+            continue
+        samples: dict[str, list[int]] = defaultdict(list)
         try:
-            for sample in wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False):
-                keys.append(sample["__key__"])
+            pipeline_ = wds.WebDataset(str(view.dir / pattern), shardshuffle=False).decode("pil").to_tuple("__key__", "tif;png", "cls")
+            for key, image, cls in pipeline_:
+                image.load()
+                samples[key].append(cls)
         except Exception as exc:
-            yield f"wds/{split}-*.tar cannot be read with webdataset: {type(exc).__name__}: {exc}"
+            yield f"webdataset.WebDataset({pattern!r}) fails: {type(exc).__name__}: {exc}"
             continue
-        if len(keys) != expected.get(split, 0):
-            yield f"wds/{split}-*.tar holds {len(keys)} samples, the manifest says {expected.get(split, 0)}"
-        twice = sorted(k for k, n in Counter(keys).items() if n > 1)
-        if twice:
-            yield f"wds/{split}-*.tar: sample key(s) {twice[:5]} appear more than once"
+        if sum(len(v) for v in samples.values()) != info["num_examples"]:
+            yield f"webdataset {pattern}: {sum(len(v) for v in samples.values())} samples, the manifest says {info['num_examples']}"
+        for key in sorted(set(samples) ^ set(truth[split]))[:_MAX_LISTED]:
+            where = "only in the tars" if key in samples else "only in the Parquet shards"
+            yield f"webdataset {pattern}: sample {key} is {where}"
+        for key in sorted(k for k in samples if k in truth[split] and samples[k] != [truth[split][k]])[:_MAX_LISTED]:
+            yield f"webdataset {pattern}: sample {key} has cls {samples[key]}, the Parquet label is {truth[split][key]}"
+    wds_files = sorted(p for p in list_release_files(view.dir) if p.startswith("wds/") and p.endswith(".tar"))
+    expected = {s: v.get("num_examples", 0) for s, v in view.manifest["splits"].items() if v.get("num_examples")}
+    yield from _datasets_load_problems(view.dir / "wds", [f.removeprefix("wds/") for f in wds_files], expected, view.class_names, "cls", opts)
+
+
+CROISSANT = "croissant.json"
+
+
+def _text(value: object) -> str:
+    """mlcroissant yields text fields as bytes."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def check_load_croissant(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    """croissant.json: valid for mlcroissant, this version, every file with its sha256, one record per image."""
+    import mlcroissant as mlc
+
+    path = view.dir / CROISSANT
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        yield f"{CROISSANT} is not valid JSON: {exc}"
+        return
+    if doc.get("version") != view.manifest["version"]:
+        yield f"{CROISSANT}: version is {doc.get('version')}, {MANIFEST} says {view.manifest['version']}"
+    declared = {d.get("contentUrl"): d.get("sha256") for d in doc.get("distribution", []) if d.get("@type") == "cr:FileObject"}
+    listed = {f["path"]: f["sha256"] for f in view.manifest["files"] if f["path"] not in (CROISSANT, MANIFEST)}
+    for rel in sorted(set(declared) | set(listed)):
+        if declared.get(rel) != listed.get(rel):
+            if rel not in declared:
+                yield f"{CROISSANT} does not declare {rel}"
+            elif rel not in listed:
+                yield f"{CROISSANT} declares {rel}, which {MANIFEST} does not list"
+            else:
+                yield f"{CROISSANT}: sha256 of {rel} is {declared[rel]}, {MANIFEST} says {listed[rel]}"
+    try:
+        dataset = mlc.Dataset(jsonld=str(path))
+        records = [(r["images/split"], r["images/image_id"], r["images/label"]) for r in dataset.records("images")]
+    except Exception as exc:
+        yield f"mlcroissant cannot read {CROISSANT}: {type(exc).__name__}: {str(exc)[:500]}"
+        return
+    found = {(_text(s), _text(i)): label for s, i, label in records}
+    truth = {(s, i): label for s, ids in _parquet_truth(view).items() for i, label in ids.items()}
+    if len(records) != len(truth):
+        yield f"{CROISSANT}: record set 'images' has {len(records)} records, the shards hold {len(truth)} images"
+    for key in sorted(set(found) ^ set(truth))[:_MAX_LISTED]:
+        yield f"{CROISSANT}: image {key[1]} ({key[0]}) is {'only in croissant.json' if key in found else 'missing from its records'}"
+    for key in sorted(k for k in found if k in truth and found[k] != truth[k])[:_MAX_LISTED]:
+        yield f"{CROISSANT}: image {key[1]} has label {found[key]}, the Parquet label is {truth[key]}"
 
 
 @dataclass(frozen=True)
@@ -587,8 +696,10 @@ CHECKS: tuple[Check, ...] = (
     Check("unique", "no image_id (or pixel_sha256) twice", check_unique),
     Check("hub-limits", "files, folders, shards and row groups within the Hub's limits", check_hub_limits),
     Check("load-datasets", "datasets.load_dataset reads the release (also streaming)", check_load_datasets),
-    Check("load-webdataset", "the WebDataset shards read with webdataset", check_load_webdataset,
-          lambda view: any((view.dir / "wds").glob("*.tar"))),
+    Check("load-webdataset", "wds/ reads with webdataset (the manifest's pattern) and datasets, matching the Parquet shards",
+          check_load_webdataset, lambda view: any((view.dir / "wds").glob("*.tar"))),
+    Check("load-croissant", "croissant.json loads with mlcroissant: version, files and sha256, one record per image",
+          check_load_croissant, lambda view: (view.dir / CROISSANT).is_file()),
 )
 
 

@@ -1,10 +1,12 @@
 """`mll23 verify`: passes on a fresh release, fails naming the problem on each tampered copy."""
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 from pathlib import Path
 
@@ -67,7 +69,7 @@ def rewrite_shard(path, edit) -> None:
 
 def test_fresh_release_passes_every_check(built):
     results = run_checks(built / "releases" / "v1.0.0")
-    assert [r.name for r in results] == [c.name for c in CHECKS if c.name != "load-webdataset"]
+    assert [r.name for r in results] == [c.name for c in CHECKS]
     assert [f for r in results for f in r.failures] == []
     result = CliRunner().invoke(app, ["verify", str(built / "releases" / "v1.0.0")])
     assert result.exit_code == 0, result.output
@@ -125,7 +127,10 @@ def test_edited_count_in_the_card_table(release):
     card.write_text("".join(lines))
     resign(release)
     found = messages(release, skip=FAST)
-    assert len(found) == 1 and found[0].startswith("[counts] README.md: class table, row monocyte, column test says"), found
+    assert found[0].startswith("[counts] README.md: class table, row monocyte, column test says"), found
+    # croissant.json lists the card's sha256 too, and a re-signed manifest does not fool it
+    assert [m.split(":")[0] for m in found[1:]] == ["[load-croissant] croissant.json"]
+    assert "sha256 of README.md is" in found[1]
 
 
 def test_duplicated_row(release):
@@ -237,7 +242,7 @@ def test_ci_workflow_runs_verify_on_every_release(built, tmp_path):
 
     ok = run()
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "::group::mll23 verify releases/v1.0.0" in ok.stdout and "all 10 checks passed" in ok.stdout
+    assert "::group::mll23 verify releases/v1.0.0" in ok.stdout and f"all {len(CHECKS) + 1} checks passed" in ok.stdout
     (repo / "releases" / "v1.0.0" / "stray.bin").write_bytes(b"x")
     bad = run()
     assert bad.returncode == 1
@@ -248,25 +253,48 @@ def test_ci_workflow_runs_verify_on_every_release(built, tmp_path):
     assert empty.returncode == 1 and "no release (a directory with manifest.json) under releases/" in empty.stdout
 
 
-def test_webdataset_check_runs_only_where_shards_exist(release):
-    import webdataset as wds
+def test_webdataset_and_croissant_checks_run_only_where_their_files_exist(release):
+    names = [r.name for r in run_checks(release, skip=FAST)]
+    assert "load-webdataset" in names and "load-croissant" in names
+    shutil.rmtree(release / "wds")
+    (release / "croissant.json").unlink()
+    names = [r.name for r in run_checks(release, skip=FAST)]
+    assert "load-webdataset" not in names and "load-croissant" not in names
 
-    assert "load-webdataset" not in [r.name for r in run_checks(release, skip=FAST)]
-    (release / "wds").mkdir()
-    for split, info in read_manifest(release)["splits"].items():
-        rows = pq.read_table(release / info["parquet"][0]).to_pylist() if info["parquet"] else []
-        if split == "test":
-            rows = rows[1:]  # one sample short
-        with wds.TarWriter(str(release / "wds" / f"{split}-000000.tar")) as sink:
-            for row in rows:
-                sink.write({"__key__": row["image_id"], "tif": row["image"]["bytes"], "cls": row["label"]})
+
+def test_a_sample_missing_from_the_tars(release):
+    (tar_path,) = sorted((release / "wds").glob("test-*.tar"))
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    dropped = members[0][0].name.split(".")[0]
+    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, data in members:
+            if not member.name.startswith(dropped + "."):
+                tar.addfile(member, io.BytesIO(data))
     resign(release)
-    results = {r.name: r for r in run_checks(release, skip=FAST)}
     expected = read_manifest(release)["splits"]["test"]["num_examples"]
-    assert [str(f) for f in results["load-webdataset"].failures] == [
-        f"[load-webdataset] wds/test-*.tar holds {expected - 1} samples, the manifest says {expected}"
-    ]
-    assert all(not r.failures for name, r in results.items() if name != "load-webdataset")
+    pattern = read_manifest(release)["splits"]["test"]["webdataset"]["pattern"]
+    found = messages(release, skip=CHECKS_BUT_WDS, full_load_max_bytes=0)  # streaming counts every row
+    assert any(m.startswith(f"[load-webdataset] datasets.load_dataset({str(release / 'wds')!r}, streaming=True)") for m in found)
+    found += messages(release, skip=CHECKS_BUT_WDS)
+    assert f"[load-webdataset] webdataset {pattern}: {expected - 1} samples, the manifest says {expected}" in found
+    assert f"[load-webdataset] webdataset {pattern}: sample {dropped} is only in the Parquet shards" in found
+    wds = str(release / "wds")
+    assert f"[load-webdataset] datasets.load_dataset({wds!r}) fails: NonMatchingSplitsSizesError" in "\n".join(found)
+    assert f"[load-webdataset] datasets.load_dataset({wds!r}, streaming=True): test has {expected - 1} rows, the manifest says {expected}" in found
+
+
+def test_croissant_of_another_version(release):
+    path = release / "croissant.json"
+    doc = json.loads(path.read_text())
+    doc["version"] = "9.9.9"
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    resign(release)
+    assert messages(release, skip=CHECKS_BUT_CROISSANT) == ["[load-croissant] croissant.json: version is 9.9.9, manifest.json says 1.0.0"]
+
+
+CHECKS_BUT_WDS = tuple(c.name for c in CHECKS if c.name != "load-webdataset")
+CHECKS_BUT_CROISSANT = tuple(c.name for c in CHECKS if c.name != "load-croissant")
 
 
 def test_large_release_is_loaded_by_streaming_every_row(release):
