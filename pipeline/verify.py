@@ -12,11 +12,13 @@ import filecmp
 import hashlib
 import io
 import json
+import logging
 import re
 import shutil
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -635,6 +637,17 @@ def check_load_webdataset(view: ReleaseView, opts: VerifyOptions) -> Iterator[st
 CROISSANT = "croissant.json"
 
 
+@contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """mlcroissant logs a warning per record on the root logger; a CI log of 40,000 of them hides the report."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
 def _text(value: object) -> str:
     """mlcroissant yields text fields as bytes."""
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -663,8 +676,9 @@ def check_load_croissant(view: ReleaseView, opts: VerifyOptions) -> Iterator[str
             else:
                 yield f"{CROISSANT}: sha256 of {rel} is {declared[rel]}, {MANIFEST} says {listed[rel]}"
     try:
-        dataset = mlc.Dataset(jsonld=str(path))
-        records = [(r["images/split"], r["images/image_id"], r["images/label"]) for r in dataset.records("images")]
+        with _quiet_logging():
+            dataset = mlc.Dataset(jsonld=str(path))
+            records = [(r["images/split"], r["images/image_id"], r["images/label"]) for r in dataset.records("images")]
     except Exception as exc:
         yield f"mlcroissant cannot read {CROISSANT}: {type(exc).__name__}: {str(exc)[:500]}"
         return
