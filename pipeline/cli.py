@@ -228,6 +228,7 @@ def publish(
 
     The token comes from the usual huggingface_hub places (HF_TOKEN, `hf auth login`); it is never printed."""
     from pipeline.publish import PublishError
+    from pipeline.verify import verify_messages
     from pipeline.publish import publish as publish_release
 
     out, _ = _consoles()
@@ -238,21 +239,12 @@ def publish(
     try:
         result = publish_release(
             release_dir, repo, private=private, dry_run=dry_run, endpoint=endpoint,
-            verify=_release_verifier(), log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
+            verify=verify_messages, log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
         )
     except PublishError as exc:
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None
     if not dry_run:
         out.print(f"published {result.repo_id} {result.tag}: {result.url}", highlight=False, soft_wrap=True)
-
-
-def _release_verifier():
-    """The checks a release must pass before it is uploaded (the same ones `mll23 verify` runs)."""
-    try:
-        from pipeline.verify import verify_messages
-    except ImportError:
-        return None
-    return verify_messages
 
 
 def main() -> None:  # pragma: no cover - console entry
