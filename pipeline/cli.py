@@ -224,7 +224,8 @@ def publish(
     dry_run: Annotated[bool, typer.Option(help="Print the plan (files, sizes, what the Hub has) and change nothing")] = False,
     endpoint: Annotated[str | None, typer.Option(help="Hub URL (default: HF_ENDPOINT, else huggingface.co)")] = None,
 ) -> None:
-    """Verify a release, upload what the Hub does not have yet, and tag it vX.Y.Z (never moving a tag).
+    """Verify a release, upload what the Hub does not have yet, and tag it vX.Y.Z (never moving a tag); wds/
+    goes to branch `webdataset`, tagged vX.Y.Z-webdataset.
 
     The token comes from the usual huggingface_hub places (HF_TOKEN, `hf auth login`); it is never printed."""
     from pipeline.publish import PublishError
@@ -244,7 +245,9 @@ def publish(
     except PublishError as exc:
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None
     if not dry_run:
-        out.print(f"published {result.repo_id} {result.tag}: {result.url}", highlight=False, soft_wrap=True)
+        for published in (result, result.webdataset):
+            if published is not None:
+                out.print(f"published {published.repo_id} {published.tag}: {published.url}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry
