@@ -110,19 +110,17 @@ def build(
     previous: Annotated[Path | None, typer.Option(help="The previous release: its images keep their image_id and split")] = None,
     notes_dir: Annotated[
         Path | None,
-        typer.Option(help="Where the editable release notes live (default: ./release_notes if that folder exists)"),
+        typer.Option(help="Where the editable release notes live, e.g. your repository's release_notes/ (default: only inside the release)"),
     ] = None,
 ) -> None:
     """Build a release: ingest, decode, dedup, exclude, validate, split, write."""
     from pipeline.lineage import LineageError
-    from pipeline.notes import NOTES_DIR, NotesError
+    from pipeline.notes import NotesError
 
     out, err = _consoles()
     cfg = _load_config(config, version)
     if not raw.is_dir():
         raise _fail(f"RAW directory not found: {raw}", EXIT_USAGE)
-    if notes_dir is None and Path(NOTES_DIR).is_dir():
-        notes_dir = Path(NOTES_DIR)
     progress = RichProgress(err)
     try:
         report = build_mod.build_release(
