@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import pipeline
-from pipeline import card, croissant, figures, manifest, wds_writer
+from pipeline import card, croissant, figures, lineage, manifest, notes, wds_writer
 from pipeline.cache import FactsCache, file_sha256_or_none, rebuild
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.decode import decode_file, load_rgb, publishable_bytes
@@ -50,6 +50,9 @@ class BuildReport:
     timings: dict[str, float] = field(default_factory=dict)
     work: dict[str, int] = field(default_factory=dict)  # per-image work: images, from_cache, decoded
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per stage, worker processes included
+    # images of the previous release that changed split (their unit now straddles earlier splits)
+    split_moves: list[lineage.SplitMove] = field(default_factory=list)
+    notes_path: str = ""  # the release notes, relative to the release directory
 
     @property
     def problems(self) -> list[LedgerEntry]:
@@ -208,7 +211,14 @@ def _fill_from_content(cache: FactsCache, executor: Executor, paths: list[str], 
             results[index] = rebuild(known[sha], sha, items[index].relpath, items[index].label)
 
 
-def run_dedup(raw: Path, items: list[RawItem], facts: dict[str, ImageFacts], config: ReleaseConfig, executor: Executor | None = None) -> DedupResult:
+def run_dedup(
+    raw: Path,
+    items: list[RawItem],
+    facts: dict[str, ImageFacts],
+    config: ReleaseConfig,
+    prefer: Callable | None = None,
+    executor: Executor | None = None,
+) -> DedupResult:
     """Duplicates and look-alike groups; the pixel work of the same-cell tests runs on the executor."""
     return deduplicate(
         [facts[i.relpath] for i in items],
@@ -216,6 +226,7 @@ def run_dedup(raw: Path, items: list[RawItem], facts: dict[str, ImageFacts], con
         phash_threshold=config.phash_threshold,
         lookalike_threshold=config.lookalike_threshold,
         policy=config.conflict_policy,
+        prefer=prefer,
         map_fn=executor.map if executor is not None else None,
     )
 
@@ -264,6 +275,14 @@ def run_split(records: list[ReleaseRecord], config: ReleaseConfig, previous: dic
     )
 
 
+def run_split_report(records: list[ReleaseRecord], prev: lineage.PreviousRelease | None) -> list[lineage.SplitMove]:
+    """Images of the previous release that changed split because their unit joins earlier splits."""
+    if prev is None:
+        return []
+    items = [SplitItem(r.image_id, r.label_name, r.group_id, r.patient_id) for r in records]
+    return lineage.split_moves(items, {r.image_id: r.split for r in records}, prev.splits)
+
+
 def refuse_if_strict(ledger: list[LedgerEntry]) -> None:
     bad = sorted((e for e in ledger if e.fate == "invalid"), key=lambda e: e.relpath)
     if bad:
@@ -283,6 +302,8 @@ def write_release(
     manifest_body: dict,
     progress: Progress,
     dedup: DedupResult | None = None,
+    extra_files: dict[str, str] | None = None,
+    card_sections: list[str] | None = None,
 ) -> None:
     """Every file of the release, into staging; the manifest last, since it lists all the others."""
     progress.start("write", len(records))
@@ -327,7 +348,12 @@ def write_release(
     ahead.close()
     progress.finish("write")
     (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
-    entries = write_cards_and_pictures(staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult(), written)
+    for relpath, text in sorted((extra_files or {}).items()):
+        (staging / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (staging / relpath).write_text(text, encoding="utf-8")
+    entries = write_cards_and_pictures(
+        staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult(), card_sections, written
+    )
     body = dict(manifest_body)
     body["splits"] = {
         s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s], "webdataset": wds_writer.manifest_entry(s, tar_shards[s])}
@@ -346,6 +372,7 @@ def write_cards_and_pictures(
     image_suffixes: set[str],
     grid: figures.SampleGrid,
     dedup: DedupResult,
+    card_sections: list[str] | None = None,
     written: list[dict] = (),
 ) -> list[dict]:
     """The tars' own card, the pictures, the dataset card linking both, then croissant.json, which hashes them all."""
@@ -353,7 +380,7 @@ def write_cards_and_pictures(
     pictures = figures.write_figures(
         staging, config, counts, grid, dedup.pairs, dedup.fates, lambda rel: load_rgb(raw / rel, config.image_size)
     )
-    extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures)]
+    extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures), *(card_sections or [])]
     card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
     entries = manifest.file_entries(staging, known=written)  # shards were hashed as they were written
     croissant.write_croissant(staging, config, counts, entries)
@@ -372,14 +399,23 @@ def build_release(
     executor: Executor | None = None,
     cache_dir: Path | None = None,
     verify_cache: bool = False,
+    previous: Path | None = None,
+    notes_dir: Path | None = None,
 ) -> BuildReport:
     """Build a release. Per-image work runs on ``executor`` (default: a local pool of ``workers`` processes);
-    with ``cache_dir`` per-image results are reused from and saved to that cache (pipeline/cache.py)."""
+    with ``cache_dir`` per-image results are reused from and saved to that cache (pipeline/cache.py).
+    previous: the earlier release whose image ids and splits this one keeps (raises LineageError when it
+    is not an earlier version of this dataset). notes_dir: where the editable release notes live; their
+    maintainer section is kept and the regenerated file is written back there (raises NotesError when the
+    existing file's markers are broken). Both are checked before any work starts."""
     raw, out = Path(raw), Path(out)
     progress = progress or Progress()
     workers = workers or default_workers()
     if out.exists() and not overwrite:
         raise BuildError(f"{out} already exists; pass --overwrite to replace it")
+    prev = lineage.load_previous(previous, config) if previous is not None else None
+    notes_rel = notes.notes_relpath(config.version)
+    words = notes.maintainer_words(Path(notes_dir) / Path(notes_rel).name if notes_dir is not None else Path(out) / notes_rel)
     timings: dict[str, float] = {}
     cpu_timings: dict[str, float] = {}
     clock, cpu_clock = time.perf_counter(), _cpu_seconds()
@@ -399,7 +435,7 @@ def build_release(
         ledger += failed
         lap("decode")
         decoded = [i for i in ingested.items if i.relpath in facts]
-        dedup = run_dedup(raw, decoded, facts, config, executor)
+        dedup = run_dedup(raw, decoded, facts, config, prefer=lineage.dedup_preference(prev) if prev else None, executor=executor)
     finally:
         if owned:
             executor.close()
@@ -411,7 +447,8 @@ def build_release(
     lap("exclude+validate")
     if strict:
         refuse_if_strict(ledger)
-    records = run_split(records, config)
+    records = run_split(records, config, previous=prev.splits if prev else None)
+    moves = run_split_report(records, prev)
     ledger += [
         LedgerEntry(r.source_file, r.label_name, "kept", "", split=r.split, image_id=r.image_id, sha256=facts[r.source_file].file_sha256)
         for r in records
@@ -427,13 +464,25 @@ def build_release(
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        write_release(staging, raw, records, facts, ledger, counts, config, _manifest_body(config, counts, ingested, facts), progress, dedup)
+        body = _manifest_body(config, counts, ingested, facts)
+        body.update(lineage.manifest_fields(config, prev, {r.image_id for r in records}, notes_rel))
+        notes_text = notes.notes_for_build(body, manifest.ledger_text(ledger), prev.path if prev else None, words)
+        card_link = notes.card_section(config.version, prev.version if prev else None)
+        write_release(
+            staging, raw, records, facts, ledger, counts, config, body, progress, dedup,
+            extra_files={notes_rel: notes_text}, card_sections=[card_link],
+        )
         _publish_dir(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if notes_dir is not None:
+        notes.write_editable_copy(Path(notes_dir), notes_rel, notes_text)
     lap("write")
-    return BuildReport(out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings, work=work, cpu_timings=cpu_timings)
+    return BuildReport(
+        out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings,
+        split_moves=moves, notes_path=notes_rel, work=work, cpu_timings=cpu_timings,
+    )
 
 
 def _cpu_seconds() -> float:

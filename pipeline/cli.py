@@ -112,10 +112,17 @@ def build(
     cache: Annotated[Path | None, typer.Option(help="Per-image result cache (default: $XDG_CACHE_HOME/mll23, else ~/.cache/mll23)")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the per-image cache")] = False,
     verify_cache: Annotated[bool, typer.Option(help="Re-hash every file and reuse cached results by sha256 only")] = False,
+    previous: Annotated[Path | None, typer.Option(help="The previous release: its images keep their image_id and split")] = None,
+    notes_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the editable release notes live, e.g. your repository's release_notes/ (default: only inside the release)"),
+    ] = None,
 ) -> None:
     """Build a release: ingest, decode, dedup, exclude, validate, split, write."""
     from pipeline.cache import default_cache_dir
     from pipeline.executor import ExecutorError, make_executor
+    from pipeline.lineage import LineageError
+    from pipeline.notes import NotesError
 
     out, err = _consoles()
     cfg = _load_config(config, version)
@@ -129,7 +136,8 @@ def build(
     progress = RichProgress(err)
     try:
         report = build_mod.build_release(
-            raw, out_dir, cfg, strict=strict, overwrite=overwrite, progress=progress, executor=engine, cache_dir=cache_dir, verify_cache=verify_cache
+            raw, out_dir, cfg, strict=strict, overwrite=overwrite, progress=progress, executor=engine, cache_dir=cache_dir,
+            verify_cache=verify_cache, previous=previous, notes_dir=notes_dir,
         )
     except ExecutorError as exc:
         progress.close()
@@ -137,9 +145,14 @@ def build(
     except build_mod.BuildError as exc:
         progress.close()
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None
+    except (LineageError, NotesError) as exc:
+        progress.close()
+        raise _fail(str(exc), EXIT_USAGE) from None
     finally:
         engine.close()
     progress.close()
+    for move in report.split_moves:
+        err.print(f"[yellow]split change:[/] {move.describe()}", highlight=False, soft_wrap=True)
     work = report.work
     err.print(
         f"per-image work on {engine.describe()}: {work['decoded']:,} decoded, {work['from_cache']:,} from the cache"
@@ -160,6 +173,71 @@ def build(
         highlight=False,
         soft_wrap=True,
     )
+    editable = f" (editable copy: {notes_dir / Path(report.notes_path).name})" if notes_dir is not None else " (pass --notes-dir to keep an editable copy)"
+    out.print(f"release notes: {out_dir / report.notes_path}{editable}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def diff(
+    old: Annotated[Path, typer.Argument(help="The earlier release directory")],
+    new: Annotated[Path, typer.Argument(help="The later release directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the diff as JSON instead of Markdown")] = False,
+) -> None:
+    """Print what changed between two releases: the same text as the release notes' generated part."""
+    import json
+
+    from pipeline.diff import DiffError, diff_releases, render_diff
+
+    try:
+        d = diff_releases(old, new)
+    except DiffError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    # plain print: the Markdown must come out byte for byte as the notes carry it, not re-wrapped by rich
+    typer.echo(json.dumps(d.to_json(), indent=2, sort_keys=True) if as_json else render_diff(d), nl=False)
+
+
+@app.command()
+def verify(
+    release: Annotated[Path, typer.Argument(help="The release directory to check")],
+    rebuild: Annotated[Path | None, typer.Option(help="RAW directory: also rebuild and compare byte for byte")] = None,
+    previous: Annotated[
+        Path | None, typer.Option(help="With --rebuild: the release this one was built on (default: found beside it by hash)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processes for the rebuild (0: all cores)")] = 0,
+    notes_dir: Annotated[Path | None, typer.Option(help="Also check that the release's notes equal the editable copy here")] = None,
+) -> None:
+    """Check a release for CI: exit 0 only when every check holds; each failure is named."""
+    from pipeline.verify import run_checks
+
+    out, err = _consoles()
+    if not release.is_dir():
+        raise _fail(f"release directory not found: {release}", EXIT_USAGE)
+    if rebuild is not None and not rebuild.is_dir():
+        raise _fail(f"RAW directory not found: {rebuild}", EXIT_USAGE)
+    results = run_checks(release, rebuild_raw=rebuild, previous=previous, workers=workers or None, notes_dir=notes_dir)
+    failed = [r for r in results if r.failures]
+    for r in results:
+        status = "[red]FAIL[/]" if r.failures else "[green]ok[/]  "
+        out.print(f"{status} {r.name:<16} {r.description}", highlight=False, soft_wrap=True)
+        for f in r.failures:
+            out.print(f"     - {f.message}", highlight=False, markup=False, soft_wrap=True)
+    if failed:
+        n = sum(len(r.failures) for r in failed)
+        out.print(f"{release}: {len(failed)} of {len(results)} checks failed ({n} problem(s))", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_CHECK_FAILED)
+    out.print(f"{release}: all {len(results)} checks passed", highlight=False, soft_wrap=True)
+
+
+@app.command("ci-workflow")
+def ci_workflow(
+    install: Annotated[
+        str | None, typer.Option(help="pip requirement for the tool in CI (default: this version, mll23-pipeline==X.Y.Z)")
+    ] = None,
+) -> None:
+    """Print a GitHub Actions workflow that runs `mll23 verify` on a repository's releases."""
+    from pipeline.resources import ci_workflow_text
+
+    typer.echo(ci_workflow_text(install), nl=False)
 
 
 @app.command()
@@ -170,10 +248,12 @@ def publish(
     dry_run: Annotated[bool, typer.Option(help="Print the plan (files, sizes, what the Hub has) and change nothing")] = False,
     endpoint: Annotated[str | None, typer.Option(help="Hub URL (default: HF_ENDPOINT, else huggingface.co)")] = None,
 ) -> None:
-    """Verify a release, upload what the Hub does not have yet, and tag it vX.Y.Z (never moving a tag).
+    """Verify a release, upload what the Hub does not have yet, and tag it vX.Y.Z (never moving a tag); wds/
+    goes to branch `webdataset`, tagged vX.Y.Z-webdataset.
 
     The token comes from the usual huggingface_hub places (HF_TOKEN, `hf auth login`); it is never printed."""
     from pipeline.publish import PublishError
+    from pipeline.verify import verify_messages
     from pipeline.publish import publish as publish_release
 
     out, _ = _consoles()
@@ -184,21 +264,14 @@ def publish(
     try:
         result = publish_release(
             release_dir, repo, private=private, dry_run=dry_run, endpoint=endpoint,
-            verify=_release_verifier(), log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
+            verify=verify_messages, log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
         )
     except PublishError as exc:
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None
     if not dry_run:
-        out.print(f"published {result.repo_id} {result.tag}: {result.url}", highlight=False, soft_wrap=True)
-
-
-def _release_verifier():
-    """The checks a release must pass before it is uploaded (the same ones `mll23 verify` runs)."""
-    try:
-        from pipeline.verify import verify_messages
-    except ImportError:
-        return None
-    return verify_messages
+        for published in (result, result.webdataset):
+            if published is not None:
+                out.print(f"published {published.repo_id} {published.tag}: {published.url}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry

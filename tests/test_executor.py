@@ -98,7 +98,7 @@ def test_parallel_same_cell_tests_give_the_serial_dedup(tmp_path, config):
     with LocalExecutor(2) as pool:
         facts, _, _ = run_decode(raw, ingested.items, config, pool, Progress())
         items = [i for i in ingested.items if i.relpath in facts]
-        parallel = run_dedup(raw, items, facts, config, pool)
+        parallel = run_dedup(raw, items, facts, config, executor=pool)
     serial = run_dedup(raw, items, facts, config)
     assert parallel.fates == serial.fates and parallel.group_of == serial.group_of and parallel.pairs == serial.pairs
     assert {p.kind for p in serial.pairs} >= {"exact", "near_duplicate", "lookalike"}  # every kind of test ran
