@@ -16,7 +16,7 @@ from pipeline import card, croissant, figures, lineage, manifest, notes, wds_wri
 from pipeline.cache import FactsCache, file_sha256_or_none, rebuild
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.decode import decode_file, load_rgb, publishable_bytes
-from pipeline.dedup import deduplicate
+from pipeline.dedup import PairMemo, deduplicate
 from pipeline.executor import Executor, batch_size, batched, make_executor
 from pipeline.exclude import exclusion_reason
 from pipeline.ingest import IngestResult, ingest
@@ -218,8 +218,10 @@ def run_dedup(
     config: ReleaseConfig,
     prefer: Callable | None = None,
     executor: Executor | None = None,
+    pair_memo: PairMemo | None = None,
 ) -> DedupResult:
-    """Duplicates and look-alike groups; the pixel work of the same-cell tests runs on the executor."""
+    """Duplicates and look-alike groups; the pixel work of the same-cell tests runs on the executor, and
+    tests already run for the same two files come from ``pair_memo`` (the per-image cache)."""
     return deduplicate(
         [facts[i.relpath] for i in items],
         partial(_load_pixels, os.path.abspath(raw), config.image_size),
@@ -228,6 +230,7 @@ def run_dedup(
         policy=config.conflict_policy,
         prefer=prefer,
         map_fn=executor.map if executor is not None else None,
+        pair_memo=pair_memo,
     )
 
 
@@ -430,13 +433,17 @@ def build_release(
     lap("ingest")
     owned = executor is None
     executor = executor or make_executor("local", workers)
+    cache = FactsCache(Path(cache_dir), config.image_size, verify=verify_cache) if cache_dir is not None else None
     try:
-        facts, failed, work = _decode_stage(raw, ingested.items, config, progress, executor, cache_dir, verify_cache)
+        facts, failed, work = _decode_stage(raw, ingested.items, config, progress, executor, cache)
         ledger += failed
         lap("decode")
         decoded = [i for i in ingested.items if i.relpath in facts]
-        dedup = run_dedup(raw, decoded, facts, config, prefer=lineage.dedup_preference(prev) if prev else None, executor=executor)
+        prefer = lineage.dedup_preference(prev) if prev else None
+        dedup = run_dedup(raw, decoded, facts, config, prefer=prefer, executor=executor, pair_memo=cache)
     finally:
+        if cache is not None:
+            cache.close()
         if owned:
             executor.close()
         else:
@@ -492,13 +499,10 @@ def _cpu_seconds() -> float:
 
 
 def _decode_stage(
-    raw: Path, items: list[RawItem], config: ReleaseConfig, progress: Progress, executor: Executor, cache_dir: Path | None, verify_cache: bool
+    raw: Path, items: list[RawItem], config: ReleaseConfig, progress: Progress, executor: Executor, cache: FactsCache | None
 ) -> tuple[dict[str, ImageFacts], list[LedgerEntry], dict[str, int]]:
     try:
-        if cache_dir is None:
-            return run_decode(raw, items, config, executor, progress)
-        with FactsCache(Path(cache_dir), config.image_size, verify=verify_cache) as cache:
-            return run_decode(raw, items, config, executor, progress, cache)
+        return run_decode(raw, items, config, executor, progress, cache)
     finally:
         executor.idle()  # a local pool's workers exit, so their CPU time is counted in this stage
 

@@ -41,6 +41,7 @@ import PIL
 import scipy
 
 from pipeline import decode
+from pipeline.dedup import SameCellTest
 from pipeline.records import DecodeFailure, ImageFacts
 
 # Bump to drop every cached result. Not needed for code changes: the context hashes the source of the
@@ -57,6 +58,10 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
     file_sha256 TEXT NOT NULL, recorded_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pairs (
+    sha_a TEXT NOT NULL, sha_b TEXT NOT NULL, context TEXT NOT NULL, test_json TEXT NOT NULL,
+    PRIMARY KEY (sha_a, sha_b, context)
 );
 CREATE TABLE IF NOT EXISTS facts (
     file_sha256 TEXT NOT NULL, context TEXT NOT NULL, facts_json TEXT, reject_reason TEXT,
@@ -232,6 +237,25 @@ class FactsCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ---- dedup's same-cell tests (dedup.PairMemo) ------------------------------------------------------
+
+    def known(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], SameCellTest]:
+        wanted = set(pairs)
+        out: dict[tuple[str, str], SameCellTest] = {}
+        for chunk in _chunks(sorted({a for a, _ in wanted}), _QUERY_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            for a, b, text in self._db.execute(
+                f"SELECT sha_a, sha_b, test_json FROM pairs WHERE context = ? AND sha_a IN ({marks})", [self.context, *chunk]
+            ):
+                if (a, b) in wanted:
+                    out[(a, b)] = SameCellTest(*json.loads(text))
+        return out
+
+    def remember(self, results: dict[tuple[str, str], SameCellTest]) -> None:
+        rows = [(a, b, self.context, json.dumps(dataclasses.astuple(t))) for (a, b), t in results.items()]
+        self._db.executemany("INSERT OR REPLACE INTO pairs VALUES (?,?,?,?)", rows)
+        self.commit()
 
     def size(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM facts WHERE context = ?", (self.context,)).fetchone()[0]

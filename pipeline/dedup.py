@@ -39,6 +39,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -377,6 +378,7 @@ def deduplicate(
     centre_hashes: Mapping[str, int] | None = None,
     stats: dict | None = None,
     map_fn: Callable[[Callable, list], Iterable] | None = None,
+    pair_memo: PairMemo | None = None,
 ) -> DedupResult:
     """Fates, look-alike groups and confirmed pairs for every image in ``facts``.
 
@@ -386,7 +388,8 @@ def deduplicate(
     ``centre_hash`` attribute of the facts is used when every fact has one. ``stats``, when given, is
     filled with counts (candidates, pixel loads, tests run) for reports. ``map_fn(fn, items)`` (results in
     order, e.g. an executor's map) runs the same-cell tests' image work in parallel; ``fn`` and
-    ``load_pixels`` must then be picklable. The outcome is the same with or without it.
+    ``load_pixels`` must then be picklable. The outcome is the same with or without it. ``pair_memo``
+    remembers same-cell test results by the pair's file sha256s across builds (pipeline.cache).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown conflict policy {policy!r}; expected one of {POLICIES}")
@@ -447,10 +450,16 @@ def deduplicate(
             counters["duplicate_tests"] += 1
             duplicate[(a, b)] = compare_duplicate(full.get(a), full.get(b))
     tested = [(a, b) for a, b in ordered if not ((a, b) in duplicate and duplicate[(a, b)].duplicate)]
+    cell_tests = _remembered(items, tested, pair_memo)
+    todo = [pair for pair in tested if pair not in cell_tests]
+    counters["same_cell_remembered"] = len(cell_tests)
     if map_fn is None:
-        cell_tests = {(a, b): _same_cell(sigs.get(a), sigs.get(b), lambda: fine.get(a), lambda: fine.get(b)) for a, b in tested}
+        fresh = {(a, b): _same_cell(sigs.get(a), sigs.get(b), lambda: fine.get(a), lambda: fine.get(b)) for a, b in todo}
     else:
-        cell_tests = _same_cell_tests_parallel(items, tested, load_pixels, map_fn, counters)
+        fresh = _same_cell_tests_parallel(items, todo, load_pixels, map_fn, counters)
+    cell_tests.update(fresh)
+    if pair_memo is not None:
+        pair_memo.remember({(items[a].file_sha256, items[b].file_sha256): t for (a, b), t in fresh.items() if items[a].file_sha256 and items[b].file_sha256})
     for a, b in ordered:
         h = _hamming(items[a].phash, items[b].phash)
         t = duplicate.get((a, b))
@@ -491,6 +500,21 @@ def deduplicate(
     if stats is not None:
         stats.update(counters)
     return DedupResult(fates=dict(sorted(fates.items())), group_of=dict(sorted(group_of.items())), pairs=pairs)
+
+
+class PairMemo(Protocol):
+    """Same-cell test results by (file sha256 of a, file sha256 of b): a pure function of the two files."""
+
+    def known(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], SameCellTest]: ...
+
+    def remember(self, results: dict[tuple[str, str], SameCellTest]) -> None: ...
+
+
+def _remembered(items: list[ImageFacts], tested: list[tuple[int, int]], memo: PairMemo | None) -> dict[tuple[int, int], SameCellTest]:
+    if memo is None:
+        return {}
+    keyed = {(items[a].file_sha256, items[b].file_sha256): (a, b) for a, b in tested if items[a].file_sha256 and items[b].file_sha256}
+    return {keyed[key]: test for key, test in memo.known(list(keyed)).items()}
 
 
 def _same_cell_tests_parallel(

@@ -143,3 +143,34 @@ def test_cli_uses_the_default_cache_and_reports_the_work(raw, tmp_path, trust_fr
     off = runner.invoke(app, ["build", str(raw), "--out", str(tmp_path / "c"), "--workers", "1", "--no-cache"])
     assert "32 decoded, 0 from the cache (cache off)" in off.output
     assert release_bytes(tmp_path / "a") == release_bytes(tmp_path / "b") == release_bytes(tmp_path / "c")
+
+
+def test_same_cell_tests_are_remembered_by_file_contents(tmp_path, config):
+    from pipeline.build import Progress, run_decode, run_ingest
+    from pipeline.cache import FactsCache
+    from pipeline.decode import load_rgb
+    from pipeline.dedup import deduplicate
+    from pipeline.executor import SerialExecutor
+    from pipeline.synth import synthesize
+
+    raw = tmp_path / "raw"
+    synthesize(raw, config=config, scale=0.004, seed=5, workers=1)
+    ingested, _ = run_ingest(raw, config)
+    facts, _, _ = run_decode(raw, ingested.items, config, SerialExecutor(), Progress())
+    ordered = [facts[i.relpath] for i in ingested.items if i.relpath in facts]
+
+    def dedup(memo, stats):
+        return deduplicate(ordered, lambda rel: load_rgb(raw / rel, config.image_size), phash_threshold=config.phash_threshold,
+                           lookalike_threshold=config.lookalike_threshold, policy=config.conflict_policy, pair_memo=memo, stats=stats)
+
+    plain, first, second = {}, {}, {}
+    reference = dedup(None, plain)
+    with FactsCache(tmp_path / "cache", config.image_size) as memo:
+        filled = dedup(memo, first)
+    with FactsCache(tmp_path / "cache", config.image_size) as memo:
+        remembered = dedup(memo, second)
+    assert plain["same_cell_tests"] >= 5 and first["same_cell_remembered"] == 0
+    assert second["same_cell_remembered"] == second["same_cell_tests"] == plain["same_cell_tests"]
+    assert second.get("pixel_loads", 0) < first["pixel_loads"]
+    for result in (filled, remembered):
+        assert (result.fates, result.group_of, result.pairs) == (reference.fates, reference.group_of, reference.pairs)
