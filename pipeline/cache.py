@@ -1,4 +1,4 @@
-"""A cache of per-image results, so that a rebuild only decodes the images that changed.
+"""A cache of per-image results, so that a rebuild only decodes (and dedup only re-tests) what changed.
 
 What is cached: the outcome of decoding one file (the content fields of ImageFacts, or the reason it was
 rejected), stored under the file's sha256 plus a *context*: a digest of the source of the modules that
@@ -15,6 +15,9 @@ stat key means unchanged bytes. A stat key is not trusted when the file changed 
 stat key changed, are read and decoded again. ``verify=True`` skips the stat keys: every file is read
 and hashed, and only its sha256 selects the cached facts (slower, but also reuses results for files
 that were copied, touched or renamed).
+
+Dedup's same-cell test results are kept too (``known``/``remember``, dedup.PairMemo): by the two files'
+sha256s and the same context, since a test is a pure function of the two images' pixels.
 
 Storage: one SQLite file in the cache directory (WAL mode, safe for concurrent builds), written while
 the build runs and committed every ``COMMIT_EVERY_ROWS`` results or ``COMMIT_EVERY_SECONDS``, so a
