@@ -117,8 +117,8 @@ def decode_checked(data: bytes, expected_size: tuple[int, int]) -> tuple[Image.I
     """Decode untrusted bytes under every rule above: (RGB image, already RGB, content format)."""
     img = open_image(data)
     check_header(img, data, expected_size)
+    check_orientation(img)  # before load: Pillow rotates TIFFs while loading and drops the tag
     load_pixels(img)
-    check_orientation(img)
     rgb_img, unchanged = to_rgb(img)
     return rgb_img, unchanged, img.format or "UNKNOWN"
 
