@@ -1,0 +1,1236 @@
+"""A local stand-in for the Hugging Face Hub, speaking the HTTP protocol the real clients use.
+
+Enough of the Hub for the real `huggingface_hub` client (`HfApi`, `hf_hub_download`, `HfFileSystem`) and for
+`datasets.load_dataset` to work against it with `HF_ENDPOINT=http://127.0.0.1:PORT`. The endpoints and payload
+shapes were taken from the client sources installed with huggingface_hub 2.4.0 / datasets 5.2.0
+(`hf_api.py`, `_commit_api.py`, `lfs.py`, `file_download.py`, `hf_file_system.py`, `datasets/load.py`).
+
+Implemented (``{t}`` is ``models``/``datasets``/``spaces``, ``{p}`` the URL prefix ``""``/``datasets/``/``spaces/``):
+
+    GET    /api/whoami-v2
+    POST   /api/repos/create                       DELETE /api/repos/delete
+    POST   /api/validate-yaml                      GET    /api/agent-harnesses (empty registry)
+    GET    /api/{t}/{repo}[/revision/{rev}]        repo info: sha, private, siblings (?blobs=1: size, blobId, lfs), cardData
+    PUT    /api/{t}/{repo}/settings                visibility / private
+    GET    /api/{t}/{repo}/refs                    branches, tags, converts, pullRequests
+    GET    /api/{t}/{repo}/tree/{rev}[/{path}]     ?recursive, ?expand; cursor pagination with a Link header
+    POST   /api/{t}/{repo}/paths-info/{rev}        form: paths=..., expand=...
+    GET    /api/{t}/{repo}/commits/{rev}           paginated history, newest first
+    POST   /api/{t}/{repo}/preupload/{rev}         upload mode (lfs/regular) + remote oid per file
+    POST   /api/{t}/{repo}/commit/{rev}            NDJSON: header, file, lfsFile, deletedFile, deletedFolder
+    POST   /api/{t}/{repo}/tag/{rev}               create tag {"tag": ...}     DELETE .../tag/{tag}
+    POST   /api/{t}/{repo}/branch/{branch}         create branch               DELETE .../branch/{branch}
+    POST   /{p}{repo}.git/info/lfs/objects/batch   Git LFS batch API (basic transfer only, never Xet)
+    PUT    /__lfs/upload/{type}/{repo}/{oid}       the "storage" URL handed out by the batch API (signed, no token)
+    POST   /__lfs/verify/{type}/{repo}             LFS verify
+    HEAD   /{p}{repo}/resolve/{rev}/{path}         X-Repo-Commit, ETag, X-Linked-Etag/-Size (LFS), Content-Length
+    GET    /{p}{repo}/resolve/{rev}/{path}         same headers + content, Range requests (206/416)
+
+Anything else is answered 404 with a JSON error naming the route, and recorded as ``kind="unknown"`` in the
+request log, so a test can assert that the clients never needed an endpoint this server lacks.
+
+State lives in memory: repos with immutable commits (path -> git blob id / size / LFS sha256), branches, tags and
+a per-repo LFS object store. Blob, tree and commit ids are real git object ids (sha1 of the git object), with a
+deterministic logical clock for commit dates. Xet is never advertised: the batch API only offers "basic".
+
+Writes need ``Authorization: Bearer <token>`` of a user allowed to write the namespace (its own name or one of its
+organisations); private repos are only readable by such users. Tokens are never stored in the log; every response
+body, request body, request URL and printed log line is scanned for known tokens (`HubServer.token_sightings`).
+
+Faults can be injected per request kind, e.g. ``server.inject_fault("lfs_put", nth=3, mode="drop")`` makes the
+third and following LFS uploads (``count=None``: until `clear_faults`) drop the connection half-way through the body.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import socket
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import MappingProxyType
+from typing import Any, Mapping
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+import yaml  # PyYAML: a dependency of huggingface_hub and datasets, used here for card metadata only
+
+PLURAL_TO_TYPE = {"models": "model", "datasets": "dataset", "spaces": "space"}
+URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+REGULAR_FILE_MAX = 10 * 1024 * 1024  # the Hub refuses non-LFS files above 10 MiB
+MAX_BODY = 256 * 1024 * 1024
+CLOCK_EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+# The .gitattributes the Hub writes into the first commit of a new repo (abridged to the patterns that matter here).
+DEFAULT_GITATTRIBUTES = """\
+*.7z filter=lfs diff=lfs merge=lfs -text
+*.arrow filter=lfs diff=lfs merge=lfs -text
+*.bin filter=lfs diff=lfs merge=lfs -text
+*.gz filter=lfs diff=lfs merge=lfs -text
+*.h5 filter=lfs diff=lfs merge=lfs -text
+*.npy filter=lfs diff=lfs merge=lfs -text
+*.npz filter=lfs diff=lfs merge=lfs -text
+*.parquet filter=lfs diff=lfs merge=lfs -text
+*.pkl filter=lfs diff=lfs merge=lfs -text
+*.pt filter=lfs diff=lfs merge=lfs -text
+*.safetensors filter=lfs diff=lfs merge=lfs -text
+*.tar filter=lfs diff=lfs merge=lfs -text
+*.tar.* filter=lfs diff=lfs merge=lfs -text
+*.tgz filter=lfs diff=lfs merge=lfs -text
+*.zip filter=lfs diff=lfs merge=lfs -text
+*.zst filter=lfs diff=lfs merge=lfs -text
+# Image files - uncompressed
+*.bmp filter=lfs diff=lfs merge=lfs -text
+*.gif filter=lfs diff=lfs merge=lfs -text
+*.png filter=lfs diff=lfs merge=lfs -text
+*.tiff filter=lfs diff=lfs merge=lfs -text
+# Image files - compressed
+*.jpg filter=lfs diff=lfs merge=lfs -text
+*.jpeg filter=lfs diff=lfs merge=lfs -text
+*.webp filter=lfs diff=lfs merge=lfs -text
+"""
+
+# Kinds of request that change server state (used by tests to assert "no writes").
+WRITE_KINDS = frozenset(
+    {
+        "repo_create",
+        "repo_delete",
+        "repo_settings",
+        "commit",
+        "lfs_batch_upload",
+        "lfs_put",
+        "lfs_verify",
+        "tag_create",
+        "tag_delete",
+        "branch_create",
+        "branch_delete",
+    }
+)
+
+
+# ----------------------------------------------------------------------------------------------------- git objects
+
+
+def git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(oid: str, size: int) -> bytes:
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n".encode()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of a commit's tree."""
+
+    size: int  # size of the content (for LFS files: of the real file, not the pointer)
+    blob_id: str  # git object id of what git stores: the content, or the LFS pointer
+    lfs_oid: str | None = None  # sha256 of the content, for LFS files
+    pointer_size: int | None = None
+
+    def api(self, path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "file", "oid": self.blob_id, "size": self.size, "path": path}
+        if self.lfs_oid is not None:
+            out["lfs"] = {"oid": self.lfs_oid, "size": self.size, "pointerSize": self.pointer_size}
+        return out
+
+
+def tree_ids(tree: Mapping[str, Entry]) -> dict[str, str]:
+    """Git tree object ids of every directory of `tree` ("" is the root), computed bottom-up like git does."""
+    children: dict[str, dict[str, tuple[str, str]]] = {"": {}}  # dir -> name -> (mode, id or "" for subdir)
+    for path in tree:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            parent, name = "/".join(parts[: depth - 1]), parts[depth - 1]
+            children.setdefault("/".join(parts[:depth]), {})
+            children.setdefault(parent, {})[name] = ("40000", "")
+        children.setdefault("/".join(parts[:-1]), {})[parts[-1]] = ("100644", tree[path].blob_id)
+    ids: dict[str, str] = {}
+    for directory in sorted(children, key=lambda d: d.count("/") + (d != ""), reverse=True):
+        body = b""
+        # git orders entries by name, comparing a directory's name as if it ended with "/"
+        for name, (mode, oid) in sorted(children[directory].items(), key=lambda kv: kv[0] + ("/" if kv[1][0] == "40000" else "")):
+            if mode == "40000":
+                oid = ids[f"{directory}/{name}" if directory else name]
+            body += f"{mode} {name}".encode() + b"\0" + bytes.fromhex(oid)
+        ids[directory] = hashlib.sha1(b"tree %d\0" % len(body) + body).hexdigest()
+    return ids
+
+
+@dataclass(frozen=True)
+class Commit:
+    id: str
+    parents: tuple[str, ...]
+    tree: Mapping[str, Entry]  # read-only view; never mutated once created
+    title: str
+    message: str
+    author: str
+    date: datetime
+
+
+@dataclass
+class Repo:
+    repo_type: str
+    repo_id: str
+    private: bool
+    created_at: datetime
+    branches: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    commits: dict[str, Commit] = field(default_factory=dict)
+    lfs: dict[str, bytes] = field(default_factory=dict)  # sha256 -> content (uploaded, committed or not)
+    blobs: dict[str, bytes] = field(default_factory=dict)  # git blob id -> content of regular files
+
+    @property
+    def namespace(self) -> str:
+        return self.repo_id.split("/")[0]
+
+    def resolve(self, revision: str) -> str | None:
+        """Commit id for a branch, tag, full ref or full commit id; None if unknown."""
+        rev = unquote(revision)
+        if rev.startswith("refs/heads/"):
+            return self.branches.get(rev[len("refs/heads/") :])
+        if rev.startswith("refs/tags/"):
+            return self.tags.get(rev[len("refs/tags/") :])
+        if rev in self.branches:
+            return self.branches[rev]
+        if rev in self.tags:
+            return self.tags[rev]
+        if re.fullmatch(r"[0-9a-f]{40}", rev) and rev in self.commits:
+            return rev
+        return None
+
+    def content(self, entry: Entry) -> bytes:
+        return self.lfs[entry.lfs_oid] if entry.lfs_oid is not None else self.blobs[entry.blob_id]
+
+    def history(self, commit_id: str) -> list[Commit]:
+        out, seen, todo = [], set(), [commit_id]
+        while todo:
+            cid = todo.pop(0)
+            if cid in seen:
+                continue
+            seen.add(cid)
+            commit = self.commits[cid]
+            out.append(commit)
+            todo.extend(commit.parents)
+        return sorted(out, key=lambda c: c.date, reverse=True)
+
+    def last_commit_touching(self, head: str, path: str) -> Commit:
+        """First-parent walk: the newest commit whose change touches `path` (a file or a directory)."""
+        def view(commit: Commit) -> Any:
+            if path in commit.tree:
+                return commit.tree[path]
+            return tuple(sorted((p, e) for p, e in commit.tree.items() if p.startswith(path + "/")))
+
+        commit = self.commits[head]
+        while commit.parents:
+            parent = self.commits[commit.parents[0]]
+            if view(parent) != view(commit):
+                return commit
+            commit = parent
+        return commit
+
+
+@dataclass
+class User:
+    name: str
+    orgs: tuple[str, ...] = ()
+
+    def can_write(self, namespace: str) -> bool:
+        return namespace == self.name or namespace in self.orgs
+
+
+@dataclass
+class RequestRecord:
+    """One request as the server saw it. Never holds a credential: only whether one was sent and whose it was."""
+
+    seq: int
+    method: str
+    path: str
+    query: str
+    kind: str = "unknown"
+    repo: str | None = None
+    status: int = 0
+    user: str | None = None
+    authenticated: bool = False
+    bytes_in: int = 0
+    bytes_out: int = 0
+    fault: str | None = None
+    note: str = ""
+
+    @property
+    def is_write(self) -> bool:
+        return self.kind in WRITE_KINDS
+
+    def __str__(self) -> str:
+        q = f"?{self.query}" if self.query else ""
+        who = f"user={self.user}" if self.user else ("auth=invalid" if self.authenticated else "anonymous")
+        extra = f" fault={self.fault}" if self.fault else ""
+        extra += f" ({self.note})" if self.note else ""
+        return f"#{self.seq} {self.method} {self.path}{q} -> {self.status} [{self.kind}] {who}{extra}"
+
+
+@dataclass
+class Fault:
+    """A planned failure. By request: the nth request of `kind` (counted from injection) and the following ones
+    fail, `count` times in all (None: until cleared). With `per_object=True` (LFS uploads), the nth distinct
+    object uploaded is the victim instead: every attempt to upload it fails, `count` times in all, while other
+    objects go through; this is how a client's retries of one upload all hit the same broken transfer."""
+
+    kind: str  # request kind it applies to, e.g. "lfs_put", "commit"
+    nth: int
+    count: int | None
+    mode: str  # "drop": connection closed mid-request | "500": HTTP 500 | "echo_auth": 400 echoing the credential
+    per_object: bool = False
+    seen: int = 0
+    fired: int = 0
+    objects: list[str] = field(default_factory=list)
+
+
+class HubError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+
+
+def _iso(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes", "on")
+
+
+def _card_data(readme: bytes) -> dict | None:
+    text = readme.decode("utf-8", errors="replace")
+    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, flags=re.S)
+    if not match:
+        return None
+    data = yaml.safe_load(match.group(1))
+    return data if isinstance(data, dict) else None
+
+
+def _lfs_patterns(gitattributes: bytes | None) -> list[str]:
+    patterns = []
+    for line in (gitattributes or b"").decode("utf-8", errors="replace").splitlines():
+        parts = line.strip().split()
+        if parts and not parts[0].startswith("#") and "filter=lfs" in parts[1:]:
+            patterns.append(parts[0])
+    return patterns
+
+
+def _matches(pattern: str, path: str) -> bool:
+    if "/" not in pattern.rstrip("/"):
+        return fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern)
+    return fnmatch.fnmatchcase(path, pattern.lstrip("/").replace("**/", "*"))
+
+
+def _valid_path(path: str) -> bool:
+    parts = path.split("/")
+    return bool(path) and not path.startswith("/") and all(p not in ("", ".", "..", ".git") for p in parts)
+
+
+# ------------------------------------------------------------------------------------------------------ the server
+
+
+class HubServer:
+    """In-memory Hub. Start with `start()` (or as a context manager); `url` is the endpoint to give clients."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, tree_page_size: int = 1000,
+                 max_lifetime: float | None = 600.0, regular_file_max: int = REGULAR_FILE_MAX):
+        self.host, self.port = host, port
+        self.tree_page_size = tree_page_size
+        self.max_lifetime = max_lifetime
+        self.regular_file_max = regular_file_max
+        self.lock = threading.RLock()
+        self.users: dict[str, User] = {}  # token -> user
+        self.repos: dict[tuple[str, str], Repo] = {}
+        self.log: list[RequestRecord] = []
+        self.faults: list[Fault] = []
+        self.token_sightings: list[str] = []  # where a known token showed up (must stay empty)
+        self._secret = secrets.token_bytes(16)  # signs the LFS upload URLs (stand-in for presigned S3 URLs)
+        self._clock = 0
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._timer: threading.Timer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("server not started")
+        return f"http://{self.host}:{self._httpd.server_address[1]}"
+
+    def start(self) -> "HubServer":
+        handler = type("Handler", (_Handler,), {"hub": self})
+        self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="hubserver", daemon=True)
+        self._thread.start()
+        if self.max_lifetime:  # never outlive a forgotten test: stop on our own
+            self._timer = threading.Timer(self.max_lifetime, self.stop)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if self._timer is not None:
+            self._timer.cancel()
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+
+    def __enter__(self) -> "HubServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ test helpers
+
+    def add_user(self, name: str, orgs: tuple[str, ...] | list[str] = (), token: str | None = None) -> str:
+        token = token or f"hf_{secrets.token_urlsafe(24)}"
+        with self.lock:
+            self.users[token] = User(name, tuple(orgs))
+        return token
+
+    def inject_fault(self, kind: str, *, nth: int = 1, count: int | None = 1, mode: str = "500",
+                     per_object: bool = False) -> Fault:
+        if mode not in ("drop", "500", "echo_auth"):
+            raise ValueError(f"unknown fault mode {mode!r}")
+        fault = Fault(kind=kind, nth=nth, count=count, mode=mode, per_object=per_object)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def clear_log(self) -> None:
+        with self.lock:
+            self.log.clear()
+
+    def requests(self, kind: str | None = None, *, status: int | None = None) -> list[RequestRecord]:
+        with self.lock:
+            return [r for r in self.log if (kind is None or r.kind == kind) and (status is None or r.status == status)]
+
+    def writes(self) -> list[RequestRecord]:
+        with self.lock:
+            return [r for r in self.log if r.is_write]
+
+    def unknown_requests(self) -> list[RequestRecord]:
+        return self.requests("unknown")
+
+    def format_log(self) -> str:
+        text = "\n".join(str(r) for r in self.requests())
+        self._scan(text, "printed request log")
+        return text
+
+    def get_repo(self, repo_id: str, repo_type: str = "dataset") -> Repo:
+        with self.lock:
+            return self.repos[(repo_type, repo_id)]
+
+    def tree(self, repo_id: str, revision: str = "main", repo_type: str = "dataset") -> dict[str, Entry]:
+        repo = self.get_repo(repo_id, repo_type)
+        with self.lock:
+            commit_id = repo.resolve(revision)
+            if commit_id is None:
+                raise KeyError(f"{repo_id}@{revision}")
+            return dict(repo.commits[commit_id].tree)
+
+    def file_bytes(self, repo_id: str, path: str, revision: str = "main", repo_type: str = "dataset") -> bytes:
+        repo = self.get_repo(repo_id, repo_type)
+        with self.lock:
+            return repo.content(repo.commits[repo.resolve(revision)].tree[path])
+
+    # ------------------------------------------------------------------ internals
+
+    def _scan(self, text: str | bytes, where: str) -> None:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        with self.lock:
+            for token in self.users:
+                if token in text:
+                    self.token_sightings.append(where)
+
+    def _take_fault(self, kind: str, obj: str | None) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.kind != kind or (fault.count is not None and fault.fired >= fault.count):
+                    continue
+                if fault.per_object:
+                    if obj is not None and obj not in fault.objects:
+                        fault.objects.append(obj)
+                    hit = obj is not None and len(fault.objects) >= fault.nth and obj == fault.objects[fault.nth - 1]
+                else:
+                    fault.seen += 1
+                    hit = fault.seen >= fault.nth
+                if hit:
+                    fault.fired += 1
+                    return fault
+        return None
+
+    def _tick(self) -> datetime:
+        with self.lock:
+            self._clock += 1
+            return CLOCK_EPOCH + timedelta(minutes=self._clock)
+
+    def _new_commit(self, repo: Repo, parent: str | None, tree: dict[str, Entry], title: str, message: str,
+                    author: str) -> Commit:
+        date = self._tick()
+        stamp = f"{author} <{author}@users.noreply.hubserver> {int(date.timestamp())} +0000"
+        body = f"tree {tree_ids(tree)['']}\n"
+        body += f"parent {parent}\n" if parent else ""
+        body += f"author {stamp}\ncommitter {stamp}\n\n{title}\n" + (f"\n{message}\n" if message else "")
+        raw = body.encode()
+        commit_id = hashlib.sha1(b"commit %d\0" % len(raw) + raw).hexdigest()
+        commit = Commit(commit_id, (parent,) if parent else (), MappingProxyType(dict(sorted(tree.items()))),
+                        title, message, author, date)
+        repo.commits[commit_id] = commit
+        return commit
+
+    def _sign(self, repo: Repo, oid: str, size: int) -> str:
+        msg = f"{repo.repo_type}/{repo.repo_id}/{oid}/{size}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------- request handler
+
+
+class _Handler(BaseHTTPRequestHandler):
+    hub: HubServer  # set on the per-server subclass
+    protocol_version = "HTTP/1.1"  # keep-alive, like the Hub; every response carries Content-Length
+    server_version = "hubserver/1"
+    timeout = 60  # a stuck client cannot pin a thread forever
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes; without this, Nagle + delayed ACK stall each response ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:  # silence stderr; we keep our own log
+        pass
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _handle(self, method: str) -> None:
+        hub = self.hub
+        split = urlsplit(self.path)
+        with hub.lock:
+            record = RequestRecord(seq=len(hub.log) + 1, method=method, path=split.path, query=split.query)
+            hub.log.append(record)
+        self.record = record
+        self.query = {k: v for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        hub._scan(self.path, f"request URL #{record.seq}")
+        self.resp_headers: dict[str, str] = {}
+        self.body_read = False
+        try:
+            self.user = self._authenticate()
+            handler, args = self._route(method, split.path)
+            fault = hub._take_fault(record.kind, args[-1] if record.kind == "lfs_put" else None)
+            if fault is not None and fault.mode == "drop":
+                record.fault, record.status = f"drop #{fault.fired}", 0
+                self._drop()
+                return
+            body = self._read_body()
+            self.body_read = True
+            record.bytes_in = len(body)
+            if record.kind in ("commit", "lfs_put", "preupload"):
+                hub._scan(body, f"request body #{record.seq} ({record.kind})")
+            if fault is not None and fault.mode == "500":
+                record.fault = f"500 #{fault.fired}"
+                raise HubError(500, f"hubserver: injected fault on {record.kind} (Internal Error)")
+            if fault is not None and fault.mode == "echo_auth":
+                record.fault = f"echo_auth #{fault.fired}"
+                raise HubError(400, f"hubserver: rejected request with header Authorization: "
+                                    f"{self.headers.get('Authorization')}")
+            self.body = body
+            status, payload = handler(*args)
+        except HubError as err:
+            status = err.status
+            payload = {"error": err.message}
+            self.resp_headers.update(err.headers)
+            self.resp_headers["X-Error-Message"] = err.message.encode("ascii", "replace").decode()
+            if err.code:
+                self.resp_headers["X-Error-Code"] = err.code
+        except Exception as err:  # a bug in this server: say so loudly
+            status, payload = 500, {"error": f"hubserver internal error: {type(err).__name__}: {err}"}
+            record.note = payload["error"]
+        self._respond(method, status, payload)
+
+    def _authenticate(self) -> User | None:
+        header = self.headers.get("Authorization")
+        if header is None:
+            return None
+        self.record.authenticated = True
+        scheme, _, token = header.partition(" ")
+        user = self.hub.users.get(token.strip()) if scheme.lower() == "bearer" else None
+        if user is None:
+            self.record.kind = "auth_rejected"
+            raise HubError(401, "Invalid credentials in Authorization header")
+        self.record.user = user.name
+        return user
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            total = 0
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                total += size
+                if total > MAX_BODY:
+                    raise HubError(413, "Payload Too Large")
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise HubError(413, "Payload Too Large")
+        return self.rfile.read(length) if length else b""
+
+    def _drop(self) -> None:
+        """Simulate a connection lost in the middle of a request: read part of the body, then hang up."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(max(1, length // 2))
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _respond(self, method: str, status: int, payload: Any) -> None:
+        record = self.record
+        headers = self.resp_headers
+        if isinstance(payload, (bytes, bytearray)):
+            body = bytes(payload)
+            headers.setdefault("Content-Type", "application/octet-stream")
+        else:
+            body = json.dumps(payload).encode()
+            headers.setdefault("Content-Type", "application/json; charset=utf-8")
+        self.hub._scan(body, f"response body #{record.seq} ({record.kind})")
+        self.hub._scan(json.dumps(headers), f"response headers #{record.seq} ({record.kind})")
+        record.status, record.bytes_out = status, len(body)
+        headers.setdefault("Content-Length", str(len(body)))
+        headers.setdefault("X-Request-Id", f"hubserver-{record.seq}")
+        if not self.body_read and (self.headers.get("Content-Length") or self.headers.get("Transfer-Encoding")):
+            # We answered before reading the request body: the connection cannot be reused.
+            headers["Connection"] = "close"
+            self.close_connection = True
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(body)
+
+    # ------------------------------------------------------------------ routing
+
+    def _route(self, method: str, path: str) -> tuple[Any, tuple]:
+        raw = [s for s in path.split("/")][1:]
+        seg = [unquote(s) for s in raw]
+        r = self.record
+
+        def kind(name: str, repo: str | None = None) -> None:
+            r.kind, r.repo = name, repo
+
+        if seg == ["api", "whoami-v2"] and method == "GET":
+            kind("whoami")
+            return self._whoami, ()
+        if seg == ["api", "repos", "create"] and method == "POST":
+            kind("repo_create")
+            return self._repo_create, ()
+        if seg == ["api", "repos", "delete"] and method == "DELETE":
+            kind("repo_delete")
+            return self._repo_delete, ()
+        if seg == ["api", "validate-yaml"] and method == "POST":
+            kind("validate_yaml")
+            return self._validate_yaml, ()
+        if seg == ["api", "agent-harnesses"] and method == "GET":
+            kind("agent_harnesses")
+            return (lambda: (200, {"standardEnvVars": [], "harnesses": {}})), ()
+        if len(seg) >= 4 and seg[0] == "api" and seg[1] in PLURAL_TO_TYPE:
+            repo_type, repo_id, rest = PLURAL_TO_TYPE[seg[1]], f"{seg[2]}/{seg[3]}", seg[4:]
+            key = (repo_type, repo_id)
+            if method == "GET" and not rest:
+                kind("repo_info", repo_id)
+                return self._repo_info, (key, None)
+            if method == "GET" and len(rest) == 2 and rest[0] == "revision":
+                kind("repo_info", repo_id)
+                return self._repo_info, (key, rest[1])
+            if method == "PUT" and rest == ["settings"]:
+                kind("repo_settings", repo_id)
+                return self._settings, (key,)
+            if method == "GET" and rest == ["refs"]:
+                kind("refs", repo_id)
+                return self._refs, (key,)
+            if method == "GET" and len(rest) >= 2 and rest[0] == "tree":
+                kind("tree", repo_id)
+                return self._tree, (key, rest[1], "/".join(rest[2:]))
+            if method == "POST" and len(rest) == 2 and rest[0] == "paths-info":
+                kind("paths_info", repo_id)
+                return self._paths_info, (key, rest[1])
+            if method == "GET" and len(rest) == 2 and rest[0] == "commits":
+                kind("commits", repo_id)
+                return self._commits, (key, rest[1])
+            if method == "POST" and len(rest) == 2 and rest[0] == "preupload":
+                kind("preupload", repo_id)
+                return self._preupload, (key, rest[1])
+            if method == "POST" and len(rest) == 2 and rest[0] == "commit":
+                kind("commit", repo_id)
+                return self._commit, (key, rest[1])
+            if len(rest) == 2 and rest[0] == "tag" and method in ("POST", "DELETE"):
+                kind("tag_create" if method == "POST" else "tag_delete", repo_id)
+                return (self._tag_create if method == "POST" else self._tag_delete), (key, rest[1])
+            if len(rest) == 2 and rest[0] == "branch" and method in ("POST", "DELETE"):
+                kind("branch_create" if method == "POST" else "branch_delete", repo_id)
+                return (self._branch_create if method == "POST" else self._branch_delete), (key, rest[1])
+        if len(seg) == 6 and seg[:2] == ["__lfs", "upload"] and method == "PUT":
+            kind("lfs_put", f"{seg[3]}/{seg[4]}")
+            return self._lfs_put, ((seg[2], f"{seg[3]}/{seg[4]}"), seg[5])
+        if len(seg) == 5 and seg[:2] == ["__lfs", "verify"] and method == "POST":
+            kind("lfs_verify", f"{seg[3]}/{seg[4]}")
+            return self._lfs_verify, ((seg[2], f"{seg[3]}/{seg[4]}"),)
+        # Git-side URLs: /{prefix}{ns}/{name}.git/info/lfs/objects/batch and /{prefix}{ns}/{name}/resolve/{rev}/{path}
+        repo_type = "model"
+        if seg and seg[0] in ("datasets", "spaces"):
+            repo_type, seg = PLURAL_TO_TYPE[seg[0]], seg[1:]
+        if len(seg) == 6 and seg[1].endswith(".git") and seg[2:] == ["info", "lfs", "objects", "batch"] \
+                and method == "POST":
+            repo_id = f"{seg[0]}/{seg[1][:-4]}"
+            kind("lfs_batch", repo_id)
+            return self._lfs_batch, ((repo_type, repo_id),)
+        if len(seg) >= 5 and seg[2] == "resolve" and method in ("GET", "HEAD"):
+            repo_id = f"{seg[0]}/{seg[1]}"
+            kind("resolve", repo_id)
+            return self._resolve, ((repo_type, repo_id), seg[3], "/".join(seg[4:]), method)
+        raise HubError(404, f"hubserver: no route for {method} {path}")
+
+    # ------------------------------------------------------------------ access helpers
+
+    def _require_user(self) -> User:
+        if self.user is None:
+            raise HubError(401, "You must be authenticated to perform this action (Authorization: Bearer <token>)")
+        return self.user
+
+    def _readable(self, key: tuple[str, str]) -> Repo:
+        repo = self.hub.repos.get(key)
+        if repo is None or (repo.private and not (self.user and self.user.can_write(repo.namespace))):
+            status = 401 if (repo is not None and self.user is None) else 404
+            raise HubError(status, "Repository not found", code="RepoNotFound")
+        return repo
+
+    def _writable(self, key: tuple[str, str]) -> Repo:
+        user = self._require_user()
+        repo = self._readable(key)
+        if not user.can_write(repo.namespace):
+            raise HubError(403, f"You don't have the rights to write to {repo.repo_id}")
+        return repo
+
+    def _revision(self, repo: Repo, revision: str) -> Commit:
+        commit_id = repo.resolve(revision)
+        if commit_id is None:
+            raise HubError(404, f"Invalid rev id: {unquote(revision)}", code="RevisionNotFound")
+        return repo.commits[commit_id]
+
+    def _json(self) -> Any:
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError as err:
+            raise HubError(400, f"Invalid JSON body: {err}") from None
+
+    def _base(self) -> str:
+        return self.hub.url
+
+    def _repo_url(self, repo: Repo) -> str:
+        return f"{self._base()}/{URL_PREFIX[repo.repo_type]}{repo.repo_id}"
+
+    # ------------------------------------------------------------------ endpoints: account and repos
+
+    def _whoami(self) -> tuple[int, Any]:
+        user = self._require_user()
+        return 200, {
+            "type": "user",
+            "name": user.name,
+            "fullname": user.name,
+            "orgs": [{"type": "org", "name": o, "roleInOrg": "write"} for o in user.orgs],
+            "auth": {"type": "access_token", "accessToken": {"displayName": "hubserver", "role": "write"}},
+        }
+
+    def _repo_create(self) -> tuple[int, Any]:
+        user = self._require_user()
+        data = self._json() or {}
+        name, organization = data.get("name"), data.get("organization")
+        repo_type = data.get("type") or "model"
+        if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or repo_type not in URL_PREFIX:
+            raise HubError(400, f"Invalid repo name or type: {name!r} / {repo_type!r}")
+        namespace = organization or user.name
+        if not user.can_write(namespace):
+            raise HubError(403, f"You don't have the rights to create a repo under {namespace}")
+        repo_id = f"{namespace}/{name}"
+        visibility = data.get("visibility") or ("private" if data.get("private") else "public")
+        with self.hub.lock:
+            existing = self.hub.repos.get((repo_type, repo_id))
+            if existing is not None:
+                url = self._repo_url(existing)
+                raise HubError(409, f"You already created this {repo_type} repo", headers={"X-Repo-Url": url})
+            repo = Repo(repo_type, repo_id, private=visibility == "private", created_at=self.hub._tick())
+            attributes = DEFAULT_GITATTRIBUTES.encode()
+            repo.blobs[git_blob_id(attributes)] = attributes
+            tree = {".gitattributes": Entry(len(attributes), git_blob_id(attributes))}
+            repo.branches["main"] = self.hub._new_commit(repo, None, tree, "initial commit", "", user.name).id
+            self.hub.repos[(repo_type, repo_id)] = repo
+        self.record.repo = repo_id
+        return 200, {"url": self._repo_url(repo), "name": repo_id, "id": repo_id}
+
+    def _repo_delete(self) -> tuple[int, Any]:
+        user = self._require_user()
+        data = self._json() or {}
+        repo_id = f"{data.get('organization') or user.name}/{data.get('name')}"
+        key = (data.get("type") or "model", repo_id)
+        self.record.repo = repo_id
+        self._writable(key)
+        with self.hub.lock:
+            del self.hub.repos[key]
+        return 200, {}
+
+    def _settings(self, key: tuple[str, str]) -> tuple[int, Any]:
+        repo = self._writable(key)
+        data = self._json() or {}
+        with self.hub.lock:
+            if "visibility" in data:
+                repo.private = data["visibility"] == "private"
+            if "private" in data:
+                repo.private = bool(data["private"])
+        return 200, {"private": repo.private}
+
+    def _validate_yaml(self) -> tuple[int, Any]:
+        data = self._json() or {}
+        try:
+            _card_data(str(data.get("content", "")).encode())
+        except yaml.YAMLError as err:
+            return 400, {"errors": [{"message": f"Invalid YAML in README.md: {err}"}], "warnings": []}
+        return 200, {"errors": [], "warnings": []}
+
+    def _repo_info(self, key: tuple[str, str], revision: str | None) -> tuple[int, Any]:
+        with self.hub.lock:
+            repo = self._readable(key)
+            commit = self._revision(repo, revision or "main")
+            blobs = _truthy((self.query.get("blobs") or [None])[0])
+            siblings = []
+            for path, entry in commit.tree.items():
+                sibling: dict[str, Any] = {"rfilename": path}
+                if blobs:
+                    sibling.update(size=entry.size, blobId=entry.blob_id)
+                    if entry.lfs_oid:
+                        sibling["lfs"] = {"size": entry.size, "sha256": entry.lfs_oid, "pointerSize": entry.pointer_size}
+                siblings.append(sibling)
+            try:
+                card = _card_data(repo.content(commit.tree["README.md"])) if "README.md" in commit.tree else None
+            except yaml.YAMLError:
+                card = None
+            info: dict[str, Any] = {
+                "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
+                "id": repo.repo_id,
+                "author": repo.namespace,
+                "sha": commit.id,
+                "lastModified": _iso(commit.date),
+                "createdAt": _iso(repo.created_at),
+                "private": repo.private,
+                "gated": False,
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [f"license:{card['license']}"] if card and "license" in card else [],
+                "siblings": siblings,
+                "usedStorage": sum(len(b) for b in repo.lfs.values()) + sum(len(b) for b in repo.blobs.values()),
+            }
+            if card is not None:
+                info["cardData"] = card
+            if repo.repo_type == "model":
+                info["modelId"] = repo.repo_id
+        expand = self.query.get("expand") or self.query.get("expand[]")
+        if expand:
+            info = {k: v for k, v in info.items() if k in set(expand) | {"_id", "id"}}
+        return 200, info
+
+    def _refs(self, key: tuple[str, str]) -> tuple[int, Any]:
+        with self.hub.lock:
+            repo = self._readable(key)
+
+            def refs(kind: str, names: dict[str, str]) -> list[dict[str, str]]:
+                return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": c} for n, c in sorted(names.items())]
+
+            return 200, {"branches": refs("heads", repo.branches), "tags": refs("tags", repo.tags),
+                         "converts": [], "pullRequests": []}
+
+    # ------------------------------------------------------------------ endpoints: reading trees
+
+    def _entries(self, repo: Repo, commit: Commit, base: str, recursive: bool, expand: bool) -> list[dict[str, Any]]:
+        """Tree listing below directory `base` ("" = root); a file path lists the file itself."""
+        if base and base in commit.tree:
+            items = [(base, commit.tree[base])]
+            dirs: set[str] = set()
+        else:
+            prefix = f"{base}/" if base else ""
+            items, dirs = [], set()
+            for path, entry in commit.tree.items():
+                if not path.startswith(prefix):
+                    continue
+                rel = path[len(prefix):].split("/")
+                for depth in range(1, len(rel)):
+                    if recursive or depth == 1:
+                        dirs.add(prefix + "/".join(rel[:depth]))
+                if recursive or len(rel) == 1:
+                    items.append((path, entry))
+            if base and not items and not dirs:
+                raise HubError(404, f"Entry not found: {base}", code="EntryNotFound",
+                               headers={"X-Repo-Commit": commit.id})
+        ids = tree_ids(commit.tree) if dirs else {}
+        out = [{"type": "directory", "oid": ids[d], "size": 0, "path": d} for d in dirs]
+        out += [entry.api(path) for path, entry in items]
+        out.sort(key=lambda e: (e["path"].rsplit("/", 1)[0] if "/" in e["path"] else "", e["type"] != "directory",
+                                e["path"]))
+        if expand:
+            for e in out:
+                last = repo.last_commit_touching(commit.id, e["path"])
+                e["lastCommit"] = {"id": last.id, "title": last.title, "date": _iso(last.date)}
+                if e["type"] == "file":
+                    e["securityFileStatus"] = {"status": "safe", "avScan": {"virusFound": False, "virusNames": None},
+                                               "pickleImportScan": None}
+        return out
+
+    def _paginate(self, items: list[Any], page_size: int) -> list[Any]:
+        cursor = (self.query.get("cursor") or ["0"])[0]
+        try:
+            start = int(base64.urlsafe_b64decode(cursor.encode()).decode()) if cursor != "0" else 0
+        except ValueError:
+            raise HubError(400, "Invalid cursor") from None
+        page = items[start:start + page_size]
+        if start + page_size < len(items):
+            params = {k: v[0] for k, v in self.query.items() if k != "cursor"}
+            params["cursor"] = base64.urlsafe_b64encode(str(start + page_size).encode()).decode()
+            link = f"{self._base()}{urlsplit(self.path).path}?{urlencode(params)}"
+            self.resp_headers["Link"] = f'<{link}>; rel="next"'
+        return page
+
+    def _tree(self, key: tuple[str, str], revision: str, path: str) -> tuple[int, Any]:
+        recursive = _truthy((self.query.get("recursive") or [None])[0])
+        expand = _truthy((self.query.get("expand") or [None])[0])
+        with self.hub.lock:
+            repo = self._readable(key)
+            commit = self._revision(repo, revision)
+            entries = self._entries(repo, commit, path.strip("/"), recursive, expand)
+        page_size = min(self.hub.tree_page_size, 50) if expand else self.hub.tree_page_size
+        return 200, self._paginate(entries, page_size)
+
+    def _paths_info(self, key: tuple[str, str], revision: str) -> tuple[int, Any]:
+        content_type = self.headers.get("Content-Type", "")
+        if "json" in content_type:
+            data = self._json() or {}
+            paths, expand = data.get("paths", []), bool(data.get("expand"))
+        else:
+            form = parse_qs(self.body.decode(), keep_blank_values=True)
+            paths, expand = form.get("paths", []), _truthy((form.get("expand") or [None])[0])
+        with self.hub.lock:
+            repo = self._readable(key)
+            commit = self._revision(repo, revision)
+            ids = None
+            out = []
+            for path in paths:
+                path = path.strip("/")
+                if path in commit.tree:
+                    item = commit.tree[path].api(path)
+                elif any(p.startswith(path + "/") for p in commit.tree):
+                    ids = ids or tree_ids(commit.tree)
+                    item = {"type": "directory", "oid": ids[path], "size": 0, "path": path}
+                else:
+                    continue
+                if expand:
+                    last = repo.last_commit_touching(commit.id, path)
+                    item["lastCommit"] = {"id": last.id, "title": last.title, "date": _iso(last.date)}
+                out.append(item)
+        return 200, out
+
+    def _commits(self, key: tuple[str, str], revision: str) -> tuple[int, Any]:
+        with self.hub.lock:
+            repo = self._readable(key)
+            commit = self._revision(repo, revision)
+            items = [{"id": c.id, "title": c.title, "message": c.message, "date": _iso(c.date),
+                      "authors": [{"user": c.author, "avatar": ""}]} for c in repo.history(commit.id)]
+        return 200, self._paginate(items, self.hub.tree_page_size)
+
+    # ------------------------------------------------------------------ endpoints: writing
+
+    def _branch_head(self, repo: Repo, revision: str) -> str:
+        name = unquote(revision)
+        name = name[len("refs/heads/"):] if name.startswith("refs/heads/") else name
+        if name not in repo.branches:
+            raise HubError(404, f"Invalid rev id: {name} (commits go to branches)", code="RevisionNotFound")
+        return name
+
+    def _preupload(self, key: tuple[str, str], revision: str) -> tuple[int, Any]:
+        data = self._json() or {}
+        with self.hub.lock:
+            repo = self._writable(key)
+            branch = self._branch_head(repo, revision)
+            commit = repo.commits[repo.branches[branch]]
+            # (a "gitIgnore" field is accepted and ignored: nothing is ever reported as shouldIgnore)
+            gitattributes = repo.content(commit.tree[".gitattributes"]) if ".gitattributes" in commit.tree else None
+            patterns = _lfs_patterns(gitattributes)
+            files = []
+            for f in data.get("files", []):
+                path, size = f["path"], int(f["size"])
+                sample = base64.b64decode(f.get("sample", ""))
+                lfs = size > self.hub.regular_file_max or b"\0" in sample or any(_matches(p, path) for p in patterns)
+                existing = commit.tree.get(path)
+                oid = None
+                if existing is not None:
+                    oid = existing.lfs_oid if existing.lfs_oid is not None else existing.blob_id
+                files.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
+                              "oid": oid})
+        return 200, {"files": files, "commitOid": commit.id}
+
+    def _commit(self, key: tuple[str, str], revision: str) -> tuple[int, Any]:
+        if _truthy((self.query.get("create_pr") or [None])[0]):
+            raise HubError(400, "hubserver: pull requests are not supported")
+        try:
+            lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
+        except ValueError as err:
+            raise HubError(400, f"Invalid NDJSON: {err}") from None
+        if not lines or lines[0].get("key") != "header":
+            raise HubError(400, "First line of the commit payload must be the header")
+        header = lines[0].get("value") or {}
+        title = str(header.get("summary") or "").strip()
+        if not title:
+            raise HubError(400, "Commit summary is required")
+        with self.hub.lock:
+            repo = self._writable(key)
+            branch = self._branch_head(repo, revision)
+            head = repo.branches[branch]
+            parent_commit = header.get("parentCommit")
+            if parent_commit and parent_commit != head:
+                raise HubError(412, "A commit has happened since. Please refresh and try again.")
+            tree = dict(repo.commits[head].tree)
+            new_blobs: dict[str, bytes] = {}
+            for line in lines[1:]:
+                op, value = line.get("key"), line.get("value") or {}
+                path = str(value.get("path", "")).strip("/") if op != "deletedFolder" else str(value.get("path", ""))
+                if op == "file":
+                    content = base64.b64decode(value.get("content", "")) if value.get("encoding") == "base64" \
+                        else str(value.get("content", "")).encode()
+                    if not _valid_path(path):
+                        raise HubError(400, f"Invalid path: {path!r}")
+                    if len(content) > self.hub.regular_file_max:
+                        raise HubError(400, f"{path}: files larger than 10 MiB must be uploaded with LFS")
+                    if b"\0" in content[:8000]:
+                        raise HubError(400, f"{path}: binary files must be uploaded with LFS")
+                    blob_id = git_blob_id(content)
+                    new_blobs[blob_id] = content
+                    tree[path] = Entry(len(content), blob_id)
+                elif op == "lfsFile":
+                    oid = str(value.get("oid", ""))
+                    if not _valid_path(path):
+                        raise HubError(400, f"Invalid path: {path!r}")
+                    if value.get("algo", "sha256") != "sha256" or oid not in repo.lfs:
+                        raise HubError(422, f"{path}: LFS object {oid} has not been uploaded to this repo")
+                    size = len(repo.lfs[oid])
+                    if value.get("size") is not None and int(value["size"]) != size:
+                        raise HubError(422, f"{path}: size {value['size']} does not match LFS object ({size})")
+                    pointer = lfs_pointer(oid, size)
+                    tree[path] = Entry(size, git_blob_id(pointer), oid, len(pointer))
+                elif op == "deletedFile":
+                    if path not in tree:
+                        raise HubError(404, f"A file with this name doesn't exist: {path}", code="EntryNotFound")
+                    del tree[path]
+                elif op == "deletedFolder":
+                    prefix = path.strip("/") + "/"
+                    doomed = [p for p in tree if p.startswith(prefix)]
+                    if not doomed:
+                        raise HubError(404, f"A folder with this name doesn't exist: {path}", code="EntryNotFound")
+                    for p in doomed:
+                        del tree[p]
+                else:
+                    raise HubError(400, f"Unknown commit operation {op!r}")
+            repo.blobs.update(new_blobs)
+            commit = self.hub._new_commit(repo, head, tree, title, str(header.get("description") or ""),
+                                          self.user.name if self.user else "anonymous")
+            repo.branches[branch] = commit.id
+        self.record.note = f"{len(lines) - 1} ops -> {commit.id[:12]}"
+        return 200, {"success": True, "commitOid": commit.id, "commitUrl": f"{self._repo_url(repo)}/commit/{commit.id}",
+                     "hookOutput": "", "pullRequestUrl": None}
+
+    def _tag_create(self, key: tuple[str, str], revision: str) -> tuple[int, Any]:
+        data = self._json() or {}
+        tag = str(data.get("tag") or "")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", tag) or ".." in tag:
+            raise HubError(400, f"Invalid tag name {tag!r}")
+        with self.hub.lock:
+            repo = self._writable(key)
+            commit = self._revision(repo, revision)
+            if tag in repo.tags:
+                raise HubError(409, f"Tag {tag} already exists")
+            repo.tags[tag] = commit.id
+        self.record.note = f"{tag} -> {commit.id[:12]}"
+        return 200, {"name": tag, "ref": f"refs/tags/{tag}", "targetCommit": commit.id}
+
+    def _tag_delete(self, key: tuple[str, str], tag: str) -> tuple[int, Any]:
+        with self.hub.lock:
+            repo = self._writable(key)
+            if tag not in repo.tags:
+                raise HubError(404, f"Tag {tag} does not exist", code="RevisionNotFound")
+            del repo.tags[tag]
+        return 200, {}
+
+    def _branch_create(self, key: tuple[str, str], branch: str) -> tuple[int, Any]:
+        data = self._json() or {}
+        with self.hub.lock:
+            repo = self._writable(key)
+            commit = self._revision(repo, str(data.get("startingPoint") or "main"))
+            if branch in repo.branches:
+                raise HubError(409, f"Branch {branch} already exists")
+            repo.branches[branch] = commit.id
+        return 200, {}
+
+    def _branch_delete(self, key: tuple[str, str], branch: str) -> tuple[int, Any]:
+        with self.hub.lock:
+            repo = self._writable(key)
+            if branch not in repo.branches:
+                raise HubError(404, f"Branch {branch} does not exist", code="RevisionNotFound")
+            if branch == "main":
+                raise HubError(403, "Cannot delete the default branch")
+            del repo.branches[branch]
+        return 200, {}
+
+    # ------------------------------------------------------------------ endpoints: LFS
+
+    def _lfs_batch(self, key: tuple[str, str]) -> tuple[int, Any]:
+        data = self._json() or {}
+        operation = data.get("operation")
+        self.resp_headers["Content-Type"] = "application/vnd.git-lfs+json"
+        if operation != "upload":
+            raise HubError(400, f"hubserver: LFS operation {operation!r} not supported (downloads go via /resolve)")
+        self.record.kind = "lfs_batch_upload"
+        if "basic" not in (data.get("transfers") or ["basic"]):
+            raise HubError(422, "hubserver only offers the 'basic' LFS transfer")
+        with self.hub.lock:
+            repo = self._writable(key)
+            objects = []
+            for obj in data.get("objects", []):
+                oid, size = str(obj.get("oid", "")), int(obj.get("size", -1))
+                item: dict[str, Any] = {"oid": oid, "size": size}
+                if not re.fullmatch(r"[0-9a-f]{64}", oid) or size < 0:
+                    item["error"] = {"code": 422, "message": "Invalid oid or size"}
+                elif oid in repo.lfs:
+                    if len(repo.lfs[oid]) != size:
+                        item["error"] = {"code": 422, "message": f"Size mismatch for existing object {oid}"}
+                    # else: already stored, no actions => the client skips the upload
+                else:
+                    item["authenticated"] = True
+                    query = urlencode({"size": size, "sig": self.hub._sign(repo, oid, size)})
+                    prefix = f"{self._base()}/__lfs"
+                    item["actions"] = {
+                        "upload": {"href": f"{prefix}/upload/{repo.repo_type}/{repo.repo_id}/{oid}?{query}",
+                                   "expires_in": 3600},
+                        "verify": {"href": f"{prefix}/verify/{repo.repo_type}/{repo.repo_id}", "expires_in": 3600},
+                    }
+                objects.append(item)
+        self.record.note = f"{sum('actions' in o for o in objects)}/{len(objects)} to upload"
+        return 200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
+
+    def _lfs_put(self, key: tuple[str, str], oid: str) -> tuple[int, Any]:
+        with self.hub.lock:
+            repo = self.hub.repos.get(key)
+            size = int((self.query.get("size") or ["-1"])[0])
+            sig = (self.query.get("sig") or [""])[0]
+            if repo is None or not hmac.compare_digest(sig, self.hub._sign(repo, oid, size)):
+                raise HubError(403, "SignatureDoesNotMatch")
+        if len(self.body) != size:
+            raise HubError(400, f"Expected {size} bytes, received {len(self.body)}")
+        if hashlib.sha256(self.body).hexdigest() != oid:
+            raise HubError(400, "sha256 of the uploaded content does not match the object id")
+        with self.hub.lock:
+            repo.lfs[oid] = self.body
+        self.resp_headers["ETag"] = f'"{hashlib.md5(self.body).hexdigest()}"'
+        self.record.note = f"{oid[:12]} {size} B"
+        return 200, b""
+
+    def _lfs_verify(self, key: tuple[str, str]) -> tuple[int, Any]:
+        data = self._json() or {}
+        with self.hub.lock:
+            repo = self._writable(key)
+            oid, size = str(data.get("oid", "")), int(data.get("size", -1))
+            if oid not in repo.lfs or len(repo.lfs[oid]) != size:
+                raise HubError(404, f"LFS object {oid} not found")
+        return 200, {"message": "ok"}
+
+    # ------------------------------------------------------------------ endpoints: downloads
+
+    def _resolve(self, key: tuple[str, str], revision: str, path: str, method: str) -> tuple[int, Any]:
+        with self.hub.lock:
+            repo = self._readable(key)
+            commit = self._revision(repo, revision)
+            self.resp_headers["X-Repo-Commit"] = commit.id
+            entry = commit.tree.get(path)
+            if entry is None:
+                raise HubError(404, f"Entry not found: {path}", code="EntryNotFound",
+                               headers={"X-Repo-Commit": commit.id})
+            content = repo.content(entry)
+        headers = self.resp_headers
+        if entry.lfs_oid is not None:
+            headers["ETag"] = f'"{entry.lfs_oid}"'
+            headers["X-Linked-Etag"] = f'"{entry.lfs_oid}"'
+            headers["X-Linked-Size"] = str(entry.size)
+        else:
+            headers["ETag"] = f'"{entry.blob_id}"'
+        headers["Accept-Ranges"] = "bytes"
+        name = path.rsplit("/", 1)[-1]
+        headers["Content-Disposition"] = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\""
+        headers["Content-Type"] = "application/octet-stream"
+        headers["Cache-Control"] = "private, max-age=0" if repo.private else "public, max-age=3600"
+        self.record.note = path
+        range_header = self.headers.get("Range")
+        if range_header:
+            match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", range_header)
+            if not match or match.groups() == ("", ""):
+                raise HubError(400, f"Unsupported Range header {range_header!r}")
+            first, last = match.groups()
+            total = len(content)
+            if first == "":
+                start, end = max(0, total - int(last)), total - 1
+            else:
+                start, end = int(first), min(total - 1, int(last)) if last else total - 1
+            if start >= total or start > end:
+                self.resp_headers["Content-Range"] = f"bytes */{total}"
+                raise HubError(416, "Requested Range Not Satisfiable")
+            headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+            return 206, content[start:end + 1]
+        return 200, content
