@@ -354,7 +354,7 @@ def test_annotations_not_utf8_stop_the_build_naming_the_line(tmp_path: Path):
     (raw / "annotations.csv").write_bytes(b"image,label,annotator\nmyeloblast/good_0.tif,myeloblast,Jos\xe9\n")
     result = _cli(raw, "--out", tmp_path / "rel")
     assert result.exit_code == 1
-    assert "annotations.csv line 2: not UTF-8 text (invalid continuation byte at byte 55); save it as UTF-8" in result.output
+    assert "annotations.csv line 2: not UTF-8 text (invalid continuation byte at byte 58); save it as UTF-8" in result.output
 
 
 def test_readme_lists_every_case():
