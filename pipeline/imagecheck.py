@@ -116,8 +116,13 @@ def to_rgb(img: Image.Image) -> tuple[Image.Image, bool]:
 def decode_checked(data: bytes, expected_size: tuple[int, int]) -> tuple[Image.Image, bool, str]:
     """Decode untrusted bytes under every rule above: (RGB image, already RGB, content format)."""
     img = open_image(data)
-    check_header(img, data, expected_size)
-    check_orientation(img)  # before load: Pillow rotates TIFFs while loading and drops the tag
+    try:
+        check_header(img, data, expected_size)
+        check_orientation(img)  # before load: Pillow rotates TIFFs while loading and drops the tag
+    except ImageRejected:
+        raise
+    except Exception as exc:  # counting frames walks every TIFF directory, and a mangled one fails in many ways
+        raise ImageRejected(f"corrupt image header: {type(exc).__name__}: {exc}") from None
     load_pixels(img)
     rgb_img, unchanged = to_rgb(img)
     return rgb_img, unchanged, img.format or "UNKNOWN"
