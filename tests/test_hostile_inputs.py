@@ -319,7 +319,7 @@ def test_huge_file_limit_is_configurable(tmp_path: Path):
     raw = tmp_path / "raw"
     _base(raw, annotated=False)
     config = tmp_path / "small.toml"
-    config.write_text(default_config_path().read_text().replace("mode = \"RGB\"\n", "mode = \"RGB\"\nmax_file_bytes = 200_000\n"))
+    config.write_text(default_config_path().read_text().replace("max_file_bytes = 16_000_000", "max_file_bytes = 200_000"))
     result = _cli(raw, "--out", tmp_path / "rel", "--config", config)
     assert result.exit_code == 0
     for rel in GOOD:  # uncompressed 288x288 RGB TIFFs are 248,832 bytes of pixels plus a header

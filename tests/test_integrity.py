@@ -147,7 +147,7 @@ CONFIG_CASES = [
     ("unknown key", lambda t: 'colour = "red"\n' + t, r"key 'colour': unknown key; allowed here: citation, classes"),
     ("unknown nested key", lambda t: t.replace("[dedup]\n", "[dedup]\nthreshold = 3\n"), r"key 'dedup.threshold': unknown key; allowed here: conflict_policy, lookalike_threshold, phash_threshold"),
     ("wrong type", lambda t: t.replace("phash_threshold = 4", 'phash_threshold = "4"'), r"key 'dedup.phash_threshold': '4' is not of type 'integer'"),
-    ("wrong type (size limit)", lambda t: t.replace('mode = "RGB"\n', 'mode = "RGB"\nmax_file_bytes = "16MB"\n'), r"key 'image.max_file_bytes': '16MB' is not of type 'integer'"),
+    ("wrong type (size limit)", lambda t: t.replace("max_file_bytes = 16_000_000", 'max_file_bytes = "16MB"'), r"key 'image.max_file_bytes': '16MB' is not of type 'integer'"),
     ("duplicate classes", lambda t: t + '\n[[classes]]\nlabel = "myeloblast"\n', r"key 'classes': duplicate labels \['myeloblast'\]"),
     ("fractions not summing to 1", lambda t: t.replace("test = 0.2", "test = 0.3"), r"key 'split': train \+ validation \+ test must sum to 1, got 1.1"),
     ("version not semver", lambda t: t.replace('version = "1.0.0"', 'version = "1.0"'), r"key 'version': '1.0' does not match"),
