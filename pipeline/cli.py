@@ -136,5 +136,44 @@ def build(
     out.print(f"ledger: {report.balance.line()}", highlight=False, soft_wrap=True, markup=False)
 
 
+@app.command()
+def publish(
+    release_dir: Annotated[Path, typer.Argument(help="A release directory built by `mll23 build`")],
+    repo: Annotated[str, typer.Option("--repo", help="Dataset repository ORG/NAME on the Hub")],
+    private: Annotated[bool, typer.Option(help="Create the repository private (default: public)")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan (files, sizes, what the Hub has) and change nothing")] = False,
+    endpoint: Annotated[str | None, typer.Option(help="Hub URL (default: HF_ENDPOINT, else huggingface.co)")] = None,
+) -> None:
+    """Verify a release, upload what the Hub does not have yet, and tag it vX.Y.Z (never moving a tag).
+
+    The token comes from the usual huggingface_hub places (HF_TOKEN, `hf auth login`); it is never printed."""
+    from pipeline.publish import PublishError
+    from pipeline.publish import publish as publish_release
+
+    out, _ = _consoles()
+    if not (release_dir / "manifest.json").is_file():
+        raise _fail(f"{release_dir} is not a release directory (no manifest.json)", EXIT_USAGE)
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise _fail(f"--repo must be ORG/NAME, got {repo!r}", EXIT_USAGE)
+    try:
+        result = publish_release(
+            release_dir, repo, private=private, dry_run=dry_run, endpoint=endpoint,
+            verify=_release_verifier(), log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
+        )
+    except PublishError as exc:
+        raise _fail(str(exc), EXIT_CHECK_FAILED) from None
+    if not dry_run:
+        out.print(f"published {result.repo_id} {result.tag}: {result.url}", highlight=False, soft_wrap=True)
+
+
+def _release_verifier():
+    """The checks a release must pass before it is uploaded (the same ones `mll23 verify` runs)."""
+    try:
+        from pipeline.verify import verify_messages
+    except ImportError:
+        return None
+    return verify_messages
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
