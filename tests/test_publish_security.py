@@ -11,9 +11,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import HfApi
+from typer.testing import CliRunner
 
 from pipeline import manifest as manifest_mod
 from pipeline.build import build_release
+from pipeline.cli import app
 from pipeline.publish import PublishError, publish
 from tests.rawkit import crop, save, simple_raw
 
@@ -54,18 +56,19 @@ def test_token_nowhere_and_only_release_files_uploaded(hub, token, raw, tmp_path
     before = _tree(release)
     caplog.set_level(logging.DEBUG, logger="pipeline")
     caplog.set_level(logging.INFO, logger="huggingface_hub")
-    lines: list[str] = []
-    result = publish(release, REPO, endpoint=hub.url, log=lines.append)  # token from HF_TOKEN, as a user would have it
+    cli = CliRunner().invoke(app, ["publish", str(release), "--repo", REPO, "--endpoint", hub.url])  # token from HF_TOKEN
+    assert cli.exit_code == 0, cli.output
+    tag = "v" + manifest_mod.read_manifest(release)["version"]
 
     assert _tree(release) == before  # publishing writes nothing into the release
     assert not any(p.is_symlink() for p in release.rglob("*"))
-    on_hub = {path: hashlib.sha256(hub.file_bytes(REPO, path, result.tag)).hexdigest() for path in hub.tree(REPO, result.tag) if path != ".gitattributes"}
+    on_hub = {path: hashlib.sha256(hub.file_bytes(REPO, path, tag)).hexdigest() for path in hub.tree(REPO, tag) if path != ".gitattributes"}
     assert on_hub == before  # exactly the release's files, nothing more
 
     captured = capsys.readouterr()
-    hub_files = b"".join(hub.file_bytes(REPO, path, result.tag) for path in hub.tree(REPO, result.tag))
+    hub_files = b"".join(hub.file_bytes(REPO, path, tag) for path in hub.tree(REPO, tag))
     places = {
-        "publish log": "\n".join(lines), "stdout": captured.out, "stderr": captured.err, "logging": caplog.text,
+        "mll23 publish output": cli.output, "stdout": captured.out, "stderr": captured.err, "logging": caplog.text,
         "release": _release_text(release), "ledger": (release / "ledger.csv").read_text(encoding="utf-8"),
         "files on the Hub": hub_files.decode("utf-8", errors="replace"), "server log": hub.format_log(),
     }
@@ -78,13 +81,16 @@ def test_token_nowhere_and_only_release_files_uploaded(hub, token, raw, tmp_path
     assert secret not in release_text and "secret.tif" in places["ledger"]  # refused (ledgered), never published
 
 
-def test_new_repository_is_public_by_default(hub, token, raw, tmp_path, config):
+def test_new_repository_is_public_by_default(hub, token, raw, tmp_path, config, monkeypatch):
     release = tmp_path / "release"
     build_release(raw, release, config, workers=1)
-    publish(release, REPO, token=token, endpoint=hub.url, log=lambda _: None)
+    monkeypatch.setenv("HF_TOKEN", token)
+    runner = CliRunner()
+    assert "default: public" in " ".join(runner.invoke(app, ["publish", "--help"]).output.split())
+    assert runner.invoke(app, ["publish", str(release), "--repo", REPO, "--endpoint", hub.url]).exit_code == 0
     assert hub.get_repo(REPO).private is False
     assert HfApi(endpoint=hub.url, token=False).dataset_info(REPO).private is False  # anyone can read it
-    publish(release, "org/closed", token=token, endpoint=hub.url, log=lambda _: None, private=True)
+    assert runner.invoke(app, ["publish", str(release), "--repo", "org/closed", "--private", "--endpoint", hub.url]).exit_code == 0
     assert hub.get_repo("org/closed").private is True
 
 
