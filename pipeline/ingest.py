@@ -5,8 +5,10 @@ come from decode, in one read per file. Every problem becomes an Invalid entry n
 annotations.csv line and the reason; only a table that is unusable as a whole stops the build
 (annotations.AnnotationsError). Rules for hostile file trees:
 - hidden files and OS litter (.DS_Store, Thumbs.db, __MACOSX/, ._*) are not inputs: listed, not ledgered;
-- a file name that is not printable UTF-8 (undecodable bytes, control or bidi characters) is invalid and
-  shown with backslash escapes, so the ledger and every message stay valid, readable UTF-8;
+- a file name that is not printable UTF-8 (undecodable bytes, control or bidi characters) or holds a backslash
+  is invalid and shown with backslash escapes, so the ledger and every message stay valid, readable UTF-8; a
+  literal backslash is escaped too (annotations.csv reads it as a separator anyway), so that two different
+  names can never be shown alike;
 - a symbolic link to a file is followed only when its target lies inside RAW; links to directories are
   never followed (loops, and trees from elsewhere); each such link is an invalid input;
 - a file larger than the config's image.max_file_bytes is refused without being read;
@@ -57,8 +59,8 @@ class IngestResult:
 
 
 def readable_name(name: str) -> str:
-    """The name as printable UTF-8: undecodable bytes as \\xNN, control and bidi characters as \\xNN or \\uNNNN."""
-    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    """The name as printable UTF-8: undecodable bytes as \\xNN, backslashes, control and bidi characters as \\xNN or \\uNNNN."""
+    text = os.fsencode(name).replace(b"\\", b"\\x5c").decode("utf-8", "backslashreplace")
     out = []
     for ch in text:
         if unicodedata.category(ch) == "Cc" or ch in _DECEPTIVE:
@@ -144,7 +146,7 @@ class _Walker:
     def visit_file(self, path: Path, folder: str) -> None:
         rel = self.rel(path)
         if rel != path.relative_to(self.raw).as_posix():
-            return self.invalid(rel, folder, "file name is not printable UTF-8 (shown with backslash escapes); rename the file")
+            return self.invalid(rel, folder, "file name is not printable UTF-8 or holds a backslash (shown with backslash escapes); rename the file")
         if path.is_symlink() and not _within(path, self.root):
             return self.invalid(rel, folder, "symbolic link pointing outside RAW: not read")
         if not path.is_file():

@@ -165,8 +165,9 @@ FILE_CASES = [
     Case("symlinked directory", _symlink("myeloblast/more", _outside_dir), "myeloblast/more", "invalid", r"^symbolic link to a directory: not followed"),
     Case("broken symlink", _symlink("myeloblast/gone.tif", lambda raw: raw / "nowhere.tif"), "myeloblast/gone.tif", "invalid", r"^not a regular file"),
     Case("FIFO named like an image", _fifo, "myeloblast/pipe.tif", "invalid", r"^not a regular file \(broken link, FIFO or device\): not read$"),
-    Case("non-UTF-8 file name", _non_utf8_name, "myeloblast/caf\\xe9.tif", "invalid", r"^file name is not printable UTF-8 \(shown with backslash escapes\); rename the file$"),
+    Case("non-UTF-8 file name", _non_utf8_name, "myeloblast/caf\\xe9.tif", "invalid", r"^file name is not printable UTF-8 or holds a backslash \(shown with backslash escapes\); rename the file$"),
     Case("control characters in a file name", _put("myeloblast/evil\x1b[31m\u202e.tif", encode(crop(2), "TIFF")), "myeloblast/evil\\x1b[31m\\u202e.tif", "invalid", r"^file name is not printable UTF-8"),
+    Case("backslash in a file name", _put("myeloblast/caf\\xe9.tif", encode(crop(2), "TIFF")), "myeloblast/caf\\x5cxe9.tif", "invalid", r"^file name is not printable UTF-8 or holds a backslash"),
     Case("Rich markup in a file name", _put("myeloblast/[bold]x[/].txt", b"x"), "myeloblast/[bold]x[/].txt", "invalid", r"^not an image file name"),
     Case("Unicode file name", _put("myeloblast/Zelle_ä_細胞, \"1\".tif", encode(crop(2), "TIFF")), "myeloblast/Zelle_ä_細胞, \"1\".tif", "kept", r"^$"),
     Case("names differing only by case", _both(_put("myeloblast/Cell.tif", encode(crop(2), "TIFF")), _put("myeloblast/cell.tif", encode(crop(3), "TIFF"))), "myeloblast/Cell.tif", "kept", r"^$"),
@@ -362,3 +363,14 @@ def test_readme_lists_every_case():
     section = readme.split("## Bad input: what the tool does", 1)[1].split("\n## ", 1)[0]
     missing = [c.id for c in CASES if f"| {c.id} |" not in section]
     assert not missing, f"README table lacks rows for {missing}"
+
+
+def test_escaped_names_never_collide(tmp_path: Path):
+    raw = tmp_path / "raw"
+    _base(raw, annotated=False)
+    _non_utf8_name(raw)  # byte 0xe9: shown as caf\xe9.tif
+    _put("myeloblast/caf\\xe9.tif", encode(crop(8), "TIFF"))(raw)  # a literal backslash: shown as caf\x5cxe9.tif
+    result = _cli(raw, "--out", tmp_path / "rel")
+    assert result.exit_code == 0, result.output
+    names = {r["source_file"] for r in read_ledger(tmp_path / "rel" / "ledger.csv") if r["fate"] == "invalid"}
+    assert names == {"myeloblast/caf\\xe9.tif", "myeloblast/caf\\x5cxe9.tif"}
