@@ -244,6 +244,14 @@ def _apply_annotations(rows: list[AnnotationRow], found: list[_Found], config: R
         (result.items if isinstance(outcome, RawItem) else result.invalid).append(outcome)
 
 
+def _check_annotations_file(path: Path, root: Path) -> None:
+    """A table that is there but cannot be read as RAW's own must stop the build, not silently switch to folder labels."""
+    if path.is_symlink() and not _within(path, root):
+        raise AnnotationsError(f"{ANNOTATIONS} is a symbolic link pointing outside RAW; copy the file into RAW")
+    if not path.is_file():
+        raise AnnotationsError(f"{ANNOTATIONS} is not a regular file (a directory, FIFO, device or broken link)")
+
+
 def ingest(raw: Path, config: ReleaseConfig) -> IngestResult:
     """Every input under RAW, usable or not with the reason; AnnotationsError when annotations.csv is unusable."""
     raw = Path(raw)
@@ -252,7 +260,8 @@ def ingest(raw: Path, config: ReleaseConfig) -> IngestResult:
     result = IngestResult()
     found = _Walker(raw, config, result).walk()
     annotations = raw / ANNOTATIONS
-    if annotations.is_file():
+    if annotations.is_symlink() or annotations.exists():
+        _check_annotations_file(annotations, raw.resolve())
         result.annotations_present = True
         result.annotations_sha256 = hashlib.sha256(annotations.read_bytes()).hexdigest()
         _apply_annotations(read_annotations(annotations), found, config, result)

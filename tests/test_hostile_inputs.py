@@ -160,7 +160,7 @@ FILE_CASES = [
          output=r"ignored 2 non-input file\(s\): __MACOSX/, myeloblast/__MACOSX/"),
     Case("image outside any class folder", _put("stray.tif", encode(crop(2), "TIFF")), "stray.tif", "invalid", r"^image directly under RAW, not in a class folder$"),
     Case("non-image file in a class folder", _put("myeloblast/notes.txt", b"hello"), "myeloblast/notes.txt", "invalid", r"^not an image file name \(suffix '\.txt'"),
-    Case("symlink inside RAW", _symlink("myeloblast/link.tif", lambda raw: raw / GOOD[0]), "myeloblast/link.tif", "duplicate", r"^identical pixels$"),
+    Case("symlink inside RAW", _symlink("myeloblast/link.tif", lambda raw: raw / GOOD[0]), "myeloblast/link.tif", "duplicate", r"identical pixels$"),
     Case("symlink pointing outside RAW", _symlink("myeloblast/link.tif", _outside_image), "myeloblast/link.tif", "invalid", r"^symbolic link pointing outside RAW: not read$"),
     Case("symlinked directory", _symlink("myeloblast/more", _outside_dir), "myeloblast/more", "invalid", r"^symbolic link to a directory: not followed"),
     Case("broken symlink", _symlink("myeloblast/gone.tif", lambda raw: raw / "nowhere.tif"), "myeloblast/gone.tif", "invalid", r"^not a regular file"),
@@ -347,6 +347,32 @@ def test_unusable_annotation_table_stops_the_build(text: str, message: str, tmp_
         assert result.exit_code == 1, result.output
         assert message in result.output and "nothing was built" in result.output
         assert not (tmp_path / "rel").exists()
+
+
+def _annotations_linked_from_outside(raw: Path) -> None:
+    outside = raw.parent / "elsewhere" / "labels.csv"
+    outside.parent.mkdir()
+    outside.write_text("image,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in GOOD))
+    os.symlink(outside, raw / "annotations.csv")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda raw: os.mkfifo(raw / "annotations.csv"), "annotations.csv is not a regular file (a directory, FIFO, device or broken link)"),
+        (lambda raw: (raw / "annotations.csv").mkdir(), "annotations.csv is not a regular file"),
+        (lambda raw: os.symlink(raw / "gone.csv", raw / "annotations.csv"), "annotations.csv is not a regular file"),
+        (_annotations_linked_from_outside, "annotations.csv is a symbolic link pointing outside RAW"),
+    ],
+    ids=["FIFO", "directory", "broken link", "link outside RAW"],
+)
+def test_annotations_that_are_not_a_file_of_raw_stop_the_build(make, message, tmp_path: Path):
+    raw = tmp_path / "raw"
+    _base(raw, annotated=False)
+    make(raw)
+    result = _cli(raw, "--out", tmp_path / "rel")
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "rel").exists()
 
 
 def test_annotations_not_utf8_stop_the_build_naming_the_line(tmp_path: Path):
