@@ -11,6 +11,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from pipeline.dedup import centre_hash
 from pipeline.imagecheck import ImageRejected, decode_checked
 from pipeline.records import DecodeFailure, ImageFacts
 
@@ -52,6 +53,7 @@ def decode_image(data: bytes, relpath: str, label: str, expected_size: tuple[int
         sharpness=sharpness(np.asarray(rgb_img.convert("L"))),
         lossless=lossless,
         file_format=fmt,
+        centre_hash=centre_hash(rgb),
     )
     return facts, rgb
 

@@ -35,6 +35,7 @@ class ImageFacts:
     lossless: bool  # True when the file bytes can be published as they are (lossless format, RGB, 8 bit)
     file_format: str  # PIL format name: "TIFF", "PNG", "JPEG"
     file_sha256: str = ""  # of the file bytes, from the same read that decoded the pixels
+    centre_hash: int | None = None  # pHash of a window centred on the cell: finds re-crops of the same cell
 
 
 @dataclass(frozen=True)
