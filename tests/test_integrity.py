@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -168,3 +169,28 @@ def test_config_errors_name_the_key_before_any_work(mutate, message, tmp_path: P
         assert re.search(message, result.output), result.output
         assert "RAW directory not found" not in result.output
         assert sorted(p.name for p in tmp_path.iterdir()) == ["release.toml"]
+
+
+def test_nothing_lost_on_a_synthetic_archive_with_hostile_additions(tmp_path: Path, config):
+    from pipeline.synth import synthesize
+
+    raw = tmp_path / "raw"
+    synthesize(raw, config=config, scale=0.001, seed=3, workers=1)
+    some = sorted(raw.glob("myeloblast/*.tif"))[0]
+    (raw / "monocyte" / "cut.tif").write_bytes(some.read_bytes()[:20_000])  # truncated
+    bad_name = Path(os.fsdecode(os.fsencode(str(raw / "monocyte")) + b"/caf\xe9.tif"))
+    bad_name.write_bytes(some.read_bytes())  # same pixels, but an unprintable name: invalid, not a duplicate
+    save(tmp_path / "outside.tif", crop(5))
+    os.symlink(tmp_path / "outside.tif", raw / "monocyte" / "link.tif")
+    with open(raw / "annotations.csv", "a", encoding="utf-8") as fh:
+        fh.write("monocyte/cut.tif,monocyte,P9,E1,false\nmonocyte/ghost.tif,monocyte,P9,E1,false\n")
+
+    report = build_release(raw, tmp_path / "rel", config, workers=2)
+    ledger = read_ledger(tmp_path / "rel" / "ledger.csv")
+    files = [r["source_file"] for r in ledger if r["input"] == "file"]
+    on_disk = [p for p in raw.rglob("*") if (p.is_file() or p.is_symlink()) and p.parent != raw]
+    assert len(files) == len(set(files)) == len(on_disk) == report.balance.raw_inputs
+    assert sum(report.balance.by_fate.values()) == report.balance.raw_inputs and report.balance.rows_without_file == 1
+    fates = {r["source_file"]: r["fate"] for r in ledger}
+    assert fates["monocyte/cut.tif"] == fates["monocyte/caf\\xe9.tif"] == fates["monocyte/link.tif"] == "invalid"
+    assert report.timings["verify"] > 0 and report.balance.by_fate["kept"] == sum(1 for f in fates.values() if f == "kept")

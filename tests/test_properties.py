@@ -10,6 +10,8 @@ import io
 import random
 import tempfile
 import tomllib
+from functools import cache
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,13 +20,14 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.annotations import normalise_relpath, parse_bool
-from pipeline.config import ConfigError, validate_config
+from pipeline.config import ConfigError, load_config, validate_config
 from pipeline.decode import decode_image
 from pipeline.dedup import deduplicate
 from pipeline.imagecheck import ImageRejected
 from pipeline.ingest import ingest
 from pipeline.records import ImageFacts
 from pipeline.resources import default_config_path
+from pipeline.synth import synthesize
 from tests.rawkit import crop, encode
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the mangled EXIF it refuses
@@ -206,55 +209,86 @@ def test_decoder_refuses_mangled_bytes_with_a_reason_and_never_crashes(fmt, edit
 
 # ---- dedup grouping -------------------------------------------------------------------------------------
 
-POOL = [crop(300 + i) for i in range(6)]  # distinct cells; copies below share one of these exactly
-POOL_FACTS = [decode_image(encode(p, "PNG"), "x", "x", (288, 288))[0] for p in POOL]
+POOL_SIZE = 6
+
+
+@cache
+def _pool() -> tuple[list, list]:
+    """Distinct synthetic cells (from `synthesize`, whose images dedup is calibrated on), each decoded as its exact
+    pixels and as a JPEG q92 re-encoding (a lossy copy dedup must find by pHash and confirm on pixels)."""
+    exact, jpeg = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        synthesize(Path(tmp), config=load_config(), scale=0.001, seed=0, workers=1)
+        with open(Path(tmp) / "synth_truth.csv", newline="") as fh:
+            originals = sorted(row["image"] for row in csv.DictReader(fh) if row["kind"] == "original")
+        for rel in originals:
+            facts, rgb = decode_image((Path(tmp) / rel).read_bytes(), rel, "x", (288, 288))
+            if all(bin(facts.phash ^ other.phash).count("1") > 12 for other, _ in exact):
+                exact.append((facts, rgb))
+                jpeg.append(decode_image(encode(rgb, "JPEG", quality=92), rel, "x", (288, 288)))
+            if len(exact) == POOL_SIZE:
+                return exact, jpeg
+    raise AssertionError("the synthetic archive has too few distinct cells")
 
 
 @st.composite
 def planted(draw):
-    """A set of files, each an exact copy of one pool image, with a label and a lossless flag."""
-    n = draw(st.integers(1, 14))
+    """Files (relpath, cell, label, kind, lossless), each a copy of one pool cell."""
     files = []
-    for i in range(n):
-        source = draw(st.integers(0, len(POOL) - 1))
+    for i in range(draw(st.integers(1, 14))):
+        cell = draw(st.integers(0, POOL_SIZE - 1))
         label = draw(st.sampled_from(FOLDERS))
-        lossless = draw(st.booleans())
-        files.append((f"{label}/f{i:02d}.tif", source, label, lossless))
+        kind = draw(st.sampled_from(["exact", "exact", "jpeg"]))
+        lossless = kind == "exact" and draw(st.booleans())
+        files.append((f"{label}/f{i:02d}.{'jpg' if kind == 'jpeg' else 'tif'}", cell, label, kind, lossless))
     return files
 
 
-def _dedup(files, policy="drop_all"):
-    facts = [replace(POOL_FACTS[src], relpath=rel, label=label, lossless=lossless) for rel, src, label, lossless in files]
-    source_of = {rel: src for rel, src, _, _ in files}
-    return deduplicate(facts, lambda rel: POOL[source_of[rel]], phash_threshold=4, lookalike_threshold=10, policy=policy)
+def _dedup(files, policy):
+    exact, jpeg = _pool()
+    decoded = {rel: (exact if kind == "exact" else jpeg)[cell] for rel, cell, _, kind, _ in files}
+    facts = [replace(decoded[rel][0], relpath=rel, label=label, lossless=lossless) for rel, _, label, _, lossless in files]
+    return deduplicate(facts, lambda rel: decoded[rel][1], phash_threshold=4, lookalike_threshold=10, policy=policy)
+
+
+def _expected_fates(members, policy) -> dict[str, tuple[str, str | None]]:
+    """The policy, written out: relpath -> (fate, duplicate_of) for the copies of one cell."""
+    labels = Counter(m[2] for m in members)
+    winner, votes = max(labels.items(), key=lambda kv: (kv[1], kv[0]))
+    if len(labels) > 1 and not (policy == "majority" and 2 * votes > len(members)):
+        return {m[0]: ("label_conflict", None) for m in members}
+    keepers = [m for m in members if m[2] == winner]
+    best = min(keepers, key=lambda m: (not m[4], m[0]))[0]  # lossless first, then the first path
+    expected = {m[0]: ("label_conflict", None) for m in members if m[2] != winner}
+    expected.update({m[0]: ("duplicate", best) for m in keepers})
+    expected[best] = ("kept", None)
+    return expected
 
 
 @PROFILE
-@given(files=planted(), seed=st.integers(0, 2**16))
-def test_dedup_keeps_one_per_agreeing_group_drops_conflicts_and_ignores_order(files, seed):
-    result = _dedup(files)
-    groups: dict[int, list] = {}
+@given(files=planted(), policy=st.sampled_from(["drop_all", "majority"]), seed=st.integers(0, 2**16))
+def test_dedup_obeys_the_conflict_policy_and_ignores_input_order(files, policy, seed):
+    result = _dedup(files, policy)
+    cells: dict[int, list] = {}
     for f in files:
-        groups.setdefault(f[1], []).append(f)
-    for members in groups.values():
-        fates = {rel: result.fates[rel] for rel, *_ in members}
-        event("conflict group" if len({label for _, _, label, _ in members}) > 1 else "agreeing group" if len(members) > 1 else "single")
-        if len({label for _, _, label, _ in members}) > 1:
-            assert {fate for fate, _, _ in fates.values()} == {"label_conflict"}
-            continue
-        kept = [rel for rel, (fate, _, _) in fates.items() if fate == "kept"]
-        best = min(members, key=lambda m: (not m[3], m[0]))[0]  # lossless first, then the first path
-        assert kept == [best]
-        assert all(fate == "duplicate" and dup_of == best for rel, (fate, _, dup_of) in fates.items() if rel != best)
-        assert len({result.group_of[rel] for rel, *_ in members}) == 1
+        cells.setdefault(f[1], []).append(f)
+    for members in cells.values():
+        labels = {m[2] for m in members}
+        event(f"{policy}: {'conflict' if len(labels) > 1 else 'agreeing' if len(members) > 1 else 'single'}{' with a JPEG copy' if any(m[3] == 'jpeg' for m in members) and len(members) > 1 else ''}")
+        got = {m[0]: (result.fates[m[0]][0], result.fates[m[0]][2]) for m in members}
+        expected = _expected_fates(members, policy)
+        if len(labels) > 1 and "kept" in {fate for fate, _ in expected.values()}:
+            event("majority: strict majority kept, minority dropped")
+        assert got == expected
+        assert len({result.group_of[m[0]] for m in members}) == 1  # one cell, one look-alike group
+    assert len({result.group_of[m[0]] for m in files}) == len(cells)  # and different cells stay apart
     shuffled = list(files)
     random.Random(seed).shuffle(shuffled)
-    again = _dedup(shuffled)
-    assert again.fates == result.fates and again.group_of == result.group_of
+    again = _dedup(shuffled, policy)
+    assert (again.fates, again.group_of, again.pairs) == (result.fates, result.group_of, result.pairs)
 
 
-def test_pool_images_are_distinct_cells():
-    hashes = [f.phash for f in POOL_FACTS]
-    assert len({f.pixel_sha256 for f in POOL_FACTS}) == len(POOL)
-    assert min(bin(a ^ b).count("1") for i, a in enumerate(hashes) for b in hashes[i + 1 :]) > 10
-
+def test_pool_cells_are_distinct_and_their_jpeg_copies_near():
+    exact, jpeg = _pool()
+    assert len({facts.pixel_sha256 for facts, _ in exact + jpeg}) == 2 * POOL_SIZE
+    assert all(bin(e.phash ^ j.phash).count("1") <= 4 for (e, _), (j, _) in zip(exact, jpeg))
