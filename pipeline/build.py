@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import pipeline
-from pipeline import card, integrity, manifest
+from pipeline import card, croissant, figures, integrity, manifest, wds_writer
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.decode import decode_file, load_rgb, publishable_bytes
 from pipeline.dedup import deduplicate
@@ -250,34 +250,68 @@ def write_release(
     config: ReleaseConfig,
     manifest_body: dict,
     progress: Progress,
+    dedup: DedupResult | None = None,
 ) -> None:
     """Every file of the release, into staging; the manifest last, since it lists all the others."""
     progress.start("write", len(records))
     split_bytes: dict[str, int] = {}
     shards: dict[str, list[str]] = {}
+    tar_shards: dict[str, list[wds_writer.TarShard]] = {}
+    image_suffixes: set[str] = set()
+    grid = figures.SampleGrid(records, config.class_names)
 
     def read_bytes(record: ReleaseRecord) -> bytes:
         progress.advance("write")
-        return publishable_bytes(raw / record.source_file, facts[record.source_file])
+        data = publishable_bytes(raw / record.source_file, facts[record.source_file])
+        grid.offer(record, data)
+        return data
 
     for split in SPLITS:
-        infos = write_split(
-            staging / "data",
-            split,
-            (r for r in records if r.split == split),
-            read_bytes,
-            config.class_names,
-            max_shard_bytes=config.max_shard_bytes,
-            max_row_group_bytes=config.max_row_group_bytes,
-        )
+        # One read per image feeds both formats: the tar writer takes each image as the Parquet writer asks for it.
+        with wds_writer.ShardedTarWriter(staging, split, config.max_shard_bytes, wds_writer.release_mtime(config.release_date)) as tars:
+            infos = write_split(
+                staging / "data",
+                split,
+                (r for r in records if r.split == split),
+                lambda r: tars.add(r, read_bytes(r)),
+                config.class_names,
+                max_shard_bytes=config.max_shard_bytes,
+                max_row_group_bytes=config.max_row_group_bytes,
+            )
+        tar_shards[split] = tars.shards
+        image_suffixes |= tars.suffixes
         shards[split] = [i.path.relative_to(staging).as_posix() for i in infos]
         split_bytes[split] = sum(i.path.stat().st_size for i in infos)
     progress.finish("write")
     (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
-    card.write_card(staging, card.render_card(config, counts, split_bytes))
+    write_cards_and_pictures(staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult())
     body = dict(manifest_body)
-    body["splits"] = {s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s]} for s in SPLITS}
+    body["splits"] = {
+        s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s], "webdataset": wds_writer.manifest_entry(s, tar_shards[s])}
+        for s in SPLITS
+    }
     manifest.write_manifest(staging, body)
+
+
+def write_cards_and_pictures(
+    staging: Path,
+    raw: Path,
+    config: ReleaseConfig,
+    counts: dict,
+    split_bytes: dict[str, int],
+    tar_shards: dict[str, list[wds_writer.TarShard]],
+    image_suffixes: set[str],
+    grid: figures.SampleGrid,
+    dedup: DedupResult,
+) -> None:
+    """The tars' own card, the pictures, the dataset card linking both, then croissant.json, which hashes them all."""
+    wds_writer.write_wds_card(staging, config, tar_shards, image_suffixes)
+    pictures = figures.write_figures(
+        staging, config, counts, grid, dedup.pairs, dedup.fates, lambda rel: load_rgb(raw / rel, config.image_size)
+    )
+    extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures)]
+    card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
+    croissant.write_croissant(staging, config, counts)
 
 
 def build_release(
@@ -334,7 +368,7 @@ def build_release(
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        write_release(staging, raw, records, facts, ledger, counts, config, _manifest_body(config, counts, ingested, facts), progress)
+        write_release(staging, raw, records, facts, ledger, counts, config, _manifest_body(config, counts, ingested, facts), progress, dedup)
         lap("write")
         run_verify(staging, records, facts, config, workers)
         lap("verify")

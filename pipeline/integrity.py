@@ -2,10 +2,12 @@
 
 - check_nothing_lost: every raw input has exactly one ledger row, and kept + duplicate + label_conflict +
   excluded + invalid adds up to the number of raw inputs found under RAW.
-- verify_published_pixels: every image stored in the written shards is decoded again, the way a consumer
-  decodes it, and its pixel sha256 must equal the one taken at ingest: the published image is the annotated
-  one. It runs on the staging directory, after writing and before the rename, one task per Parquet row group
-  (each worker reads its own row group from disk, so no image bytes cross process boundaries).
+- verify_published_pixels: every image stored in the written Parquet shards is decoded again, the way a
+  consumer decodes it, and its pixel sha256 must equal the one taken at ingest: the published image is the
+  annotated one. The WebDataset tars (when written) must hold, for each kept image, exactly the bytes just
+  verified in the Parquet shards (a sha256 of the bytes, no second decode). It runs on the staging directory,
+  after writing and before the rename, one task per Parquet row group or tar shard (each worker reads its own
+  part from disk, so no image bytes cross process boundaries).
 - staging names, clean-up of what a killed build left next to the release, and fsync before the rename.
 """
 
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
+import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -89,19 +93,37 @@ def published_pixel_sha256(data: bytes, size: tuple[int, int]) -> str:
         return hashlib.sha256(img.tobytes()).hexdigest()
 
 
-def _row_group_hashes(size: tuple[int, int], task: tuple[str, int]) -> list[tuple[str, str, str | None, str]]:
-    """(source_file, pixel_sha256 column, decoded sha256 or None, problem) for each row of one row group."""
+def _row_group_hashes(size: tuple[int, int], task: tuple[str, int]) -> list[tuple[str, str, str | None, str, str]]:
+    """(source_file, pixel_sha256 column, decoded sha256 or None, problem, bytes sha256) for each row of one row group."""
     path, group = task
     # use_threads=False: the parallelism is one process per row group; Arrow threads on top would oversubscribe the cores
     table = pq.ParquetFile(path).read_row_group(group, columns=["image", "source_file", "pixel_sha256"], use_threads=False)
     images = table.column("image").combine_chunks().field("bytes").to_pylist()  # the bytes only: no per-row dicts
     out = []
     for data, source, claimed in zip(images, table.column("source_file").to_pylist(), table.column("pixel_sha256").to_pylist()):
+        digest = hashlib.sha256(data).hexdigest()
         try:
-            out.append((source, claimed, published_pixel_sha256(data, size), ""))
+            out.append((source, claimed, published_pixel_sha256(data, size), "", digest))
         except Exception as exc:  # any decode failure is a verification failure, reported with its row
-            out.append((source, claimed, None, f"{type(exc).__name__}: {exc}"))
+            out.append((source, claimed, None, f"{type(exc).__name__}: {exc}", digest))
     return out
+
+
+def _tar_image_digests(path: str) -> list[tuple[str, str, str]]:
+    """(source_file from the sample's json, sha256 of its image member, problem) for each sample of one tar shard."""
+    samples: dict[str, dict[str, str]] = {}
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if not member.isfile() or ext == "cls":
+                continue
+            data = tar.extractfile(member).read()
+            sample = samples.setdefault(key, {})
+            if ext == "json":
+                sample["source"] = json.loads(data)["source_file"]
+            else:
+                sample["digest"] = hashlib.sha256(data).hexdigest()
+    return [(s.get("source", f"(tar sample {key})"), s.get("digest", ""), "" if "digest" in s and "source" in s else "incomplete sample") for key, s in samples.items()]
 
 
 def _row_groups(release_dir: Path) -> list[tuple[str, int]]:
@@ -115,9 +137,11 @@ def verify_published_pixels(release_dir: Path, ingest_sha256: dict[str, str], si
     """Every kept image is in the shards exactly once and decodes to the pixels hashed at ingest; returns the count."""
     problems: list[str] = []
     seen: Counter[str] = Counter()
+    parquet_bytes: dict[str, str] = {}
     for rows in mapper(partial(_row_group_hashes, size), _row_groups(release_dir)):
-        for source, claimed, decoded, problem in rows:
+        for source, claimed, decoded, problem, digest in rows:
             seen[source] += 1
+            parquet_bytes[source] = digest
             expected = ingest_sha256.get(source)
             if problem:
                 problems.append(f"{source}: published bytes do not decode ({problem})")
@@ -127,10 +151,31 @@ def verify_published_pixels(release_dir: Path, ingest_sha256: dict[str, str], si
                 problems.append(f"{source}: published pixels sha256 {decoded[:16]}.. (column {claimed[:16]}..) != ingest {expected[:16]}..")
     problems += [f"{s}: stored {n} times" for s, n in sorted(seen.items()) if n > 1]
     problems += [f"{s}: kept but missing from the shards" for s in sorted(set(ingest_sha256) - set(seen))]
+    problems += _tar_problems(release_dir, ingest_sha256, parquet_bytes, mapper)
     if problems:
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise IntegrityError(f"published-pixel verification failed ({len(problems)} problem(s)); nothing published:\n  {shown}")
     return sum(seen.values())
+
+
+def _tar_problems(release_dir: Path, ingest_sha256: dict[str, str], parquet_bytes: dict[str, str], mapper: Mapper) -> list[str]:
+    """The tars must carry each kept image once, byte-identical to its verified Parquet copy."""
+    tars = sorted(str(p) for p in (release_dir / "wds").glob("*.tar"))
+    if not tars:
+        return []  # a release without WebDataset shards
+    problems, seen = [], Counter()
+    for samples in mapper(_tar_image_digests, tars):
+        for source, digest, problem in samples:
+            seen[source] += 1
+            if problem:
+                problems.append(f"{source}: {problem} in the WebDataset shards")
+            elif source not in ingest_sha256:
+                problems.append(f"{source}: in the WebDataset shards but not a kept image")
+            elif digest != parquet_bytes.get(source):
+                problems.append(f"{source}: WebDataset image bytes differ from the verified Parquet bytes")
+    problems += [f"{s}: stored {n} times in the WebDataset shards" for s, n in sorted(seen.items()) if n > 1]
+    problems += [f"{s}: kept but missing from the WebDataset shards" for s in sorted(set(ingest_sha256) - set(seen))]
+    return problems
 
 
 # ---- whole or nothing -----------------------------------------------------------------------------------
