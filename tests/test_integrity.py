@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline import build as build_mod
+from pipeline import parquet_writer, wds_writer
 from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.integrity import IntegrityError, check_nothing_lost, verify_published_pixels
@@ -84,7 +85,7 @@ def test_rows_naming_no_file_are_not_raw_inputs():
 
 
 def _swap_bytes(monkeypatch, victim: str, replacement: bytes) -> None:
-    """Fault injection: the writer stores `replacement` instead of the image of `victim`."""
+    """Fault injection: the image of `victim` is read wrong, so every copy of it (Parquet, tar) carries `replacement`."""
     real = build_mod.publishable_bytes
 
     def wrong(path: Path, facts):
@@ -93,18 +94,46 @@ def _swap_bytes(monkeypatch, victim: str, replacement: bytes) -> None:
     monkeypatch.setattr(build_mod, "publishable_bytes", wrong)
 
 
+def _corrupt_parquet(monkeypatch, victim: str, replacement: bytes) -> None:
+    """Fault injection: the Parquet writer stores `replacement` for `victim` (the tar shards keep the right bytes)."""
+    real = parquet_writer._table
+
+    def corrupting(rows, schema):
+        return real([(r, replacement if r.source_file == victim else data) for r, data in rows], schema)
+
+    monkeypatch.setattr(parquet_writer, "_table", corrupting)
+
+
+def _corrupt_tar(monkeypatch, victim: str, replacement: bytes) -> None:
+    """Fault injection: the WebDataset writer stores `replacement` as the image of `victim`."""
+    real = wds_writer.sample_members
+
+    def corrupting(record, image):
+        return real(record, replacement if record.source_file == victim else image)
+
+    monkeypatch.setattr(wds_writer, "sample_members", corrupting)
+
+
+VICTIM = "myeloblast/cell_002.tif"
+OTHER_PIXELS = encode(crop(12345), "PNG")
+
+
 @pytest.mark.parametrize(
-    "replacement, message",
+    "inject, replacement, messages",
     [
-        (encode(crop(12345), "PNG"), r"myeloblast/cell_002\.tif: published pixels sha256 [0-9a-f]{16}\.\. \(column [0-9a-f]{16}\.\.\) != ingest [0-9a-f]{16}\.\."),
-        (b"not an image", r"myeloblast/cell_002\.tif: published bytes do not decode \(UnidentifiedImageError"),
+        (_swap_bytes, OTHER_PIXELS, [r"myeloblast/cell_002\.tif: published pixels sha256 [0-9a-f]{16}\.\. \(column [0-9a-f]{16}\.\.\) != ingest [0-9a-f]{16}\.\."]),
+        (_corrupt_parquet, OTHER_PIXELS, [r"myeloblast/cell_002\.tif: published pixels sha256", r"myeloblast/cell_002\.tif: WebDataset image bytes differ from the verified Parquet bytes"]),
+        (_corrupt_parquet, b"not an image", [r"myeloblast/cell_002\.tif: published bytes do not decode \(UnidentifiedImageError"]),
+        (_corrupt_tar, OTHER_PIXELS, [r"\(1 problem\(s\)\)", r"myeloblast/cell_002\.tif: WebDataset image bytes differ from the verified Parquet bytes"]),
     ],
-    ids=["other pixels", "undecodable"],
+    ids=["read wrong", "Parquet other pixels", "Parquet undecodable", "tar other bytes"],
 )
-def test_published_pixels_are_checked_before_the_release_appears(raw, tmp_path, config, monkeypatch, replacement, message):
-    _swap_bytes(monkeypatch, "myeloblast/cell_002.tif", replacement)
-    with pytest.raises(IntegrityError, match=message):
+def test_published_pixels_are_checked_before_the_release_appears(raw, tmp_path, config, monkeypatch, inject, replacement, messages):
+    inject(monkeypatch, VICTIM, replacement)
+    with pytest.raises(IntegrityError) as failed:
         build_release(raw, tmp_path / "rel", config, workers=1)
+    for message in messages:
+        assert re.search(message, str(failed.value)), str(failed.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no release, no staging left behind
 
 
