@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import pipeline
-from pipeline import card, croissant, figures, integrity, manifest, wds_writer
+from pipeline import card, croissant, figures, integrity, lineage, manifest, notes, wds_writer
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.decode import decode_file, load_rgb, publishable_bytes
 from pipeline.dedup import deduplicate
@@ -48,6 +48,9 @@ class BuildReport:
     timings: dict[str, float] = field(default_factory=dict)
     balance: integrity.LedgerBalance | None = None  # the nothing-lost equation, checked before anything was written
     warnings: list[str] = field(default_factory=list)  # not errors: empty class folders, clean-up of killed builds
+    # images of the previous release that changed split (their unit now straddles earlier splits)
+    split_moves: list[lineage.SplitMove] = field(default_factory=list)
+    notes_path: str = ""  # the release notes, relative to the release directory
 
     @property
     def problems(self) -> list[LedgerEntry]:
@@ -173,13 +176,16 @@ def run_decode(
     return facts, failed
 
 
-def run_dedup(raw: Path, items: list[RawItem], facts: dict[str, ImageFacts], config: ReleaseConfig) -> DedupResult:
+def run_dedup(
+    raw: Path, items: list[RawItem], facts: dict[str, ImageFacts], config: ReleaseConfig, prefer: Callable | None = None
+) -> DedupResult:
     return deduplicate(
         [facts[i.relpath] for i in items],
         lambda rel: load_rgb(raw / rel, config.image_size),
         phash_threshold=config.phash_threshold,
         lookalike_threshold=config.lookalike_threshold,
         policy=config.conflict_policy,
+        prefer=prefer,
     )
 
 
@@ -232,6 +238,14 @@ def _pool_map(workers: int, fn: Callable, items: list) -> Iterator:
     return parallel_map(fn, items, workers)
 
 
+def run_split_report(records: list[ReleaseRecord], prev: lineage.PreviousRelease | None) -> list[lineage.SplitMove]:
+    """Images of the previous release that changed split because their unit joins earlier splits."""
+    if prev is None:
+        return []
+    items = [SplitItem(r.image_id, r.label_name, r.group_id, r.patient_id) for r in records]
+    return lineage.split_moves(items, {r.image_id: r.split for r in records}, prev.splits)
+
+
 def refuse_if_strict(ledger: list[LedgerEntry]) -> None:
     bad = sorted((e for e in ledger if e.fate == "invalid"), key=lambda e: e.relpath)
     if bad:
@@ -251,6 +265,8 @@ def write_release(
     manifest_body: dict,
     progress: Progress,
     dedup: DedupResult | None = None,
+    extra_files: dict[str, str] | None = None,
+    card_sections: list[str] | None = None,
 ) -> None:
     """Every file of the release, into staging; the manifest last, since it lists all the others."""
     progress.start("write", len(records))
@@ -284,7 +300,12 @@ def write_release(
         split_bytes[split] = sum(i.path.stat().st_size for i in infos)
     progress.finish("write")
     (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
-    write_cards_and_pictures(staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult())
+    for relpath, text in sorted((extra_files or {}).items()):
+        (staging / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (staging / relpath).write_text(text, encoding="utf-8")
+    write_cards_and_pictures(
+        staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult(), card_sections
+    )
     body = dict(manifest_body)
     body["splits"] = {
         s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s], "webdataset": wds_writer.manifest_entry(s, tar_shards[s])}
@@ -303,13 +324,14 @@ def write_cards_and_pictures(
     image_suffixes: set[str],
     grid: figures.SampleGrid,
     dedup: DedupResult,
+    card_sections: list[str] | None = None,
 ) -> None:
     """The tars' own card, the pictures, the dataset card linking both, then croissant.json, which hashes them all."""
     wds_writer.write_wds_card(staging, config, tar_shards, image_suffixes)
     pictures = figures.write_figures(
         staging, config, counts, grid, dedup.pairs, dedup.fates, lambda rel: load_rgb(raw / rel, config.image_size)
     )
-    extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures)]
+    extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures), *(card_sections or [])]
     card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
     croissant.write_croissant(staging, config, counts)
 
@@ -323,13 +345,22 @@ def build_release(
     strict: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    previous: Path | None = None,
+    notes_dir: Path | None = None,
 ) -> BuildReport:
+    """previous: the earlier release whose image ids and splits this one keeps (raises LineageError when it
+    is not an earlier version of this dataset). notes_dir: where the editable release notes live; their
+    maintainer section is kept and the regenerated file is written back there (raises NotesError when the
+    existing file's markers are broken). Both are checked before any work starts."""
     raw, out = Path(raw), Path(out)
     progress = progress or Progress()
     workers = workers or default_workers()
     warnings = integrity.clean_stale_staging(out)
     if out.exists() and not overwrite:
         raise BuildError(f"{out} already exists; pass --overwrite to replace it")
+    prev = lineage.load_previous(previous, config) if previous is not None else None
+    notes_rel = notes.notes_relpath(config.version)
+    words = notes.maintainer_words(Path(notes_dir) / Path(notes_rel).name if notes_dir is not None else Path(out) / notes_rel)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -346,14 +377,15 @@ def build_release(
     ledger += failed
     lap("decode")
     decoded = [i for i in ingested.items if i.relpath in facts]
-    dedup = run_dedup(raw, decoded, facts, config)
+    dedup = run_dedup(raw, decoded, facts, config, prefer=lineage.dedup_preference(prev) if prev else None)
     lap("dedup")
     records, dropped = run_exclude_and_validate(decoded, facts, dedup, config)
     ledger += dropped
     lap("exclude+validate")
     if strict:
         refuse_if_strict(ledger)
-    records = run_split(records, config)
+    records = run_split(records, config, previous=prev.splits if prev else None)
+    moves = run_split_report(records, prev)
     ledger += [
         LedgerEntry(r.source_file, r.label_name, "kept", "", split=r.split, image_id=r.image_id, sha256=facts[r.source_file].file_sha256)
         for r in records
@@ -368,7 +400,14 @@ def build_release(
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        write_release(staging, raw, records, facts, ledger, counts, config, _manifest_body(config, counts, ingested, facts), progress, dedup)
+        body = _manifest_body(config, counts, ingested, facts)
+        body.update(lineage.manifest_fields(config, prev, {r.image_id for r in records}, notes_rel))
+        notes_text = notes.notes_for_build(body, manifest.ledger_text(ledger), prev.path if prev else None, words)
+        card_link = notes.card_section(config.version, prev.version if prev else None)
+        write_release(
+            staging, raw, records, facts, ledger, counts, config, body, progress, dedup,
+            extra_files={notes_rel: notes_text}, card_sections=[card_link],
+        )
         lap("write")
         run_verify(staging, records, facts, config, workers)
         lap("verify")
@@ -378,9 +417,11 @@ def build_release(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if notes_dir is not None:
+        notes.write_editable_copy(Path(notes_dir), notes_rel, notes_text)
     return BuildReport(
         out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings,
-        balance=balance, warnings=warnings,
+        balance=balance, warnings=warnings, split_moves=moves, notes_path=notes_rel,
     )
 
 

@@ -110,30 +110,48 @@ def build(
     strict: Annotated[bool, typer.Option(help="Fail, writing nothing, if any input is invalid")] = False,
     workers: Annotated[int, typer.Option(help="Processes for per-image work (0: all cores)")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing release directory")] = False,
+    previous: Annotated[Path | None, typer.Option(help="The previous release: its images keep their image_id and split")] = None,
+    notes_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the editable release notes live, e.g. your repository's release_notes/ (default: only inside the release)"),
+    ] = None,
 ) -> None:
     """Build a release: ingest, decode, dedup, exclude, validate, split, write."""
+    from pipeline.lineage import LineageError
+    from pipeline.notes import NotesError
+
     out, err = _consoles()
     cfg = _load_config(config, version)
     if not raw.is_dir():
         raise _fail(f"RAW directory not found: {raw}", EXIT_USAGE)
     progress = RichProgress(err)
     try:
-        report = build_mod.build_release(raw, out_dir, cfg, workers=workers or None, strict=strict, overwrite=overwrite, progress=progress)
+        report = build_mod.build_release(
+            raw, out_dir, cfg, workers=workers or None, strict=strict, overwrite=overwrite, progress=progress,
+            previous=previous, notes_dir=notes_dir,
+        )
     except (build_mod.BuildError, IntegrityError) as exc:
         progress.close()
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None
+    except (LineageError, NotesError) as exc:
+        progress.close()
+        raise _fail(str(exc), EXIT_USAGE) from None
     except OSError as exc:  # a full disk, a vanished directory: the staging copy is gone, nothing is published
         progress.close()
         raise _fail(f"cannot build the release: {exc}; no release was written to {out_dir}", EXIT_CHECK_FAILED) from None
     progress.close()
     for note in report.warnings:
         err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    for move in report.split_moves:
+        err.print(f"[yellow]split change:[/] {move.describe()}", highlight=False, soft_wrap=True)
     for entry in report.problems:
         err.print(f"[yellow]invalid:[/] {escape(entry.relpath)}: {escape(entry.reason)}", highlight=False, soft_wrap=True)
     if report.ignored:
         err.print(f"ignored {len(report.ignored)} non-input file(s): {', '.join(report.ignored[:10])}", highlight=False, markup=False, soft_wrap=True)
     out.print(summary_table(report))
     out.print(f"ledger: {report.balance.line()}", highlight=False, soft_wrap=True, markup=False)
+    editable = f" (editable copy: {notes_dir / Path(report.notes_path).name})" if notes_dir is not None else " (pass --notes-dir to keep an editable copy)"
+    out.print(f"release notes: {out_dir / report.notes_path}{editable}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -144,10 +162,12 @@ def publish(
     dry_run: Annotated[bool, typer.Option(help="Print the plan (files, sizes, what the Hub has) and change nothing")] = False,
     endpoint: Annotated[str | None, typer.Option(help="Hub URL (default: HF_ENDPOINT, else huggingface.co)")] = None,
 ) -> None:
-    """Verify a release, upload what the Hub does not have yet, and tag it vX.Y.Z (never moving a tag).
+    """Verify a release, upload what the Hub does not have yet, and tag it vX.Y.Z (never moving a tag); wds/
+    goes to branch `webdataset`, tagged vX.Y.Z-webdataset.
 
     The token comes from the usual huggingface_hub places (HF_TOKEN, `hf auth login`); it is never printed."""
     from pipeline.publish import PublishError
+    from pipeline.verify import verify_messages
     from pipeline.publish import publish as publish_release
 
     out, _ = _consoles()
@@ -158,21 +178,14 @@ def publish(
     try:
         result = publish_release(
             release_dir, repo, private=private, dry_run=dry_run, endpoint=endpoint,
-            verify=_release_verifier(), log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
+            verify=verify_messages, log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
         )
     except PublishError as exc:
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None
     if not dry_run:
-        out.print(f"published {result.repo_id} {result.tag}: {result.url}", highlight=False, soft_wrap=True)
-
-
-def _release_verifier():
-    """The checks a release must pass before it is uploaded (the same ones `mll23 verify` runs)."""
-    try:
-        from pipeline.verify import verify_messages
-    except ImportError:
-        return None
-    return verify_messages
+        for published in (result, result.webdataset):
+            if published is not None:
+                out.print(f"published {published.repo_id} {published.tag}: {published.url}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry

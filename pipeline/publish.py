@@ -15,6 +15,15 @@ and are skipped, and LFS objects uploaded but not yet committed are known to the
 client not to send them again. A tag is never moved: if ``v{version}`` exists and holds the same content the
 publish is a no-op; if it holds other content the publish refuses.
 
+The WebDataset variant: when the release has ``wds/README.md``, the ``wds/`` subtree is published the same way
+(same planner, same commits, same checks) as the root of branch ``webdataset``, tagged ``v{version}-webdataset``,
+after the main branch is tagged. It needs a revision of its own because `datasets` picks one builder for all the
+configs of a card (upstream datasets#7101), so the tars cannot be a config of the root card. A new
+``webdataset`` branch starts from the repo's first commit (on the Hub: only ``.gitattributes``), so its tree is
+exactly ``wds/`` and its history carries no Parquet; the tars are already in the repo's LFS store from the main
+branch, so the Hub's LFS batch API tells the client not to send them again. Both tags are checked before
+anything is written: a publish that would have to move either of them is refused up front.
+
 Xet: huggingface_hub uploads through Xet storage whenever `hf_xet` is installed, without asking the server. We
 publish with the Git LFS protocol, so Xet is disabled for the duration of `publish`: huggingface_hub 2.4.0 reads
 ``HF_HUB_DISABLE_XET`` once at import into `huggingface_hub.constants.HF_HUB_DISABLE_XET`, and
@@ -38,6 +47,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
 from pipeline import __version__
+from pipeline.wds_writer import WDS_DIR
 
 REPO_TYPE = "dataset"
 DEFAULT_BRANCH = "main"
@@ -48,6 +58,9 @@ HUB_MANAGED = frozenset({".gitattributes"})
 # Committed last, with the deletions: the branch only advertises the new version once all its data is there.
 FINAL_FILES = ("README.md", "manifest.json")
 MANIFEST = "manifest.json"
+# The WebDataset variant (see the module docstring): the release's WDS_DIR folder, its branch and tag suffix.
+WDS_BRANCH = "webdataset"
+WDS_TAG_SUFFIX = "-webdataset"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?$")
 _CHUNK = 1 << 20
 
@@ -71,11 +84,28 @@ class PlannedFile:
         return "new (changed)" if self.replaces else "new"
 
 
+@dataclass(frozen=True)
+class FileSource:
+    """What one branch should hold: a local directory and every file under it with its manifest size/sha256."""
+
+    root: Path
+    files: dict[str, tuple[int, str]]  # POSIX path relative to `root` (and in the repo) -> (size, sha256), sorted
+
+
+@dataclass(frozen=True)
+class PublishTarget:
+    """One branch of the repo, the tag that marks a published version on it, and the files it should hold."""
+
+    branch: str
+    tag: str
+    source: FileSource
+
+
 @dataclass
 class PublishPlan:
     """What publishing `release_dir` to `repo_id` would do, from one read of the Hub."""
 
-    release_dir: Path
+    release_dir: Path  # the directory whose files the branch should hold (the release, or its wds/ folder)
     repo_id: str
     version: str
     branch: str
@@ -86,10 +116,7 @@ class PublishPlan:
     head: str | None  # commit id of the branch the plan was made against
     tag_commit: str | None  # commit the tag v{version} points at, if it exists
     tag_matches: bool | None  # whether that commit holds exactly the release; None if there is no tag
-
-    @property
-    def tag(self) -> str:
-        return f"v{self.version}"
+    tag: str  # v{version}, or v{version}-webdataset for the WebDataset branch
 
     @property
     def to_upload(self) -> list[PlannedFile]:
@@ -114,6 +141,8 @@ class PublishPlan:
             head = f"dataset repo {self.repo_id} does not exist yet: it will be created"
         else:
             head = f"dataset repo {self.repo_id} ({'private' if self.private else 'public'}), branch {self.branch}"
+            if self.head is None:
+                head += " (does not exist yet: it will be created)"
         out = [f"plan: publish {self.release_dir} as {self.tag} to {head}"]
         if self.tag_commit is not None:
             state = "same content: nothing to do" if self.tag_matches else "DIFFERENT content: will refuse"
@@ -139,6 +168,7 @@ class PublishResult:
     commit: str | None  # commit the tag points at (None for a dry run against a repo that does not exist)
     dry_run: bool = False
     already_published: bool = False  # the tag existed with identical content: nothing was changed
+    branch: str = DEFAULT_BRANCH
     created_repo: bool = False
     private: bool | None = None
     uploaded: list[str] = field(default_factory=list)  # files committed by this run
@@ -146,6 +176,8 @@ class PublishResult:
     deleted: list[str] = field(default_factory=list)
     commits: list[str] = field(default_factory=list)  # commits created by this run, oldest first
     plan: PublishPlan | None = None
+    # the wds/ folder as branch `webdataset`, tag v{version}-webdataset; None when the release has no wds/README.md
+    webdataset: PublishResult | None = None
 
 
 # ----------------------------------------------------------------------------------------------------- local side
@@ -235,13 +267,37 @@ def self_check(release_dir: Path) -> list[str]:
     return failures
 
 
-def _local_files(release_dir: Path, manifest: dict) -> dict[str, tuple[int, str]]:
-    """path -> (size, sha256) for every file of the release, manifest.json included (the manifest is trusted for
-    the others: `publish` has checked it against the files before planning)."""
+def release_source(release_dir: Path, manifest: dict) -> FileSource:
+    """Every file of the release, manifest.json included (the manifest is trusted for the others: `publish` has
+    checked it against the files before planning)."""
     files = {item["path"]: (int(item["size"]), str(item["sha256"])) for item in manifest["files"]}
     path = release_dir / MANIFEST
     files[MANIFEST] = (path.stat().st_size, _sha256_file(path))
-    return dict(sorted(files.items()))
+    return FileSource(release_dir, dict(sorted(files.items())))
+
+
+def webdataset_source(release_dir: Path, manifest: dict) -> FileSource | None:
+    """The manifest's wds/ entries with the `wds/` prefix stripped, rooted at release_dir/wds; None when the
+    release has no WebDataset card (wds/README.md), the file that makes the folder loadable on its own."""
+    prefix = f"{WDS_DIR}/"
+    files = {
+        item["path"][len(prefix):]: (int(item["size"]), str(item["sha256"]))
+        for item in manifest["files"]
+        if item["path"].startswith(prefix)
+    }
+    if "README.md" not in files:
+        return None
+    return FileSource(Path(release_dir) / WDS_DIR, dict(sorted(files.items())))
+
+
+def publish_targets(release_dir: Path, manifest: dict) -> list[PublishTarget]:
+    """The branches a publish writes, in order: main (tag v{version}), then the WebDataset variant if any."""
+    version = manifest["version"]
+    targets = [PublishTarget(DEFAULT_BRANCH, f"v{version}", release_source(release_dir, manifest))]
+    wds = webdataset_source(release_dir, manifest)
+    if wds is not None:
+        targets.append(PublishTarget(WDS_BRANCH, f"v{version}{WDS_TAG_SUFFIX}", wds))
+    return targets
 
 
 # ------------------------------------------------------------------------------------------------------ Hub side
@@ -263,25 +319,32 @@ def _same_content(local: Path, size: int, sha256: str, remote: RepoFile | None) 
     return remote.blob_id == _git_blob_id(local)  # small file kept in git: compare git blob ids
 
 
-def _tree_equals_release(release_dir: Path, files: dict[str, tuple[int, str]], tree: dict[str, RepoFile]) -> bool:
+def _tree_equals_source(source: FileSource, tree: dict[str, RepoFile]) -> bool:
     remote_paths = set(tree) - HUB_MANAGED
-    if remote_paths != set(files):
+    if remote_paths != set(source.files):
         return False
-    return all(_same_content(release_dir / p, size, sha, tree[p]) for p, (size, sha) in files.items())
+    return all(_same_content(source.root / p, size, sha, tree[p]) for p, (size, sha) in source.files.items())
 
 
-def plan_publish(release_dir: Path, repo_id: str, *, api: HfApi, branch: str = DEFAULT_BRANCH) -> PublishPlan:
+def plan_publish(release_dir: Path, repo_id: str, *, api: HfApi, branch: str = DEFAULT_BRANCH,
+                 target: PublishTarget | None = None) -> PublishPlan:
     """Compare the release with the Hub (read-only): which files the branch already has with identical content,
-    which branch files the release no longer has, and whether the tag v{version} exists and matches."""
+    which branch files the release no longer has, and whether the tag exists and matches. Without `target` the
+    whole release goes to `branch` under tag v{version}; a target (see `publish_targets`) names its own branch,
+    tag and files."""
     release_dir = Path(release_dir)
     manifest = read_manifest(release_dir)
     version = manifest["version"]
-    local = _local_files(release_dir, manifest)
+    if target is None:
+        target = PublishTarget(branch, f"v{version}", release_source(release_dir, manifest))
+    branch, source = target.branch, target.source
+    local = source.files
     try:
         info = api.repo_info(repo_id, repo_type=REPO_TYPE)
     except RepositoryNotFoundError:
         files = [PlannedFile(p, size, sha, on_hub=False) for p, (size, sha) in local.items()]
-        return PublishPlan(release_dir, repo_id, version, branch, files, [], False, None, None, None, None)
+        return PublishPlan(source.root, repo_id, version, branch, files, [], False, None, None, None, None,
+                           target.tag)
 
     refs = api.list_repo_refs(repo_id, repo_type=REPO_TYPE)
     heads = {ref.name: ref.target_commit for ref in refs.branches}
@@ -290,17 +353,17 @@ def plan_publish(release_dir: Path, repo_id: str, *, api: HfApi, branch: str = D
     remote = _remote_tree(api, repo_id, head) if head else {}
     files = []
     for path, (size, sha) in local.items():
-        on_hub = _same_content(release_dir / path, size, sha, remote.get(path))
+        on_hub = _same_content(source.root / path, size, sha, remote.get(path))
         files.append(PlannedFile(path, size, sha, on_hub=on_hub, replaces=not on_hub and path in remote))
     deletions = sorted(set(remote) - set(local) - HUB_MANAGED)
 
-    tag_commit = tags.get(f"v{version}")
+    tag_commit = tags.get(target.tag)
     tag_matches = None
     if tag_commit is not None:
         tag_tree = remote if tag_commit == head else _remote_tree(api, repo_id, tag_commit)
-        tag_matches = _tree_equals_release(release_dir, local, tag_tree)
-    return PublishPlan(release_dir, repo_id, version, branch, files, deletions, True, bool(info.private), head,
-                       tag_commit, tag_matches)
+        tag_matches = _tree_equals_source(source, tag_tree)
+    return PublishPlan(source.root, repo_id, version, branch, files, deletions, True, bool(info.private), head,
+                       tag_commit, tag_matches, target.tag)
 
 
 # ------------------------------------------------------------------------------------------------------- publish
@@ -377,7 +440,9 @@ def publish(
     max_files_per_commit: int = DEFAULT_MAX_FILES_PER_COMMIT,
     max_bytes_per_commit: int = DEFAULT_MAX_BYTES_PER_COMMIT,
 ) -> PublishResult:
-    """Publish the release in `release_dir` to the dataset repo `repo_id` and tag it ``v{version}``.
+    """Publish the release in `release_dir` to the dataset repo `repo_id` and tag it ``v{version}``; when the
+    release has ``wds/README.md``, then publish its ``wds/`` folder as the root of branch ``webdataset`` and tag
+    that ``v{version}-webdataset`` (`result.webdataset`), with the same guarantees as below.
 
     - The version is manifest.json's. Before anything else the release is checked: `verify(release_dir)` (a list
       of failure messages, e.g. `mll23 verify`) and a self-check of the manifest against the files; any failure
@@ -385,7 +450,7 @@ def publish(
     - Visibility: a repo created by this call is **public by default**; ``private=True`` (``--private``) creates
       it private. An existing repo keeps its visibility, but ``private=True`` refuses to publish into a public one.
     - Idempotent: if tag ``v{version}`` exists with identical content nothing is done; if it exists with other
-      content the publish is refused (tags are never moved).
+      content the publish is refused (tags are never moved). Both tags are checked before anything is written.
     - Files go up in commits of at most `max_files_per_commit` files / `max_bytes_per_commit` bytes, skipping
       files the branch already holds with the same content, so an interrupted publish can simply be re-run.
       Files on the branch that the release no longer has are deleted, so the tag's tree equals the release.
@@ -421,94 +486,50 @@ def publish(
 
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     api = HfApi(endpoint=endpoint, token=token or False, library_name="mll23-pipeline", library_version=__version__)
-    url = f"{endpoint}/datasets/{repo_id}/tree/{tag}"
-    stage = "reading the repo from the Hub"
+    targets = publish_targets(release_dir, manifest)
+    progress = _Progress(tag, "reading the repo from the Hub")
     try:
         with _xet_disabled():
-            plan = plan_publish(release_dir, repo_id, api=api)
-            result = PublishResult(repo_id, version, tag, url, commit=plan.tag_commit, dry_run=dry_run,
-                                   private=plan.private, plan=plan)
+            plans = [plan_publish(release_dir, repo_id, api=api, target=target) for target in targets]
+            results = [
+                PublishResult(repo_id, version, p.tag, f"{endpoint}/datasets/{repo_id}/tree/{p.tag}",
+                              commit=p.tag_commit, dry_run=dry_run, private=p.private, branch=p.branch, plan=p)
+                for p in plans
+            ]
+            result = results[0]
+            result.webdataset = results[1] if len(results) > 1 else None
             if dry_run:
-                for line in plan.lines():
-                    say(line)
+                for plan, planned in zip(plans, results):
+                    for line in plan.lines():
+                        say(line)
+                    planned.skipped = [f.path for f in plan.already_on_hub]
                 say("dry run: nothing was changed on the Hub")
-                result.skipped = [f.path for f in plan.already_on_hub]
-            if plan.tag_commit is not None and not plan.tag_matches:
-                raise PublishError(
-                    f"tag {tag} already exists on {repo_id} (commit {plan.tag_commit[:12]}) with different content;"
-                    " refusing to move a published tag. Release the change under a new version."
-                )
+            for plan in plans:  # both tags are checked before anything is written
+                if plan.tag_commit is not None and not plan.tag_matches:
+                    raise PublishError(
+                        f"tag {plan.tag} already exists on {repo_id} (commit {plan.tag_commit[:12]}) with different"
+                        " content; refusing to move a published tag. Release the change under a new version."
+                    )
             if dry_run:
-                return result
-            if plan.tag_commit is not None:
-                say(f"{tag} is already published on {repo_id} at {plan.tag_commit[:12]} with identical content:"
-                    " nothing to do")
-                result.already_published = True
-                result.skipped = [f.path for f in plan.files]
                 return result
 
-            if not plan.repo_exists:
-                stage = "creating the repo"
+            if not plans[0].repo_exists:
+                progress.stage = "creating the repo"
                 api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
                 say(f"created {'private' if private else 'public'} dataset repo {repo_id}")
                 result.created_repo = True
-                plan = plan_publish(release_dir, repo_id, api=api)
-                if not plan.repo_exists:
+                plans = [plan_publish(release_dir, repo_id, api=api, target=target) for target in targets]
+                if not plans[0].repo_exists:
                     raise PublishError(f"created {repo_id} but cannot read it back; check the token's permissions")
-            elif private and not plan.private:
+            elif private and not plans[0].private and any(p.tag_commit is None for p in plans):
                 raise PublishError(
                     f"{repo_id} exists and is public but a private publish was requested; refusing. Make the repo"
                     " private on the Hub first, or publish without --private."
                 )
-            result.private = plan.private
-            result.plan = plan
-            say(f"publishing {tag} to {repo_id}: {len(plan.to_upload)} files to upload"
-                f" ({_human(plan.upload_bytes)}), {len(plan.already_on_hub)} already on the Hub,"
-                f" {len(plan.deletions)} to delete")
-
-            bulk = [f for f in plan.to_upload if f.path not in FINAL_FILES]
-            final = [f for f in plan.to_upload if f.path in FINAL_FILES]
-            commits = [(batch, []) for batch in _batches(bulk, max_files_per_commit, max_bytes_per_commit)]
-            if final or plan.deletions:
-                commits.append((final, plan.deletions))
-            head = plan.head
-            for number, (batch, deletions) in enumerate(commits, start=1):
-                stage = f"uploading commit {number}/{len(commits)}"
-                operations: list = [CommitOperationAdd(f.path, str(release_dir / f.path)) for f in batch]
-                operations += [CommitOperationDelete(path) for path in deletions]
-                info = api.create_commit(
-                    repo_id,
-                    operations=operations,
-                    commit_message=f"{manifest.get('name', 'release')} {tag}: part {number}/{len(commits)}",
-                    commit_description=f"{len(batch)} files added or updated, {len(deletions)} deleted.",
-                    repo_type=REPO_TYPE,
-                    revision=plan.branch,
-                    parent_commit=head,
-                )
-                head = info.oid
-                result.commits.append(head)
-                result.uploaded += [f.path for f in batch]
-                result.deleted += deletions
-                say(f"committed part {number}/{len(commits)}: {len(batch)} files"
-                    f" ({_human(sum(f.size for f in batch))}), {len(deletions)} deletions -> {head[:12]}")
-            result.skipped = [f.path for f in plan.already_on_hub]
-
-            stage = "checking the branch"
-            final_plan = plan_publish(release_dir, repo_id, api=api)
-            if not final_plan.branch_matches or final_plan.head != head:
-                raise PublishError(
-                    f"after uploading, branch {plan.branch} of {repo_id} does not hold exactly the release"
-                    f" ({len(final_plan.to_upload)} files differ, {len(final_plan.deletions)} extra): someone else"
-                    " may be pushing to it. Not tagging; re-run to retry."
-                )
-            stage = f"tagging {tag}"
-            if final_plan.tag_commit is None:
-                api.create_tag(repo_id, tag=tag, revision=head, repo_type=REPO_TYPE,
-                               tag_message=f"{manifest.get('name', 'release')} {version}")
-            elif not final_plan.tag_matches:
-                raise PublishError(f"tag {tag} appeared on {repo_id} with different content while publishing")
-            result.commit = final_plan.tag_commit or head
-            say(f"tagged {tag} -> {result.commit[:12]}; published {url}")
+            for target, plan, published in zip(targets, plans, results):
+                progress.tag = target.tag
+                _publish_branch(api, release_dir, manifest, target, plan, published, progress, say,
+                                max_files_per_commit, max_bytes_per_commit)
             return result
     except PublishError:
         raise
@@ -519,6 +540,102 @@ def publish(
         else:
             hint = "Re-run the same command to resume: files already on the Hub are not uploaded again."
         raise PublishError(
-            f"publishing {tag} to {repo_id} failed while {stage}: {_describe(err, token)}\n"
-            f"Nothing is tagged yet. {hint}"
+            f"publishing {progress.tag} to {repo_id} failed while {progress.stage}: {_describe(err, token)}\n"
+            f"{progress.tag} is not tagged yet. {hint}"
         ) from None
+
+
+@dataclass
+class _Progress:
+    """Where a publish is, for the error message if the Hub fails."""
+
+    tag: str
+    stage: str
+
+
+def _first_commit(api: HfApi, repo_id: str) -> str:
+    """The repo's first commit (on the Hub it holds only the Hub-managed .gitattributes)."""
+    return api.list_repo_commits(repo_id, repo_type=REPO_TYPE, revision=DEFAULT_BRANCH)[-1].commit_id
+
+
+def _publish_branch(
+    api: HfApi,
+    release_dir: Path,
+    manifest: dict,
+    target: PublishTarget,
+    plan: PublishPlan,
+    result: PublishResult,
+    progress: _Progress,
+    say: Callable[[str], None],
+    max_files: int,
+    max_bytes: int,
+) -> None:
+    """Bring `target.branch` to exactly `target.source` in bounded commits and tag it `target.tag`; fills
+    `result`. A tag that already holds the same content means nothing to do (the caller refused other content)."""
+    repo_id, tag = plan.repo_id, target.tag
+    name = manifest.get("name", "release")
+
+    def replan() -> PublishPlan:
+        return plan_publish(release_dir, repo_id, api=api, target=target)
+
+    if plan.tag_commit is not None:
+        say(f"{tag} is already published on {repo_id} at {plan.tag_commit[:12]} with identical content:"
+            " nothing to do")
+        result.already_published = True
+        result.commit = plan.tag_commit
+        result.skipped = [f.path for f in plan.files]
+        return
+    if plan.head is None:
+        progress.stage = f"creating branch {target.branch}"
+        start = _first_commit(api, repo_id)
+        api.create_branch(repo_id, branch=target.branch, revision=start, repo_type=REPO_TYPE)
+        say(f"created branch {target.branch} of {repo_id} from its first commit {start[:12]}")
+        plan = replan()
+    result.private = plan.private
+    result.plan = plan
+    say(f"publishing {tag} to {repo_id} (branch {plan.branch}): {len(plan.to_upload)} files to upload"
+        f" ({_human(plan.upload_bytes)}), {len(plan.already_on_hub)} already on the Hub,"
+        f" {len(plan.deletions)} to delete")
+
+    bulk = [f for f in plan.to_upload if f.path not in FINAL_FILES]
+    final = [f for f in plan.to_upload if f.path in FINAL_FILES]
+    commits = [(batch, []) for batch in _batches(bulk, max_files, max_bytes)]
+    if final or plan.deletions:
+        commits.append((final, plan.deletions))
+    head = plan.head
+    for number, (batch, deletions) in enumerate(commits, start=1):
+        progress.stage = f"uploading commit {number}/{len(commits)}"
+        operations: list = [CommitOperationAdd(f.path, str(plan.release_dir / f.path)) for f in batch]
+        operations += [CommitOperationDelete(path) for path in deletions]
+        info = api.create_commit(
+            repo_id,
+            operations=operations,
+            commit_message=f"{name} {tag}: part {number}/{len(commits)}",
+            commit_description=f"{len(batch)} files added or updated, {len(deletions)} deleted.",
+            repo_type=REPO_TYPE,
+            revision=plan.branch,
+            parent_commit=head,
+        )
+        head = info.oid
+        result.commits.append(head)
+        result.uploaded += [f.path for f in batch]
+        result.deleted += deletions
+        say(f"committed part {number}/{len(commits)}: {len(batch)} files"
+            f" ({_human(sum(f.size for f in batch))}), {len(deletions)} deletions -> {head[:12]}")
+    result.skipped = [f.path for f in plan.already_on_hub]
+
+    progress.stage = "checking the branch"
+    final_plan = replan()
+    if not final_plan.branch_matches or final_plan.head != head:
+        raise PublishError(
+            f"after uploading, branch {plan.branch} of {repo_id} does not hold exactly the release"
+            f" ({len(final_plan.to_upload)} files differ, {len(final_plan.deletions)} extra): someone else"
+            " may be pushing to it. Not tagging; re-run to retry."
+        )
+    progress.stage = f"tagging {tag}"
+    if final_plan.tag_commit is None:
+        api.create_tag(repo_id, tag=tag, revision=head, repo_type=REPO_TYPE, tag_message=f"{name} {tag[1:]}")
+    elif not final_plan.tag_matches:
+        raise PublishError(f"tag {tag} appeared on {repo_id} with different content while publishing")
+    result.commit = final_plan.tag_commit or head
+    say(f"tagged {tag} -> {result.commit[:12]}; published {result.url}")

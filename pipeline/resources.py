@@ -24,3 +24,16 @@ def load_schema(name: str) -> dict:
 
 def default_config_path() -> Path:
     return _PACKAGE_DIR / "configs" / "mll23.toml"
+
+
+def ci_workflow_path() -> Path:
+    """The GitHub Actions workflow for maintainers' repositories (shipped inside the package)."""
+    return _PACKAGE_DIR / "templates" / "verify-release.yml"
+
+
+def ci_workflow_text(install: str | None = None) -> str:
+    """The workflow with the tool's pip requirement filled in (default: exactly this version of the tool)."""
+    from pipeline import __version__
+
+    requirement = install or f"mll23-pipeline=={__version__}"
+    return ci_workflow_path().read_text(encoding="utf-8").replace("@MLL23_PIPELINE@", requirement.replace('"', '\\"'))

@@ -77,9 +77,11 @@ def assign_splits(
     for unit_items in units(items).values():
         earlier = Counter(previous[it.key] for it in unit_items if it.key in previous)
         if earlier:
-            # A unit keeps the split of its earlier members; if they disagreed, the most common one wins
-            # (ties: train, then validation, then test).
-            split = max(SPLITS, key=lambda s: (earlier.get(s, 0), -SPLITS.index(s)))
+            # A unit keeps the split of its earlier members. Where a new patient or look-alike link joins
+            # members of different earlier splits, the unit goes to the one nearest training (train, then
+            # validation, then test): an image a model was trained or tuned on must never reappear in a
+            # later evaluation split, whereas the reverse move only takes images out of evaluation.
+            split = min(earlier, key=SPLITS.index)
             _place(unit_items, split, assignment, filled)
         else:
             pending.append(unit_items)

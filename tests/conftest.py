@@ -140,7 +140,8 @@ def run_consumer(hub: HubServer, tmp_path: Path):
     """Load revisions of a dataset repo with the real `datasets.load_dataset` / `hf_hub_download`, in a fresh
     interpreter configured by environment variables only (see the module docstring)."""
 
-    def run(repo_id: str, checks: list[dict], *, token: str | None = None) -> dict:
+    def run(repo_id: str, checks: list[dict], *, token: str | None = None, script: str = _CONSUMER) -> dict:
+        """`script` reads {"repo_id", "checks"} as JSON from argv[1] and prints one line "RESULT <json>"."""
         home = tmp_path / "consumer"
         env = {
             "PATH": os.environ.get("PATH", ""),
@@ -156,7 +157,7 @@ def run_consumer(hub: HubServer, tmp_path: Path):
         if token:
             env["HF_TOKEN"] = token
         spec = json.dumps({"repo_id": repo_id, "checks": checks})
-        proc = subprocess.run([sys.executable, "-c", _CONSUMER, spec], env=env, capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-c", script, spec], env=env, capture_output=True, text=True,
                               timeout=120, cwd=tmp_path)
         assert proc.returncode == 0, f"consumer failed:\n{proc.stderr[-4000:]}\nserver log:\n{hub.format_log()}"
         line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))

@@ -1,6 +1,7 @@
 """The release's two formats loaded from a Hub repository (the local Hub server), the way a user would:
 Parquet from the published revision, and the WebDataset variant from a revision of its own whose root is the
-release's `wds/` folder (its card declares Image + ClassLabel). `data_dir="wds"` is shown for contrast: there
+release's `wds/` folder (its card declares Image + ClassLabel), as `mll23 publish` puts it on branch
+`webdataset`, tagged `v1.0.0-webdataset`. `data_dir="wds"` is shown for contrast: there
 the root card wins and the tar features are inferred, so the labels lose their names and images of the other
 suffix are dropped."""
 
@@ -18,7 +19,7 @@ from pipeline.publish import publish
 from tests.consumerkit import mixed_format_raw, small_shards
 
 REPO = "org/mll23-consumers"
-WDS_REVISION = "webdataset"
+WDS_REVISION = "v1.0.0-webdataset"
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 _CONSUMER = r"""
@@ -75,17 +76,10 @@ def load_from_hub(hub, tmp_path) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
-def test_both_formats_load_from_a_hub_repository(hub, token, tmp_path, config, monkeypatch):
-    from huggingface_hub import HfApi, constants
-
+def test_both_formats_load_from_a_hub_repository(hub, token, tmp_path, config):
     mixed_format_raw(tmp_path / "raw")
     release = build_release(tmp_path / "raw", tmp_path / "release", small_shards(config), workers=1).out_dir
-    publish(release, REPO, token=token, endpoint=hub.url, log=lambda _: None)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # the local Hub speaks the LFS protocol only
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    api = HfApi(endpoint=hub.url, token=token)
-    api.create_branch(REPO, repo_type="dataset", branch=WDS_REVISION)
-    api.upload_folder(repo_id=REPO, repo_type="dataset", folder_path=str(release / "wds"), revision=WDS_REVISION, commit_message="WebDataset variant")
+    publish(release, REPO, token=token, endpoint=hub.url, log=lambda _: None)  # main, then wds/ as `webdataset`
 
     manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
     expected = {s: v["num_examples"] for s, v in manifest["splits"].items() if v["num_examples"]}

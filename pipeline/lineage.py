@@ -1,0 +1,181 @@
+"""Stable identity across releases: what an earlier release pins down for the next build (`--previous`).
+
+An image is identified by `image_id`, the first 16 hex digits of the sha256 of its decoded RGB pixels, so
+it keeps its id as long as its pixels are unchanged, whatever the file is called or how it is encoded.
+From the previous release a build takes:
+
+- the split of every image ever published (the previous release's kept images, plus the images it had
+  already retired, which its manifest remembers under `retired`), so an image that survives, or comes
+  back, lands in the split it had before;
+- which file represented each published image, so that when a duplicate group changes (a new copy
+  arrives, a copy disappears) the image that was published stays the published one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import SPLITS, ReleaseConfig
+from pipeline.manifest import LEDGER, MANIFEST, read_ledger, read_manifest, sha256_file
+from pipeline.records import ImageFacts
+from pipeline.split import SplitItem, units
+
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?$")
+
+
+class LineageError(ValueError):
+    """The previous release cannot be used as the base of this build; the message says why."""
+
+
+def version_key(version: str) -> tuple:
+    """Sort key with semantic-version precedence: 1.0.0-rc.1 < 1.0.0 < 1.0.1 < 1.1.0 < 2.0.0."""
+    m = _SEMVER.match(version)
+    if not m:
+        raise LineageError(f"{version!r} is not a semantic version X.Y.Z[-prerelease]")
+    major, minor, patch, pre = m.groups()
+    if pre is None:
+        # a release sorts after all of its pre-releases
+        pre_key: tuple = (1,)
+    else:
+        # numeric identifiers sort numerically and before alphanumeric ones (semver.org, rule 11)
+        pre_key = (0, *((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split(".")))
+    return (int(major), int(minor), int(patch), pre_key)
+
+
+@dataclass(frozen=True)
+class PublishedImage:
+    image_id: str
+    split: str
+    source_file: str  # the raw file that represented it ("" for an image retired before that release)
+
+
+@dataclass
+class PreviousRelease:
+    path: Path
+    name: str
+    version: str
+    manifest_sha256: str
+    # image_id -> split for every image ever published up to that release (its kept ones and its retired ones)
+    splits: dict[str, str] = field(default_factory=dict)
+    # image_id -> the version that last published it, for images not in that release
+    retired_in: dict[str, str] = field(default_factory=dict)
+    # image_id -> its record in that release, for the images it published
+    published: dict[str, PublishedImage] = field(default_factory=dict)
+
+    def reference(self) -> dict:
+        """What the new manifest records about its base release (verify --rebuild finds it by this hash)."""
+        return {"version": self.version, "manifest_sha256": self.manifest_sha256}
+
+
+def load_previous(path: Path, config: ReleaseConfig) -> PreviousRelease:
+    """Read an earlier release directory; refuse one that is not an earlier version of this dataset."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise LineageError(f"--previous {path}: no {MANIFEST} there; pass the directory of an earlier release")
+    try:
+        manifest = read_manifest(path)
+    except ValueError as exc:
+        raise LineageError(f"--previous {path}: {MANIFEST} is not valid JSON ({exc})") from None
+    name, version = manifest.get("name"), manifest.get("version")
+    if name != config.name:
+        raise LineageError(f"--previous {path} is a release of {name!r}, this build makes {config.name!r}")
+    if version_key(config.version) <= version_key(version):
+        raise LineageError(
+            f"version {config.version} is not newer than the previous release's {version}; "
+            "raise the version in the config or with --version"
+        )
+    listed = {f["path"]: f["sha256"] for f in manifest.get("files", [])}
+    if LEDGER not in listed or not (path / LEDGER).is_file() or sha256_file(path / LEDGER) != listed[LEDGER]:
+        raise LineageError(f"--previous {path}: {LEDGER} is missing or does not match its sha256 in {MANIFEST}")
+    previous = PreviousRelease(path=path, name=name, version=version, manifest_sha256=sha256_file(path / MANIFEST))
+    for image_id, info in sorted(manifest.get("retired", {}).items()):
+        previous.splits[image_id] = info["split"]
+        previous.retired_in[image_id] = info["last_version"]
+    for row in read_ledger(path / LEDGER):
+        if row["fate"] == "kept":
+            image = PublishedImage(row["image_id"], row["split"], row["source_file"])
+            previous.published[image.image_id] = image
+            previous.splits[image.image_id] = image.split
+    return previous
+
+
+def retired_images(previous: PreviousRelease | None, kept_ids: set[str]) -> dict[str, dict[str, str]]:
+    """Images published at some earlier release and not in this one, with their split, for the manifest.
+
+    Remembering them means an image that is dropped (say, a label conflict) and later comes back returns
+    to its old split instead of being placed afresh, possibly in test after having been in train.
+    """
+    if previous is None:
+        return {}
+    out = {}
+    for image_id, split in sorted(previous.splits.items()):
+        if image_id in kept_ids:
+            continue
+        last = previous.retired_in.get(image_id, previous.version)
+        out[image_id] = {"split": split, "last_version": last}
+    return out
+
+
+# ---- duplicate groups: keep the image that was published ----------------------------------------------
+
+
+def _preference(f: ImageFacts, previous: PreviousRelease) -> tuple[int, int]:
+    """Lower is better: the very file published before, then a file with the pixels published before."""
+    image_id = f.pixel_sha256[:16]
+    published = previous.published.get(image_id)
+    same_file = published is not None and published.source_file == f.relpath
+    return (0 if same_file else 1, 0 if image_id in previous.splits else 1)
+
+
+def dedup_preference(previous: PreviousRelease) -> Callable[[ImageFacts], tuple]:
+    """dedup's `prefer` key: in a duplicate group, keep what was published; otherwise the usual lossless first."""
+    return lambda f: (*_preference(f, previous), not f.lossless)
+
+
+# ---- splits: units that join images of different earlier splits --------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitMove:
+    """An image published before that had to change split, and why."""
+
+    image_id: str
+    old_split: str
+    new_split: str
+    unit_splits: tuple[tuple[str, int], ...]  # earlier splits of the unit's members: (split, images)
+
+    def describe(self) -> str:
+        spread = ", ".join(f"{n} in {s}" for s, n in self.unit_splits)
+        return (
+            f"image {self.image_id} moves from {self.old_split} to {self.new_split}: a patient or look-alike link now "
+            f"joins it to images published in other splits ({spread})"
+        )
+
+
+def split_moves(items: list[SplitItem], assignment: dict[str, str], previous_splits: dict[str, str]) -> list[SplitMove]:
+    """Every previously published image whose split changed, because its unit straddles earlier splits."""
+    moves = []
+    for unit_items in units(items).values():
+        earlier = Counter(previous_splits[it.key] for it in unit_items if it.key in previous_splits)
+        if len(earlier) < 2:
+            continue
+        spread = tuple((s, earlier[s]) for s in SPLITS if earlier[s])
+        for it in unit_items:
+            old = previous_splits.get(it.key)
+            if old is not None and old != assignment[it.key]:
+                moves.append(SplitMove(it.key, old, assignment[it.key], spread))
+    return sorted(moves, key=lambda m: m.image_id)
+
+
+def manifest_fields(config: ReleaseConfig, previous: PreviousRelease | None, kept_ids: set[str], notes_relpath: str) -> dict:
+    """What a release's manifest says about its lineage: enough to diff it, rebuild it and build its successor."""
+    return {
+        "config": config.raw,
+        "previous": previous.reference() if previous else None,
+        "retired": retired_images(previous, kept_ids),
+        "release_notes": notes_relpath,
+    }
