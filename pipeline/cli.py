@@ -155,6 +155,69 @@ def build(
 
 
 @app.command()
+def diff(
+    old: Annotated[Path, typer.Argument(help="The earlier release directory")],
+    new: Annotated[Path, typer.Argument(help="The later release directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the diff as JSON instead of Markdown")] = False,
+) -> None:
+    """Print what changed between two releases: the same text as the release notes' generated part."""
+    import json
+
+    from pipeline.diff import DiffError, diff_releases, render_diff
+
+    try:
+        d = diff_releases(old, new)
+    except DiffError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    # plain print: the Markdown must come out byte for byte as the notes carry it, not re-wrapped by rich
+    typer.echo(json.dumps(d.to_json(), indent=2, sort_keys=True) if as_json else render_diff(d), nl=False)
+
+
+@app.command()
+def verify(
+    release: Annotated[Path, typer.Argument(help="The release directory to check")],
+    rebuild: Annotated[Path | None, typer.Option(help="RAW directory: also rebuild and compare byte for byte")] = None,
+    previous: Annotated[
+        Path | None, typer.Option(help="With --rebuild: the release this one was built on (default: found beside it by hash)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processes for the rebuild (0: all cores)")] = 0,
+    notes_dir: Annotated[Path | None, typer.Option(help="Also check that the release's notes equal the editable copy here")] = None,
+) -> None:
+    """Check a release for CI: exit 0 only when every check holds; each failure is named."""
+    from pipeline.verify import run_checks
+
+    out, err = _consoles()
+    if not release.is_dir():
+        raise _fail(f"release directory not found: {release}", EXIT_USAGE)
+    if rebuild is not None and not rebuild.is_dir():
+        raise _fail(f"RAW directory not found: {rebuild}", EXIT_USAGE)
+    results = run_checks(release, rebuild_raw=rebuild, previous=previous, workers=workers or None, notes_dir=notes_dir)
+    failed = [r for r in results if r.failures]
+    for r in results:
+        status = "[red]FAIL[/]" if r.failures else "[green]ok[/]  "
+        out.print(f"{status} {r.name:<16} {r.description}", highlight=False, soft_wrap=True)
+        for f in r.failures:
+            out.print(f"     - {f.message}", highlight=False, markup=False, soft_wrap=True)
+    if failed:
+        n = sum(len(r.failures) for r in failed)
+        out.print(f"{release}: {len(failed)} of {len(results)} checks failed ({n} problem(s))", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_CHECK_FAILED)
+    out.print(f"{release}: all {len(results)} checks passed", highlight=False, soft_wrap=True)
+
+
+@app.command("ci-workflow")
+def ci_workflow(
+    install: Annotated[
+        str | None, typer.Option(help="pip requirement for the tool in CI (default: this version, mll23-pipeline==X.Y.Z)")
+    ] = None,
+) -> None:
+    """Print a GitHub Actions workflow that runs `mll23 verify` on a repository's releases."""
+    from pipeline.resources import ci_workflow_text
+
+    typer.echo(ci_workflow_text(install), nl=False)
+
+
+@app.command()
 def publish(
     release_dir: Annotated[Path, typer.Argument(help="A release directory built by `mll23 build`")],
     repo: Annotated[str, typer.Option("--repo", help="Dataset repository ORG/NAME on the Hub")],
