@@ -7,18 +7,20 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import pipeline
 from pipeline import card, croissant, figures, integrity, lineage, manifest, notes, wds_writer
+from pipeline.cache import FactsCache, file_sha256_or_none, rebuild
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.decode import decode_file, load_rgb, publishable_bytes
-from pipeline.dedup import deduplicate
+from pipeline.dedup import PairMemo, deduplicate
+from pipeline.executor import Executor, batch_size, batched, make_executor
 from pipeline.exclude import exclusion_reason
 from pipeline.ingest import AnnotationsError, IngestResult, ingest
+from pipeline.overlap import prefetch
 from pipeline.parquet_writer import write_split
 from pipeline.records import FATES, DecodeFailure, DedupResult, ImageFacts, LedgerEntry, RawItem, ReleaseRecord
 from pipeline.split import SplitItem, assign_splits
@@ -48,6 +50,8 @@ class BuildReport:
     timings: dict[str, float] = field(default_factory=dict)
     balance: integrity.LedgerBalance | None = None  # the nothing-lost equation, checked before anything was written
     warnings: list[str] = field(default_factory=list)  # not errors: empty class folders, clean-up of killed builds
+    work: dict[str, int] = field(default_factory=dict)  # per-image work: images, from_cache, decoded
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per stage, worker processes included
     # images of the previous release that changed split (their unit now straddles earlier splits)
     split_moves: list[lineage.SplitMove] = field(default_factory=list)
     notes_path: str = ""  # the release notes, relative to the release directory
@@ -62,13 +66,9 @@ def default_workers() -> int:
 
 
 def parallel_map(fn: Callable, items: list, workers: int) -> Iterator:
-    """fn over items in order; a process pool when workers > 1 (chunked so both cores stay busy)."""
-    if workers <= 1 or len(items) < 2 * workers:
-        yield from map(fn, items)
-        return
-    chunksize = max(1, min(256, len(items) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(fn, items, chunksize=chunksize)
+    """fn over items in order on a local pool of ``workers`` processes (serially when workers <= 1)."""
+    with make_executor("local", workers) as executor:
+        yield from executor.map(fn, items)
 
 
 def _decode_task(raw: str, size: tuple[int, int], item: RawItem) -> ImageFacts | DecodeFailure:
@@ -159,34 +159,89 @@ def run_ingest(raw: Path, config: ReleaseConfig) -> tuple[IngestResult, list[Led
 
 
 def run_decode(
-    raw: Path, items: list[RawItem], config: ReleaseConfig, workers: int, progress: Progress
-) -> tuple[dict[str, ImageFacts], list[LedgerEntry]]:
-    """One read and one decode per image, in worker processes; failures become invalid ledger rows."""
+    raw: Path,
+    items: list[RawItem],
+    config: ReleaseConfig,
+    executor: Executor,
+    progress: Progress,
+    cache: FactsCache | None = None,
+) -> tuple[dict[str, ImageFacts], list[LedgerEntry], dict[str, int]]:
+    """One read and one decode per image, on the executor's workers, skipping images the cache already
+    knows; failures become invalid ledger rows. Also returns how much work was done."""
     progress.start("decode", len(items))
+    raw = Path(os.path.abspath(raw))  # workers (maybe on other machines) open files by absolute path
+    executor.require_path(str(raw))
+    paths = [str(raw / i.relpath) for i in items]
+    results: list[ImageFacts | DecodeFailure | None] = [None] * len(items)
+    stat_keys: dict = {}
+    looked_at_ns = time.time_ns()
+    if cache is not None:
+        lookup = cache.lookup(paths, [i.relpath for i in items], [i.label for i in items])
+        stat_keys = lookup.stat_keys
+        for index, cached in lookup.cached.items():
+            results[index] = cached
+        if cache.verify:
+            _fill_from_content(cache, executor, paths, items, results)
+        progress.advance("decode", sum(r is not None for r in results))
+    from_cache = sum(r is not None for r in results)
+    todo = [k for k, r in enumerate(results) if r is None]
+    task = partial(_decode_task, str(raw), config.image_size)
+    batches = list(batched(todo, batch_size(len(todo), executor.parallelism)))
+    for indices, batch_results in zip(batches, executor.map_batches(task, ([items[k] for k in b] for b in batches))):
+        for index, result in zip(indices, batch_results):
+            results[index] = result
+            if cache is not None:
+                cache.record(paths[index], stat_keys.get(index), result, looked_at_ns)
+        progress.advance("decode", len(indices))
+    if cache is not None:
+        cache.commit()
+    progress.finish("decode")
     facts: dict[str, ImageFacts] = {}
     failed: list[LedgerEntry] = []
-    task = partial(_decode_task, str(raw), config.image_size)
-    for item, result in zip(items, parallel_map(task, items, workers)):
+    for item, result in zip(items, results):
         if isinstance(result, DecodeFailure):
             failed.append(LedgerEntry(item.relpath, item.label, "invalid", result.reason, sha256=result.file_sha256))
         else:
             facts[item.relpath] = result
-        progress.advance("decode")
-    progress.finish("decode")
-    return facts, failed
+    return facts, failed, {"images": len(items), "from_cache": from_cache, "decoded": len(todo)}
+
+
+def _fill_from_content(cache: FactsCache, executor: Executor, paths: list[str], items: list[RawItem], results: list) -> None:
+    """--verify-cache: hash every file not yet resolved and take cached facts by sha256 alone."""
+    todo = [k for k, r in enumerate(results) if r is None]
+    shas = dict(zip(todo, executor.map(file_sha256_or_none, [paths[k] for k in todo])))
+    known = cache.facts_for(sha for sha in shas.values() if sha)
+    for index, sha in shas.items():
+        if sha in known:
+            results[index] = rebuild(known[sha], sha, items[index].relpath, items[index].label)
 
 
 def run_dedup(
-    raw: Path, items: list[RawItem], facts: dict[str, ImageFacts], config: ReleaseConfig, prefer: Callable | None = None
+    raw: Path,
+    items: list[RawItem],
+    facts: dict[str, ImageFacts],
+    config: ReleaseConfig,
+    prefer: Callable | None = None,
+    executor: Executor | None = None,
+    pair_memo: PairMemo | None = None,
 ) -> DedupResult:
+    """Duplicates and look-alike groups; the pixel work of the same-cell tests runs on the executor, and
+    tests already run for the same two files come from ``pair_memo`` (the per-image cache)."""
     return deduplicate(
         [facts[i.relpath] for i in items],
-        lambda rel: load_rgb(raw / rel, config.image_size),
+        partial(_load_pixels, os.path.abspath(raw), config.image_size),
         phash_threshold=config.phash_threshold,
         lookalike_threshold=config.lookalike_threshold,
         policy=config.conflict_policy,
         prefer=prefer,
+        map_fn=executor.map if executor is not None else None,
+        pair_memo=pair_memo,
     )
+
+
+def _load_pixels(raw: str, size: tuple[int, int], relpath: str):
+    """Pixels of an accepted image, by absolute path (picklable: runs in worker processes too)."""
+    return load_rgb(Path(raw) / relpath, size)
 
 
 def run_exclude_and_validate(
@@ -274,11 +329,18 @@ def write_release(
     shards: dict[str, list[str]] = {}
     tar_shards: dict[str, list[wds_writer.TarShard]] = {}
     image_suffixes: set[str] = set()
+    written: list[dict] = []  # path, size, sha256 of each shard, hashed while it was written
     grid = figures.SampleGrid(records, config.class_names)
+
+    # Images are read (and the few lossy inputs re-encoded) ahead by threads, in the order the writers ask
+    # for them: split by split, each in publishing order.
+    ahead = prefetch(lambda r: publishable_bytes(raw / r.source_file, facts[r.source_file]), [r for s in SPLITS for r in records if r.split == s])
 
     def read_bytes(record: ReleaseRecord) -> bytes:
         progress.advance("write")
-        data = publishable_bytes(raw / record.source_file, facts[record.source_file])
+        expected, data = next(ahead)
+        if expected is not record:
+            raise BuildError(f"write stage asked for {record.source_file} out of order (expected {expected.source_file})")
         grid.offer(record, data)
         return data
 
@@ -293,25 +355,29 @@ def write_release(
                 config.class_names,
                 max_shard_bytes=config.max_shard_bytes,
                 max_row_group_bytes=config.max_row_group_bytes,
+                image_compression=config.image_compression,
             )
         tar_shards[split] = tars.shards
         image_suffixes |= tars.suffixes
         shards[split] = [i.path.relative_to(staging).as_posix() for i in infos]
+        written += [{"path": rel, "size": i.size, "sha256": i.sha256} for rel, i in zip(shards[split], infos)]
+        written += [{"path": t.path, "size": t.size, "sha256": t.sha256} for t in tars.shards]
         split_bytes[split] = sum(i.path.stat().st_size for i in infos)
+    ahead.close()
     progress.finish("write")
     (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
     for relpath, text in sorted((extra_files or {}).items()):
         (staging / relpath).parent.mkdir(parents=True, exist_ok=True)
         (staging / relpath).write_text(text, encoding="utf-8")
-    write_cards_and_pictures(
-        staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult(), card_sections
+    entries = write_cards_and_pictures(
+        staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult(), card_sections, written
     )
     body = dict(manifest_body)
     body["splits"] = {
         s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s], "webdataset": wds_writer.manifest_entry(s, tar_shards[s])}
         for s in SPLITS
     }
-    manifest.write_manifest(staging, body)
+    manifest.write_manifest(staging, body, known=entries)
 
 
 def write_cards_and_pictures(
@@ -325,7 +391,8 @@ def write_cards_and_pictures(
     grid: figures.SampleGrid,
     dedup: DedupResult,
     card_sections: list[str] | None = None,
-) -> None:
+    written: list[dict] = (),
+) -> list[dict]:
     """The tars' own card, the pictures, the dataset card linking both, then croissant.json, which hashes them all."""
     wds_writer.write_wds_card(staging, config, tar_shards, image_suffixes)
     pictures = figures.write_figures(
@@ -333,7 +400,9 @@ def write_cards_and_pictures(
     )
     extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures), *(card_sections or [])]
     card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
-    croissant.write_croissant(staging, config, counts)
+    entries = manifest.file_entries(staging, known=written)  # shards were hashed as they were written
+    croissant.write_croissant(staging, config, counts, entries)
+    return entries  # the manifest reuses these digests instead of hashing every shard again
 
 
 def build_release(
@@ -345,10 +414,15 @@ def build_release(
     strict: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    executor: Executor | None = None,
+    cache_dir: Path | None = None,
+    verify_cache: bool = False,
     previous: Path | None = None,
     notes_dir: Path | None = None,
 ) -> BuildReport:
-    """previous: the earlier release whose image ids and splits this one keeps (raises LineageError when it
+    """Build a release. Per-image work runs on ``executor`` (default: a local pool of ``workers`` processes);
+    with ``cache_dir`` per-image results are reused from and saved to that cache (pipeline/cache.py).
+    previous: the earlier release whose image ids and splits this one keeps (raises LineageError when it
     is not an earlier version of this dataset). notes_dir: where the editable release notes live; their
     maintainer section is kept and the regenerated file is written back there (raises NotesError when the
     existing file's markers are broken). Both are checked before any work starts."""
@@ -362,22 +436,35 @@ def build_release(
     notes_rel = notes.notes_relpath(config.version)
     words = notes.maintainer_words(Path(notes_dir) / Path(notes_rel).name if notes_dir is not None else Path(out) / notes_rel)
     timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    cpu_timings: dict[str, float] = {}
+    clock, cpu_clock = time.perf_counter(), _cpu_seconds()
 
     def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = now - clock
-        clock = now
+        nonlocal clock, cpu_clock
+        now, cpu_now = time.perf_counter(), _cpu_seconds()
+        timings[stage], cpu_timings[stage] = now - clock, cpu_now - cpu_clock
+        clock, cpu_clock = now, cpu_now
 
     ingested, ledger = run_ingest(raw, config)
     warnings += [f"folder {f} has no input files" for f in ingested.empty_folders]
     lap("ingest")
-    facts, failed = run_decode(raw, ingested.items, config, workers, progress)
-    ledger += failed
-    lap("decode")
-    decoded = [i for i in ingested.items if i.relpath in facts]
-    dedup = run_dedup(raw, decoded, facts, config, prefer=lineage.dedup_preference(prev) if prev else None)
+    owned = executor is None
+    executor = executor or make_executor("local", workers)
+    cache = FactsCache(Path(cache_dir), config.image_size, verify=verify_cache) if cache_dir is not None else None
+    try:
+        facts, failed, work = _decode_stage(raw, ingested.items, config, progress, executor, cache)
+        ledger += failed
+        lap("decode")
+        decoded = [i for i in ingested.items if i.relpath in facts]
+        prefer = lineage.dedup_preference(prev) if prev else None
+        dedup = run_dedup(raw, decoded, facts, config, prefer=prefer, executor=executor, pair_memo=cache)
+    finally:
+        if cache is not None:
+            cache.close()
+        if owned:
+            executor.close()
+        else:
+            executor.idle()  # a local pool's workers exit now: their memory is free for the write stage
     lap("dedup")
     records, dropped = run_exclude_and_validate(decoded, facts, dedup, config)
     ledger += dropped
@@ -421,8 +508,23 @@ def build_release(
         notes.write_editable_copy(Path(notes_dir), notes_rel, notes_text)
     return BuildReport(
         out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings,
-        balance=balance, warnings=warnings, split_moves=moves, notes_path=notes_rel,
+        balance=balance, warnings=warnings, split_moves=moves, notes_path=notes_rel, work=work, cpu_timings=cpu_timings,
     )
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished worker processes (a pool counts once it is shut down)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _decode_stage(
+    raw: Path, items: list[RawItem], config: ReleaseConfig, progress: Progress, executor: Executor, cache: FactsCache | None
+) -> tuple[dict[str, ImageFacts], list[LedgerEntry], dict[str, int]]:
+    try:
+        return run_decode(raw, items, config, executor, progress, cache)
+    finally:
+        executor.idle()  # a local pool's workers exit, so their CPU time is counted in this stage
 
 
 def _manifest_body(config: ReleaseConfig, counts: dict, ingested: IngestResult, facts: dict[str, ImageFacts]) -> dict:

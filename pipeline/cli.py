@@ -110,6 +110,11 @@ def build(
     strict: Annotated[bool, typer.Option(help="Fail, writing nothing, if any input is invalid")] = False,
     workers: Annotated[int, typer.Option(help="Processes for per-image work (0: all cores)")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing release directory")] = False,
+    executor: Annotated[str, typer.Option(help="Where per-image work runs: local (process pool) or dask")] = "local",
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address for --executor dask, e.g. tcp://head:8786")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Per-image result cache (default: $XDG_CACHE_HOME/mll23, else ~/.cache/mll23)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the per-image cache")] = False,
+    verify_cache: Annotated[bool, typer.Option(help="Re-hash every file and reuse cached results by sha256 only")] = False,
     previous: Annotated[Path | None, typer.Option(help="The previous release: its images keep their image_id and split")] = None,
     notes_dir: Annotated[
         Path | None,
@@ -117,6 +122,8 @@ def build(
     ] = None,
 ) -> None:
     """Build a release: ingest, decode, dedup, exclude, validate, split, write."""
+    from pipeline.cache import default_cache_dir
+    from pipeline.executor import ExecutorError, make_executor
     from pipeline.lineage import LineageError
     from pipeline.notes import NotesError
 
@@ -124,12 +131,20 @@ def build(
     cfg = _load_config(config, version)
     if not raw.is_dir():
         raise _fail(f"RAW directory not found: {raw}", EXIT_USAGE)
+    cache_dir = None if no_cache else (cache or default_cache_dir())
+    try:
+        engine = make_executor(executor, workers or build_mod.default_workers(), scheduler)
+    except ExecutorError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
     progress = RichProgress(err)
     try:
         report = build_mod.build_release(
-            raw, out_dir, cfg, workers=workers or None, strict=strict, overwrite=overwrite, progress=progress,
-            previous=previous, notes_dir=notes_dir,
+            raw, out_dir, cfg, strict=strict, overwrite=overwrite, progress=progress, executor=engine, cache_dir=cache_dir,
+            verify_cache=verify_cache, previous=previous, notes_dir=notes_dir,
         )
+    except ExecutorError as exc:
+        progress.close()
+        raise _fail(str(exc), EXIT_USAGE) from None
     except (build_mod.BuildError, IntegrityError) as exc:
         progress.close()
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None
@@ -139,11 +154,22 @@ def build(
     except OSError as exc:  # a full disk, a vanished directory: the staging copy is gone, nothing is published
         progress.close()
         raise _fail(f"cannot build the release: {exc}; no release was written to {out_dir}", EXIT_CHECK_FAILED) from None
+    finally:
+        engine.close()
     progress.close()
     for note in report.warnings:
         err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
     for move in report.split_moves:
         err.print(f"[yellow]split change:[/] {move.describe()}", highlight=False, soft_wrap=True)
+    work = report.work
+    err.print(
+        f"per-image work on {engine.describe()}: {work['decoded']:,} decoded, {work['from_cache']:,} from the cache"
+        + (f" ({cache_dir})" if cache_dir else " (cache off)"),
+        highlight=False,
+        soft_wrap=True,
+    )
+    err.print("stage times: " + " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.timings.items()), highlight=False, soft_wrap=True)
+    err.print("stage CPU: " + " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.cpu_timings.items()), highlight=False, soft_wrap=True)
     for entry in report.problems:
         err.print(f"[yellow]invalid:[/] {escape(entry.relpath)}: {escape(entry.reason)}", highlight=False, soft_wrap=True)
     if report.ignored:

@@ -110,6 +110,10 @@ class ReleaseConfig:
         return self.raw["shards"].get("max_row_group_bytes", 100_000_000)
 
     @property
+    def image_compression(self) -> str:
+        return self.raw["shards"].get("image_compression", "none")
+
+    @property
     def datasheet(self) -> dict[str, str]:
         return dict(self.raw["datasheet"])
 

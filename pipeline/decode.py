@@ -7,12 +7,12 @@ import hashlib
 import io
 from pathlib import Path
 
-import imagehash
 import numpy as np
 from PIL import Image
 
 from pipeline.dedup import centre_hash
 from pipeline.imagecheck import ImageRejected, decode_checked
+from pipeline.phash import phash, phash_of_grey
 from pipeline.records import DecodeFailure, ImageFacts
 
 # TIFF compressions that give back the scanned pixels exactly; anything else is re-encoded as PNG.
@@ -20,18 +20,31 @@ _LOSSLESS_TIFF = {"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "pack
 
 
 def sharpness(grey: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian: drops sharply when a cell is refocused (blurred)."""
-    g = grey.astype(np.float32)
-    lap = g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4.0 * g[1:-1, 1:-1]
-    return float(lap.var())
+    """Variance of the 4-neighbour Laplacian: drops sharply when a cell is refocused (blurred).
+
+    Computed exactly: the Laplacian of 8-bit pixels is an integer in [-1020, 1020] (int16), its sum and
+    sum of squares are integers below 2**53 (exact in float64 whatever the summation order), and the
+    variance is their correctly rounded quotient, so it is the same on every machine.
+    """
+    g = grey.astype(np.int16)
+    lap = g[1:-1, :-2] + g[1:-1, 2:]
+    lap += g[:-2, 1:-1]
+    lap += g[2:, 1:-1]
+    lap -= 4 * g[1:-1, 1:-1]
+    flat = lap.astype(np.float64).ravel()
+    n = flat.size
+    total = int(lap.sum(dtype=np.int64))
+    squares = int(flat @ flat)
+    return (squares * n - total * total) / (n * n)
 
 
 def phash_int(img: Image.Image) -> int:
-    return int(str(imagehash.phash(img)), 16)
+    """imagehash.phash(img) as an unsigned 64-bit int (computed by pipeline.phash, bit-identical and faster)."""
+    return phash(img)
 
 
 def pixel_sha256(rgb: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(rgb, dtype=np.uint8)).hexdigest()
 
 
 def open_rgb(data: bytes, expected_size: tuple[int, int]) -> tuple[Image.Image, np.ndarray, bool, str]:
@@ -43,14 +56,15 @@ def open_rgb(data: bytes, expected_size: tuple[int, int]) -> tuple[Image.Image, 
 
 def decode_image(data: bytes, relpath: str, label: str, expected_size: tuple[int, int]) -> tuple[ImageFacts, np.ndarray]:
     rgb_img, rgb, lossless, fmt = open_rgb(data, expected_size)
+    grey = np.asarray(rgb_img.convert("L"))  # one grey conversion serves both the pHash and the sharpness
     facts = ImageFacts(
         relpath=relpath,
         label=label,
         pixel_sha256=pixel_sha256(rgb),
-        phash=phash_int(rgb_img),
+        phash=phash_of_grey(grey),
         width=rgb.shape[1],
         height=rgb.shape[0],
-        sharpness=sharpness(np.asarray(rgb_img.convert("L"))),
+        sharpness=sharpness(grey),
         lossless=lossless,
         file_format=fmt,
         centre_hash=centre_hash(rgb),

@@ -6,7 +6,9 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.records import LedgerEntry
@@ -34,11 +36,17 @@ def list_release_files(release_dir: Path) -> list[str]:
     )
 
 
-def file_entries(release_dir: Path) -> list[dict]:
-    return [
-        {"path": rel, "size": (release_dir / rel).stat().st_size, "sha256": sha256_file(release_dir / rel)}
-        for rel in list_release_files(release_dir)
-    ]
+def file_entries(release_dir: Path, known: Iterable[dict] = ()) -> list[dict]:
+    """Path, size and sha256 of every release file. ``known``: entries this build computed moments ago for
+    files it has not touched since (same size), so the gigabytes of shards are hashed once, not twice."""
+    rels = list_release_files(release_dir)
+    sizes = {rel: (release_dir / rel).stat().st_size for rel in rels}
+    reuse = {e["path"]: e["sha256"] for e in known if sizes.get(e["path"]) == e["size"]}
+    todo = [rel for rel in rels if rel not in reuse]
+    # hashlib releases the GIL while hashing: threads hash several shards at once.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        reuse.update(zip(todo, pool.map(sha256_file, [release_dir / rel for rel in todo])))
+    return [{"path": rel, "size": sizes[rel], "sha256": reuse[rel]} for rel in rels]
 
 
 def dumps_json(doc: object) -> str:
@@ -46,9 +54,9 @@ def dumps_json(doc: object) -> str:
     return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write_manifest(release_dir: Path, body: dict) -> dict:
+def write_manifest(release_dir: Path, body: dict, known: Iterable[dict] = ()) -> dict:
     doc = dict(body)
-    doc["files"] = file_entries(release_dir)
+    doc["files"] = file_entries(release_dir, known)
     (release_dir / MANIFEST).write_text(dumps_json(doc), encoding="utf-8")
     return doc
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import SPLITS, ReleaseConfig
+from pipeline.overlap import HashingWriter
 from pipeline.parquet_writer import image_filename
 from pipeline.records import ReleaseRecord
 
@@ -73,6 +74,8 @@ def _member_bytes(size: int) -> int:
 class TarShard:
     path: str  # relative to the release directory, POSIX
     num_examples: int
+    sha256: str = ""  # of the tar file, taken while it was written
+    size: int = 0
 
 
 @dataclass
@@ -86,6 +89,7 @@ class ShardedTarWriter:
     shards: list[TarShard] = field(default_factory=list, init=False)
     suffixes: set[str] = field(default_factory=set, init=False)  # image member suffixes written (tif, png)
     _tar: tarfile.TarFile | None = field(default=None, init=False)
+    _sink: HashingWriter | None = field(default=None, init=False)
     _shard_bytes: int = field(default=0, init=False)
     _shard_samples: int = field(default=0, init=False)
     _keys: set[str] = field(default_factory=set, init=False)
@@ -127,14 +131,18 @@ class ShardedTarWriter:
 
     def _open_shard(self) -> None:
         path = self.release_dir / WDS_DIR / shard_name(self.split, len(self.shards))
-        self._tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
+        # Hashed on the way out (no re-reading for the manifest); members copied in one piece, not 16 kB ones.
+        self._sink = HashingWriter(path)
+        self._tar = tarfile.open(path, "w", fileobj=self._sink, format=tarfile.USTAR_FORMAT, copybufsize=1 << 20)
         self._shard_bytes = self._shard_samples = 0
 
     def _close_shard(self) -> None:
         if self._tar is None:
             return
         self._tar.close()
-        self.shards.append(TarShard(f"{WDS_DIR}/{shard_name(self.split, len(self.shards))}", self._shard_samples))
+        self._sink.close()
+        size, digest = self._sink.digest()
+        self.shards.append(TarShard(f"{WDS_DIR}/{shard_name(self.split, len(self.shards))}", self._shard_samples, digest, size))
         self._tar = None
 
 

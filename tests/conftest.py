@@ -174,6 +174,12 @@ def _isolated_hf_caches(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
 
 
+@pytest.fixture(autouse=True)
+def _isolated_mll23_cache(tmp_path_factory, monkeypatch):
+    """`mll23 build` keeps its per-image cache under $XDG_CACHE_HOME: per test, never the machine's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+
+
 @pytest.fixture(scope="session")
 def config():
     from pipeline.config import load_config

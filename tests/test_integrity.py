@@ -98,8 +98,8 @@ def _corrupt_parquet(monkeypatch, victim: str, replacement: bytes) -> None:
     """Fault injection: the Parquet writer stores `replacement` for `victim` (the tar shards keep the right bytes)."""
     real = parquet_writer._table
 
-    def corrupting(rows, schema):
-        return real([(r, replacement if r.source_file == victim else data) for r, data in rows], schema)
+    def corrupting(rows, schema, *rest):
+        return real([(r, replacement if r.source_file == victim else data) for r, data in rows], schema, *rest)
 
     monkeypatch.setattr(parquet_writer, "_table", corrupting)
 

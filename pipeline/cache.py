@@ -1,0 +1,291 @@
+"""A cache of per-image results, so that a rebuild only decodes the images that changed.
+
+What is cached: the outcome of decoding one file (the content fields of ImageFacts, or the reason it was
+rejected), stored under the file's sha256 plus a *context*: a digest of the source of the modules that
+compute the facts (so a code change starts afresh by itself), the expected image size and the versions of
+Pillow, numpy and scipy. Path, label and annotations are never cached: they come from the current ingest,
+so moving or relabelling a file is always seen, and unreadable files are not cached at all.
+
+How a file is recognised without reading it: like git's index, by a stat key (device, inode, size,
+mtime_ns, ctime_ns) recorded with the file's sha256. ctime cannot be set by tools that copy or extract
+files while keeping mtime (cp -p, rsync -t, tar), and any write or rename changes it, so an unchanged
+stat key means unchanged bytes. A stat key is not trusted when the file changed less than
+``RACY_SECONDS`` before it was recorded (its timestamps might not have ticked for a later write: git's
+"racily clean" rule), or when the file system reports zero times or inodes; such files, and files whose
+stat key changed, are read and decoded again. ``verify=True`` skips the stat keys: every file is read
+and hashed, and only its sha256 selects the cached facts (slower, but also reuses results for files
+that were copied, touched or renamed).
+
+Storage: one SQLite file in the cache directory (WAL mode, safe for concurrent builds), written while
+the build runs and committed every ``COMMIT_EVERY_ROWS`` results or ``COMMIT_EVERY_SECONDS``, so a
+killed build resumes from what it finished. Delete the directory to clear the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import PIL
+import scipy
+
+from pipeline import decode
+from pipeline.dedup import SameCellTest
+from pipeline.records import DecodeFailure, ImageFacts
+
+# Bump to drop every cached result. Not needed for code changes: the context hashes the source of the
+# pipeline modules decode uses (facts_code_digest), so editing them starts a fresh set of results.
+FACTS_VERSION = 1
+DB_NAME = "facts-v1.sqlite3"
+RACY_SECONDS = 2.0  # FAT keeps mtimes to 2 s; finer file systems are covered with room to spare
+# Commit often: in WAL mode with synchronous=NORMAL a commit is an append without fsync, so cheap.
+COMMIT_EVERY_SECONDS = 0.5
+COMMIT_EVERY_ROWS = 128
+_QUERY_CHUNK = 500  # SQLite host parameters per IN (...) query stay well under its limit
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
+    file_sha256 TEXT NOT NULL, recorded_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pairs (
+    sha_a TEXT NOT NULL, sha_b TEXT NOT NULL, context TEXT NOT NULL, test_json TEXT NOT NULL,
+    PRIMARY KEY (sha_a, sha_b, context)
+);
+CREATE TABLE IF NOT EXISTS facts (
+    file_sha256 TEXT NOT NULL, context TEXT NOT NULL, facts_json TEXT, reject_reason TEXT,
+    PRIMARY KEY (file_sha256, context)
+);
+"""
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/mll23, else ~/.cache/mll23: one cache for every RAW and release of this user."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mll23"
+
+
+def facts_modules() -> list[ModuleType]:
+    """pipeline.decode and every pipeline module it uses, directly or not (what computes the facts)."""
+    seen: dict[str, ModuleType] = {}
+    todo = [decode]
+    while todo:
+        module = todo.pop()
+        if module.__name__ in seen:
+            continue
+        seen[module.__name__] = module
+        for value in vars(module).values():
+            name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+            if isinstance(name, str) and name.startswith("pipeline.") and name in sys.modules:
+                todo.append(sys.modules[name])
+    return [seen[name] for name in sorted(seen)]
+
+
+@lru_cache(maxsize=1)
+def facts_code_digest() -> str:
+    h = hashlib.sha256()
+    for module in facts_modules():
+        h.update(module.__name__.encode() + b"\0" + Path(module.__file__).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def facts_context(expected_size: tuple[int, int]) -> str:
+    """What, besides the file bytes, decides an image's facts: versions of the code and libraries, the size."""
+    parts = (
+        f"facts-v{FACTS_VERSION}|code={facts_code_digest()}|size={expected_size[0]}x{expected_size[1]}"
+        f"|Pillow={PIL.__version__}|numpy={np.__version__}|scipy={scipy.__version__}"
+    )
+    return hashlib.sha256(parts.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class StatKey:
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: str) -> StatKey | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def usable(self) -> bool:
+        return self.ino != 0 and self.mtime_ns != 0 and self.ctime_ns != 0
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Where each item stands before any work: a cached result, or why it must be (re)computed."""
+
+    cached: dict[int, ImageFacts | DecodeFailure]  # item index -> result rebuilt from the cache
+    stat_keys: dict[int, StatKey]  # item index -> stat key taken now (recorded with its new result)
+
+
+class FactsCache:
+    """The per-image result cache in ``directory``; use as a context manager so pending rows are committed."""
+
+    def __init__(self, directory: Path, expected_size: tuple[int, int], *, verify: bool = False) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.context = facts_context(expected_size)
+        self.verify = verify
+        self._db = sqlite3.connect(self.directory / DB_NAME, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commits, never corrupts
+        self._db.executescript(_SCHEMA)
+        self._db.execute("BEGIN")
+        self._last_commit = time.monotonic()
+        self._uncommitted = 0
+
+    # ---- reading ------------------------------------------------------------------------------------
+
+    def lookup(self, paths: Sequence[str], relpaths: Sequence[str], labels: Sequence[str]) -> Lookup:
+        """Results for the files whose stat key is unchanged and trusted (none when verifying)."""
+        stat_keys = {i: key for i, p in enumerate(paths) if (key := StatKey.of(p)) is not None}
+        if self.verify:
+            return Lookup({}, stat_keys)
+        known = self._files(paths)
+        file_sha = {}
+        for i, path in enumerate(paths):
+            row = known.get(path)
+            key = stat_keys.get(i)
+            if row is None or key is None or not key.usable():
+                continue
+            recorded_key, sha, recorded_ns = row
+            if recorded_key == key and max(key.mtime_ns, key.ctime_ns) < recorded_ns - RACY_SECONDS * 1e9:
+                file_sha[i] = sha
+        facts = self.facts_for(set(file_sha.values()))
+        cached = {}
+        for i, sha in file_sha.items():
+            if sha in facts:
+                cached[i] = rebuild(facts[sha], sha, relpaths[i], labels[i])
+        return Lookup(cached, stat_keys)
+
+    def facts_for(self, shas: Iterable[str]) -> dict[str, tuple]:
+        """file sha256 -> stored facts row, for those of ``shas`` cached in this context."""
+        out: dict[str, tuple] = {}
+        for chunk in _chunks(sorted(shas), _QUERY_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(
+                f"SELECT file_sha256, facts_json, reject_reason FROM facts WHERE context = ? AND file_sha256 IN ({marks})",
+                [self.context, *chunk],
+            ):
+                out[row[0]] = row[1:]
+        return out
+
+    def _files(self, paths: Sequence[str]) -> dict[str, tuple[StatKey, str, int]]:
+        out = {}
+        for chunk in _chunks(list(paths), _QUERY_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            for path, dev, ino, size, mtime, ctime, sha, recorded in self._db.execute(
+                f"SELECT path, dev, ino, size, mtime_ns, ctime_ns, file_sha256, recorded_ns FROM files WHERE path IN ({marks})", chunk
+            ):
+                out[path] = (StatKey(dev, ino, size, mtime, ctime), sha, recorded)
+        return out
+
+    # ---- writing ------------------------------------------------------------------------------------
+
+    def record(self, path: str, stat_key: StatKey | None, result: ImageFacts | DecodeFailure, recorded_ns: int) -> None:
+        """Store one result (results of unreadable files, which have no sha256, are not stored)."""
+        sha = result.file_sha256
+        if not sha:
+            return
+        if isinstance(result, DecodeFailure):
+            row = (sha, self.context, None, result.reason)
+        else:
+            row = (sha, self.context, content_json(result), None)
+        self._db.execute("INSERT OR REPLACE INTO facts VALUES (?,?,?,?)", row)
+        if stat_key is not None and stat_key.usable():
+            self._db.execute(
+                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
+                (path, stat_key.dev, stat_key.ino, stat_key.size, stat_key.mtime_ns, stat_key.ctime_ns, sha, recorded_ns),
+            )
+        self._uncommitted += 1
+        if self._uncommitted >= COMMIT_EVERY_ROWS or time.monotonic() - self._last_commit >= COMMIT_EVERY_SECONDS:
+            self.commit()
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+        self._db.execute("BEGIN")
+        self._last_commit = time.monotonic()
+        self._uncommitted = 0
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.execute("COMMIT")
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> FactsCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- dedup's same-cell tests (dedup.PairMemo) ------------------------------------------------------
+
+    def known(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], SameCellTest]:
+        wanted = set(pairs)
+        out: dict[tuple[str, str], SameCellTest] = {}
+        for chunk in _chunks(sorted({a for a, _ in wanted}), _QUERY_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            for a, b, text in self._db.execute(
+                f"SELECT sha_a, sha_b, test_json FROM pairs WHERE context = ? AND sha_a IN ({marks})", [self.context, *chunk]
+            ):
+                if (a, b) in wanted:
+                    out[(a, b)] = SameCellTest(*json.loads(text))
+        return out
+
+    def remember(self, results: dict[tuple[str, str], SameCellTest]) -> None:
+        rows = [(a, b, self.context, json.dumps(dataclasses.astuple(t))) for (a, b), t in results.items()]
+        self._db.executemany("INSERT OR REPLACE INTO pairs VALUES (?,?,?,?)", rows)
+        self.commit()
+
+    def size(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM facts WHERE context = ?", (self.context,)).fetchone()[0]
+
+
+# ImageFacts fields that come from the ingest or the file, not from decoding its content.
+_NOT_CONTENT = ("relpath", "label", "file_sha256")
+
+
+def content_json(facts: ImageFacts) -> str:
+    """Every content field of ImageFacts (whatever fields it has) as JSON; floats and big ints round-trip exactly."""
+    return json.dumps({f.name: getattr(facts, f.name) for f in dataclasses.fields(facts) if f.name not in _NOT_CONTENT}, sort_keys=True)
+
+
+def rebuild(row: tuple, file_sha256: str, relpath: str, label: str) -> ImageFacts | DecodeFailure:
+    facts_json, reason = row
+    if reason is not None:
+        return DecodeFailure(relpath, reason, file_sha256)
+    return ImageFacts(relpath=relpath, label=label, file_sha256=file_sha256, **json.loads(facts_json))
+
+
+def file_sha256_or_none(path: str) -> str | None:
+    """sha256 of a file's bytes, None when it cannot be read (decode reports why)."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
