@@ -12,14 +12,14 @@ from functools import partial
 from pathlib import Path
 
 import pipeline
-from pipeline import card, croissant, figures, lineage, manifest, notes, wds_writer
+from pipeline import card, croissant, figures, integrity, lineage, manifest, notes, wds_writer
 from pipeline.cache import FactsCache, file_sha256_or_none, rebuild
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.decode import decode_file, load_rgb, publishable_bytes
 from pipeline.dedup import PairMemo, deduplicate
 from pipeline.executor import Executor, batch_size, batched, make_executor
 from pipeline.exclude import exclusion_reason
-from pipeline.ingest import IngestResult, ingest
+from pipeline.ingest import AnnotationsError, IngestResult, ingest
 from pipeline.overlap import prefetch
 from pipeline.parquet_writer import write_split
 from pipeline.records import FATES, DecodeFailure, DedupResult, ImageFacts, LedgerEntry, RawItem, ReleaseRecord
@@ -48,6 +48,8 @@ class BuildReport:
     ledger: list[LedgerEntry]
     ignored: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    balance: integrity.LedgerBalance | None = None  # the nothing-lost equation, checked before anything was written
+    warnings: list[str] = field(default_factory=list)  # not errors: empty class folders, clean-up of killed builds
     work: dict[str, int] = field(default_factory=dict)  # per-image work: images, from_cache, decoded
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per stage, worker processes included
     # images of the previous release that changed split (their unit now straddles earlier splits)
@@ -74,7 +76,7 @@ def _decode_task(raw: str, size: tuple[int, int], item: RawItem) -> ImageFacts |
 
 
 def _staging_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial-{os.getpid()}"
+    return integrity.staging_path(out)
 
 
 def _publish_dir(staging: Path, out: Path, overwrite: bool) -> None:
@@ -82,12 +84,13 @@ def _publish_dir(staging: Path, out: Path, overwrite: bool) -> None:
     if out.exists():
         if not overwrite:
             raise BuildError(f"{out} already exists; pass --overwrite to replace it")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        old = integrity.old_path(out)
         os.replace(out, old)
         os.replace(staging, out)
         shutil.rmtree(old)
     else:
         os.replace(staging, out)
+    integrity.fsync_dir(out.parent)
 
 
 
@@ -133,22 +136,24 @@ def compute_counts(config: ReleaseConfig, ledger: list[LedgerEntry], records: li
     }
 
 
-def check_ledger_invariant(ledger: list[LedgerEntry], raw_files: list[str], counts: dict) -> None:
-    """Nothing lost: every raw file has exactly one ledger row, and the fates add up to the ledger."""
-    seen = Counter(e.relpath for e in ledger if e.input_kind == "file")
-    twice = sorted(p for p, n in seen.items() if n > 1)
-    missing = sorted(set(raw_files) - set(seen))
-    if twice or missing:
-        raise BuildError(f"ledger invariant broken: files twice {twice[:5]}, files missing {missing[:5]}")
+def check_ledger_invariant(ledger: list[LedgerEntry], raw_files: list[str], counts: dict) -> integrity.LedgerBalance:
+    """Nothing lost: every raw file has exactly one ledger row, and the fates add up (integrity.check_nothing_lost)."""
     if sum(counts["ledger"].values()) != counts["ledger_total"]:
         raise BuildError(f"ledger invariant broken: fates add up to {sum(counts['ledger'].values())}, ledger has {counts['ledger_total']} rows")
+    balance = integrity.check_nothing_lost(ledger, raw_files)
+    if balance.raw_inputs != counts["raw_images"]:
+        raise BuildError(f"ledger invariant broken: {balance.raw_inputs} raw inputs found, counts say {counts['raw_images']}")
+    return balance
 
 
 # ---- stages: each takes plain records and returns plain records ------------------------------------------
 
 
 def run_ingest(raw: Path, config: ReleaseConfig) -> tuple[IngestResult, list[LedgerEntry]]:
-    ingested = ingest(raw, config)
+    try:
+        ingested = ingest(raw, config)
+    except AnnotationsError as exc:  # the table as a whole is unusable: stop before reading any image
+        raise BuildError(f"{exc}\nnothing was built") from None
     ledger = [LedgerEntry(i.relpath, i.label, "invalid", i.reason, input_kind=i.input_kind) for i in ingested.invalid]
     return ingested, ledger
 
@@ -276,6 +281,16 @@ def run_split(records: list[ReleaseRecord], config: ReleaseConfig, previous: dic
         (replace(r, split=assignment[r.image_id]) for r in records),
         key=lambda r: (SPLITS.index(r.split), r.label, r.image_id),
     )
+
+
+def run_verify(staging: Path, records: list[ReleaseRecord], facts: dict[str, ImageFacts], config: ReleaseConfig, workers: int) -> int:
+    """Re-decode every image in the written shards and match it to its ingest pixel hash (integrity module)."""
+    expected = {r.source_file: facts[r.source_file].pixel_sha256 for r in records}
+    return integrity.verify_published_pixels(staging, expected, config.image_size, partial(_pool_map, workers))
+
+
+def _pool_map(workers: int, fn: Callable, items: list) -> Iterator:
+    return parallel_map(fn, items, workers)
 
 
 def run_split_report(records: list[ReleaseRecord], prev: lineage.PreviousRelease | None) -> list[lineage.SplitMove]:
@@ -414,6 +429,7 @@ def build_release(
     raw, out = Path(raw), Path(out)
     progress = progress or Progress()
     workers = workers or default_workers()
+    warnings = integrity.clean_stale_staging(out)
     if out.exists() and not overwrite:
         raise BuildError(f"{out} already exists; pass --overwrite to replace it")
     prev = lineage.load_previous(previous, config) if previous is not None else None
@@ -430,6 +446,7 @@ def build_release(
         clock, cpu_clock = now, cpu_now
 
     ingested, ledger = run_ingest(raw, config)
+    warnings += [f"folder {f} has no input files" for f in ingested.empty_folders]
     lap("ingest")
     owned = executor is None
     executor = executor or make_executor("local", workers)
@@ -462,8 +479,7 @@ def build_release(
     ]
     lap("split")
     counts = compute_counts(config, ledger, records)
-    raw_files = [i.relpath for i in ingested.items] + [i.relpath for i in ingested.invalid if i.input_kind == "file"]
-    check_ledger_invariant(ledger, raw_files, counts)
+    balance = check_ledger_invariant(ledger, ingested.raw_files, counts)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_dir(out)
@@ -479,16 +495,20 @@ def build_release(
             staging, raw, records, facts, ledger, counts, config, body, progress, dedup,
             extra_files={notes_rel: notes_text}, card_sections=[card_link],
         )
+        lap("write")
+        run_verify(staging, records, facts, config, workers)
+        lap("verify")
+        integrity.fsync_tree(staging)
         _publish_dir(staging, out, overwrite)
+        lap("publish")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if notes_dir is not None:
         notes.write_editable_copy(Path(notes_dir), notes_rel, notes_text)
-    lap("write")
     return BuildReport(
         out_dir=out, counts=counts, ledger=sorted(ledger, key=lambda e: e.relpath), ignored=ingested.ignored, timings=timings,
-        split_moves=moves, notes_path=notes_rel, work=work, cpu_timings=cpu_timings,
+        balance=balance, warnings=warnings, split_moves=moves, notes_path=notes_rel, work=work, cpu_timings=cpu_timings,
     )
 
 

@@ -11,11 +11,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from pipeline import build as build_mod
 from pipeline.config import SPLITS, ConfigError, load_config
+from pipeline.integrity import IntegrityError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Build, check and publish MLL23 dataset releases.")
 
@@ -52,7 +54,8 @@ class RichProgress(build_mod.Progress):
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    # escape(): messages quote file names, and a name like "x[/].tif" must print as itself, not as markup
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -65,7 +68,7 @@ def _load_config(config: Path | None, version: str | None):
 
 def summary_table(report: build_mod.BuildReport) -> Table:
     counts = report.counts
-    table = Table(title=f"release {report.out_dir}", show_lines=False)
+    table = Table(title=f"release {escape(str(report.out_dir))}", show_lines=False)
     table.add_column("fate")
     table.add_column("images", justify="right")
     for fate, n in counts["ledger"].items():
@@ -142,15 +145,20 @@ def build(
     except ExecutorError as exc:
         progress.close()
         raise _fail(str(exc), EXIT_USAGE) from None
-    except build_mod.BuildError as exc:
+    except (build_mod.BuildError, IntegrityError) as exc:
         progress.close()
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None
     except (LineageError, NotesError) as exc:
         progress.close()
         raise _fail(str(exc), EXIT_USAGE) from None
+    except OSError as exc:  # a full disk, a vanished directory: the staging copy is gone, nothing is published
+        progress.close()
+        raise _fail(f"cannot build the release: {exc}; no release was written to {out_dir}", EXIT_CHECK_FAILED) from None
     finally:
         engine.close()
     progress.close()
+    for note in report.warnings:
+        err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
     for move in report.split_moves:
         err.print(f"[yellow]split change:[/] {move.describe()}", highlight=False, soft_wrap=True)
     work = report.work
@@ -163,16 +171,11 @@ def build(
     err.print("stage times: " + " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.timings.items()), highlight=False, soft_wrap=True)
     err.print("stage CPU: " + " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.cpu_timings.items()), highlight=False, soft_wrap=True)
     for entry in report.problems:
-        err.print(f"[yellow]invalid:[/] {entry.relpath}: {entry.reason}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]invalid:[/] {escape(entry.relpath)}: {escape(entry.reason)}", highlight=False, soft_wrap=True)
     if report.ignored:
-        err.print(f"ignored {len(report.ignored)} non-input file(s): {', '.join(report.ignored[:10])}", highlight=False)
+        err.print(f"ignored {len(report.ignored)} non-input file(s): {', '.join(report.ignored[:10])}", highlight=False, markup=False, soft_wrap=True)
     out.print(summary_table(report))
-    c = report.counts
-    out.print(
-        "ledger: " + " + ".join(f"{n:,} {f}" for f, n in c["ledger"].items()) + f" = {sum(c['ledger'].values()):,} raw inputs",
-        highlight=False,
-        soft_wrap=True,
-    )
+    out.print(f"ledger: {report.balance.line()}", highlight=False, soft_wrap=True, markup=False)
     editable = f" (editable copy: {notes_dir / Path(report.notes_path).name})" if notes_dir is not None else " (pass --notes-dir to keep an editable copy)"
     out.print(f"release notes: {out_dir / report.notes_path}{editable}", highlight=False, soft_wrap=True)
 

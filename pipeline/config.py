@@ -15,6 +15,7 @@ import jsonschema
 from pipeline.resources import default_config_path, load_schema
 
 SPLITS = ("train", "validation", "test")
+DEFAULT_MAX_FILE_BYTES = 16_000_000
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,11 @@ class ReleaseConfig:
         return self.raw["image"]["width"], self.raw["image"]["height"]
 
     @property
+    def max_file_bytes(self) -> int:
+        """Raw files above this size are refused without being read (a 288x288 RGB TIFF is about 250 kB)."""
+        return self.raw["image"].get("max_file_bytes", DEFAULT_MAX_FILE_BYTES)
+
+    @property
     def phash_threshold(self) -> int:
         return self.raw["dedup"]["phash_threshold"]
 
@@ -122,12 +128,25 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(parts) if parts else "(top level)"
 
 
+def _error_lines(error: jsonschema.ValidationError) -> list[tuple[str, str]]:
+    """(key, message) for one schema error; an unknown or missing key is named itself, not its parent table."""
+    parent = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        return [(".".join(parent + [k]), f"unknown key; allowed here: {', '.join(allowed)}") for k in unknown]
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return [(".".join(parent + [k]), "required key is missing") for k in missing]
+    return [(_key_path(error), error.message)]
+
+
 def validate_config(doc: dict[str, Any], source: str) -> ReleaseConfig:
     """Schema check plus the rules a schema cannot say; every error names the key."""
     validator = jsonschema.Draft202012Validator(load_schema("config"))
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = [f"{source}: key '{_key_path(e)}': {e.message}" for e in errors]
+        lines = sorted({f"{source}: key '{key}': {message}" for e in errors for key, message in _error_lines(e)})
         raise ConfigError("invalid release config:\n  " + "\n  ".join(lines))
     labels = [c["label"] for c in doc["classes"]]
     dupes = sorted({label for label in labels if labels.count(label) > 1})

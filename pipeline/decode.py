@@ -5,23 +5,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from pipeline.dedup import centre_hash
+from pipeline.imagecheck import ImageRejected, decode_checked
 from pipeline.phash import phash, phash_of_grey
 from pipeline.records import DecodeFailure, ImageFacts
 
 # TIFF compressions that give back the scanned pixels exactly; anything else is re-encoded as PNG.
 _LOSSLESS_TIFF = {"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits", None}
-_EXIF_ORIENTATION = 0x0112
-
-
-class ImageRejected(ValueError):
-    """An image that cannot be published; the message is the ledger's reason."""
 
 
 def sharpness(grey: np.ndarray) -> float:
@@ -52,43 +47,10 @@ def pixel_sha256(rgb: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(rgb, dtype=np.uint8)).hexdigest()
 
 
-def _to_rgb(img: Image.Image) -> tuple[Image.Image, bool]:
-    """The image as 8-bit RGB, and whether its file bytes can be published unchanged."""
-    if img.mode == "RGB":
-        return img, True
-    if img.mode in ("P", "L"):
-        # Palette and grey images convert to RGB without loss; they are republished as PNG.
-        return img.convert("RGB"), False
-    if img.mode == "RGBA":
-        alpha = np.asarray(img.getchannel("A"))
-        if alpha.min() < 255:
-            raise ImageRejected("RGBA image with transparent pixels: cannot convert to RGB without loss")
-        return img.convert("RGB"), False
-    raise ImageRejected(f"unsupported image mode {img.mode!r} (expected 8-bit RGB)")
-
-
 def open_rgb(data: bytes, expected_size: tuple[int, int]) -> tuple[Image.Image, np.ndarray, bool, str]:
-    """Decode image bytes into RGB pixels; raise ImageRejected with the reason when unusable."""
-    if not data:
-        raise ImageRejected("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            img.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected("not a readable image (unknown or unsupported format)" if isinstance(exc, UnidentifiedImageError) else f"not a readable image: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageRejected(f"corrupt or truncated image: {exc}") from None
-    if getattr(img, "n_frames", 1) > 1:
-        raise ImageRejected(f"multi-page image ({img.n_frames} frames): expected one image per file")
-    if img.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None):
-        raise ImageRejected("EXIF orientation tag set: the stored pixels are not upright; re-export without it")
-    if img.size != expected_size:
-        raise ImageRejected(f"wrong size {img.size[0]}x{img.size[1]}, expected {expected_size[0]}x{expected_size[1]}")
-    fmt = img.format or "UNKNOWN"
-    rgb_img, unchanged = _to_rgb(img)
-    lossless_format = fmt == "PNG" or (fmt == "TIFF" and img.info.get("compression") in _LOSSLESS_TIFF)
+    """Decode image bytes into RGB pixels; raise ImageRejected with the reason when unusable (rules: imagecheck)."""
+    rgb_img, unchanged, fmt = decode_checked(data, expected_size)
+    lossless_format = fmt == "PNG" or (fmt == "TIFF" and rgb_img.info.get("compression") in _LOSSLESS_TIFF)
     return rgb_img, np.asarray(rgb_img, dtype=np.uint8), unchanged and lossless_format, fmt
 
 

@@ -47,6 +47,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
 from pipeline import __version__
+from pipeline.manifest import sha256_file
 from pipeline.wds_writer import WDS_DIR
 
 REPO_TYPE = "dataset"
@@ -183,14 +184,6 @@ class PublishResult:
 # ----------------------------------------------------------------------------------------------------- local side
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _git_blob_id(path: Path) -> str:
     """git's object id for the file's content, the id the Hub reports for files not stored with LFS."""
     digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
@@ -256,7 +249,7 @@ def self_check(release_dir: Path) -> list[str]:
         if size != item["size"]:
             failures.append(f"{rel}: size {size} != manifest {item['size']}")
             continue
-        if _sha256_file(path) != item["sha256"]:
+        if sha256_file(path) != item["sha256"]:
             failures.append(f"{rel}: sha256 differs from manifest")
     for path in sorted(release_dir.rglob("*")):
         rel = path.relative_to(release_dir).as_posix()
@@ -272,7 +265,7 @@ def release_source(release_dir: Path, manifest: dict) -> FileSource:
     checked it against the files before planning)."""
     files = {item["path"]: (int(item["size"]), str(item["sha256"])) for item in manifest["files"]}
     path = release_dir / MANIFEST
-    files[MANIFEST] = (path.stat().st_size, _sha256_file(path))
+    files[MANIFEST] = (path.stat().st_size, sha256_file(path))
     return FileSource(release_dir, dict(sorted(files.items())))
 
 

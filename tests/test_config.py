@@ -29,10 +29,11 @@ def test_digest_is_stable_and_changes_with_content():
 @pytest.mark.parametrize(
     "mutate, key",
     [
-        (lambda d: d.update(colour="red"), "(top level)"),
+        (lambda d: d.update(colour="red"), "colour"),
         (lambda d: d["dedup"].update(phash_threshold="four"), "dedup.phash_threshold"),
         (lambda d: d.update(version="1.0"), "version"),
-        (lambda d: d["split"].update(extra=1), "split"),
+        (lambda d: d["split"].update(extra=1), "split.extra"),
+        (lambda d: d["dedup"].pop("conflict_policy"), "dedup.conflict_policy"),
     ],
 )
 def test_schema_errors_name_the_key(mutate, key):

@@ -26,11 +26,11 @@ def test_annotations_are_authoritative_and_every_mismatch_is_named(tmp_path, con
     result = ingest(tmp_path, config)
     reasons = {i.relpath: i.reason for i in result.invalid}
     assert "disagrees with folder 'myeloblast'" in reasons["myeloblast/cell_000.tif"]
-    assert "row 2: dysplastic value 'maybe' is not a boolean" in reasons["myeloblast/cell_001.tif"]
+    assert "annotations.csv line 3: dysplastic value 'maybe' is not a boolean" in reasons["myeloblast/cell_001.tif"]
     assert "unknown label 'giant_cell'" in reasons["myeloblast/cell_002.tif"]
     assert "no row for this file in annotations.csv" in reasons["monocyte/cell_000.tif"]
     assert "no such image file" in reasons["monocyte/ghost.tif"]
-    assert "outside RAW" in reasons["(row 7)"]
+    assert reasons["annotations.csv line 8"] == "annotations.csv line 8: image path '../outside.tif' is absolute or leaves RAW"
     kept = {i.relpath: i for i in result.items}
     assert set(kept) == {"monocyte/cell_001.tif", "monocyte/cell_002.tif"}
     assert kept["monocyte/cell_002.tif"].dysplastic is True and kept["monocyte/cell_001.tif"].dysplastic is False
@@ -44,7 +44,7 @@ def test_unknown_folder_litter_and_non_images(tmp_path, config):
     (tmp_path / "myeloblast" / "notes.txt").write_text("hello")
     result = ingest(tmp_path, config)
     reasons = {i.relpath: i.reason for i in result.invalid}
-    assert reasons["myeloblasts/x.tif"] == "unknown label folder 'myeloblasts'"
+    assert reasons["myeloblasts/x.tif"] == "unknown label folder 'myeloblasts' (did you mean 'myeloblast'?)"
     assert "not an image file name" in reasons["myeloblast/notes.txt"]
     assert sorted(result.ignored) == [".DS_Store", "myeloblast/Thumbs.db"]
     assert [i.relpath for i in result.items] == ["myeloblast/cell_000.tif"]

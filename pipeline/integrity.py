@@ -1,0 +1,255 @@
+"""Nothing lost, and whole or nothing: the checks a build runs before a release may appear under its name.
+
+- check_nothing_lost: every raw input has exactly one ledger row, and kept + duplicate + label_conflict +
+  excluded + invalid adds up to the number of raw inputs found under RAW.
+- verify_published_pixels: every image stored in the written Parquet shards is decoded again, the way a
+  consumer decodes it, and its pixel sha256 must equal the one taken at ingest: the published image is the
+  annotated one. The WebDataset tars (when written) must hold, for each kept image, exactly the bytes just
+  verified in the Parquet shards (a sha256 of the bytes, no second decode). It runs on the staging directory,
+  after writing and before the rename, one task per Parquet row group or tar shard (each worker reads its own
+  part from disk, so no image bytes cross process boundaries).
+- staging names, clean-up of what a killed build left next to the release, and fsync before the rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image, ImageOps
+
+from pipeline.records import FATES, LedgerEntry
+
+Mapper = Callable[[Callable, list], Iterator]
+
+
+class IntegrityError(RuntimeError):
+    """A build broke one of its own guarantees; nothing is published. The message says which and where."""
+
+
+# ---- nothing lost ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerBalance:
+    """How the raw inputs ended: the build summary's equation."""
+
+    by_fate: dict[str, int]  # raw inputs (files) per fate, in FATES order
+    raw_inputs: int  # inputs found under RAW by ingest, counted independently of the ledger
+    rows_without_file: int  # annotations.csv rows naming no file: invalid, but not raw inputs
+
+    def line(self) -> str:
+        text = " + ".join(f"{n:,} {fate}" for fate, n in self.by_fate.items()) + f" = {self.raw_inputs:,} raw inputs"
+        if self.rows_without_file:
+            text += f" (and {self.rows_without_file:,} annotations.csv row(s) naming no file, also invalid)"
+        return text
+
+
+def check_nothing_lost(ledger: list[LedgerEntry], raw_inputs: Iterable[str]) -> LedgerBalance:
+    """Each raw input exactly once in the ledger with a known fate, and the fates add up; else IntegrityError."""
+    raw = Counter(raw_inputs)
+    files = [e for e in ledger if e.input_kind == "file"]
+    seen = Counter(e.relpath for e in files)
+    problems = []
+    if twice := sorted(p for p, n in seen.items() if n > 1):
+        problems.append(f"in the ledger more than once: {twice[:5]}")
+    if missing := sorted(set(raw) - set(seen)):
+        problems.append(f"raw inputs missing from the ledger: {missing[:5]}")
+    if unknown := sorted(set(seen) - set(raw)):
+        problems.append(f"ledger rows for files ingest never found: {unknown[:5]}")
+    if bad_fates := sorted({e.fate for e in ledger} - set(FATES)):
+        problems.append(f"unknown fates {bad_fates}")
+    if unplaced := sorted(e.relpath for e in files if e.fate == "kept" and not (e.split and e.image_id)):
+        problems.append(f"kept without a split or image_id: {unplaced[:5]}")
+    by_fate = {fate: sum(1 for e in files if e.fate == fate) for fate in FATES}
+    if sum(by_fate.values()) != sum(raw.values()):
+        problems.append(f"fates add up to {sum(by_fate.values())}, but ingest found {sum(raw.values())} raw inputs")
+    if problems:
+        raise IntegrityError("nothing-lost check failed: " + "; ".join(problems))
+    return LedgerBalance(by_fate, sum(raw.values()), sum(1 for e in ledger if e.input_kind == "annotation_row"))
+
+
+# ---- published pixels -----------------------------------------------------------------------------------
+
+
+def published_pixel_sha256(data: bytes, size: tuple[int, int]) -> str:
+    """sha256 of the RGB pixels a consumer gets from stored image bytes (datasets' Image: open, load, EXIF-rotate)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        if img.getexif().get(0x0112) is not None:
+            img = ImageOps.exif_transpose(img)
+        if img.mode != "RGB" or img.size != size:
+            raise ValueError(f"decodes to {img.mode} {img.size[0]}x{img.size[1]}, expected RGB {size[0]}x{size[1]}")
+        return hashlib.sha256(img.tobytes()).hexdigest()
+
+
+def _row_group_hashes(size: tuple[int, int], task: tuple[str, int]) -> list[tuple[str, str, str | None, str, str]]:
+    """(source_file, pixel_sha256 column, decoded sha256 or None, problem, bytes sha256) for each row of one row group."""
+    path, group = task
+    # use_threads=False: the parallelism is one process per row group; Arrow threads on top would oversubscribe the cores
+    table = pq.ParquetFile(path).read_row_group(group, columns=["image", "source_file", "pixel_sha256"], use_threads=False)
+    images = table.column("image").combine_chunks().field("bytes").to_pylist()  # the bytes only: no per-row dicts
+    out = []
+    for data, source, claimed in zip(images, table.column("source_file").to_pylist(), table.column("pixel_sha256").to_pylist()):
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            out.append((source, claimed, published_pixel_sha256(data, size), "", digest))
+        except Exception as exc:  # any decode failure is a verification failure, reported with its row
+            out.append((source, claimed, None, f"{type(exc).__name__}: {exc}", digest))
+    return out
+
+
+def _tar_image_digests(path: str) -> list[tuple[str, str, str]]:
+    """(source_file from the sample's json, sha256 of its image member, problem) for each sample of one tar shard."""
+    samples: dict[str, dict[str, str]] = {}
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if not member.isfile() or ext == "cls":
+                continue
+            data = tar.extractfile(member).read()
+            sample = samples.setdefault(key, {})
+            if ext == "json":
+                sample["source"] = json.loads(data)["source_file"]
+            else:
+                sample["digest"] = hashlib.sha256(data).hexdigest()
+    return [(s.get("source", f"(tar sample {key})"), s.get("digest", ""), "" if "digest" in s and "source" in s else "incomplete sample") for key, s in samples.items()]
+
+
+def _row_groups(release_dir: Path) -> list[tuple[str, int]]:
+    tasks = []
+    for path in sorted((release_dir / "data").glob("*.parquet")):
+        tasks += [(str(path), g) for g in range(pq.ParquetFile(path).num_row_groups)]
+    return tasks
+
+
+def verify_published_pixels(release_dir: Path, ingest_sha256: dict[str, str], size: tuple[int, int], mapper: Mapper = map) -> int:
+    """Every kept image is in the shards exactly once and decodes to the pixels hashed at ingest; returns the count."""
+    problems: list[str] = []
+    seen: Counter[str] = Counter()
+    parquet_bytes: dict[str, str] = {}
+    for rows in mapper(partial(_row_group_hashes, size), _row_groups(release_dir)):
+        for source, claimed, decoded, problem, digest in rows:
+            seen[source] += 1
+            parquet_bytes[source] = digest
+            expected = ingest_sha256.get(source)
+            if problem:
+                problems.append(f"{source}: published bytes do not decode ({problem})")
+            elif expected is None:
+                problems.append(f"{source}: in the shards but not a kept image")
+            elif decoded != expected or claimed != expected:
+                problems.append(f"{source}: published pixels sha256 {decoded[:16]}.. (column {claimed[:16]}..) != ingest {expected[:16]}..")
+    problems += [f"{s}: stored {n} times" for s, n in sorted(seen.items()) if n > 1]
+    problems += [f"{s}: kept but missing from the shards" for s in sorted(set(ingest_sha256) - set(seen))]
+    problems += _tar_problems(release_dir, ingest_sha256, parquet_bytes, mapper)
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise IntegrityError(f"published-pixel verification failed ({len(problems)} problem(s)); nothing published:\n  {shown}")
+    return sum(seen.values())
+
+
+def _tar_problems(release_dir: Path, ingest_sha256: dict[str, str], parquet_bytes: dict[str, str], mapper: Mapper) -> list[str]:
+    """The tars must carry each kept image once, byte-identical to its verified Parquet copy."""
+    tars = sorted(str(p) for p in (release_dir / "wds").glob("*.tar"))
+    if not tars:
+        return []  # a release without WebDataset shards
+    problems, seen = [], Counter()
+    for samples in mapper(_tar_image_digests, tars):
+        for source, digest, problem in samples:
+            seen[source] += 1
+            if problem:
+                problems.append(f"{source}: {problem} in the WebDataset shards")
+            elif source not in ingest_sha256:
+                problems.append(f"{source}: in the WebDataset shards but not a kept image")
+            elif digest != parquet_bytes.get(source):
+                problems.append(f"{source}: WebDataset image bytes differ from the verified Parquet bytes")
+    problems += [f"{s}: stored {n} times in the WebDataset shards" for s, n in sorted(seen.items()) if n > 1]
+    problems += [f"{s}: kept but missing from the WebDataset shards" for s in sorted(set(ingest_sha256) - set(seen))]
+    return problems
+
+
+# ---- whole or nothing -----------------------------------------------------------------------------------
+
+_STAGING, _OLD = "partial", "old"
+
+
+def staging_path(out: Path, pid: int | None = None) -> Path:
+    """Hidden sibling the release is written into; renamed to `out` only when complete and verified."""
+    return out.parent / f".{out.name}.{_STAGING}-{pid or os.getpid()}"
+
+
+def old_path(out: Path, pid: int | None = None) -> Path:
+    """Where a replaced release waits during the two renames of --overwrite."""
+    return out.parent / f".{out.name}.{_OLD}-{pid or os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _leftovers(out: Path) -> list[tuple[str, int, Path]]:
+    found = []
+    prefix = f".{out.name}."
+    if not out.parent.is_dir():
+        return found
+    for p in sorted(out.parent.iterdir()):
+        kind, _, pid = p.name[len(prefix) :].rpartition("-") if p.name.startswith(prefix) else ("", "", "")
+        if kind in (_STAGING, _OLD) and pid.isdigit():
+            found.append((kind, int(pid), p))
+    return found
+
+
+def clean_stale_staging(out: Path) -> list[str]:
+    """Undo what killed builds left beside `out`; directories of builds still running are left alone.
+
+    A stale staging directory is deleted. A stale moved-aside release is put back when `out` is missing
+    (the kill fell between the two renames of --overwrite: the old release is restored, never lost), else
+    deleted. Returns one line per action, for the build's warnings.
+    """
+    notes = []
+    for kind, pid, path in _leftovers(out):
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if kind == _OLD and not out.exists():
+            os.replace(path, out)
+            notes.append(f"restored the previous release at {out}: a build (pid {pid}) was killed while replacing it")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            notes.append(f"removed {path.name}, left by a build (pid {pid}) that did not finish")
+    return notes
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and directory of a finished release, so that a crash after the rename cannot expose empty files."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(Path(dirpath) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
