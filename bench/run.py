@@ -96,18 +96,9 @@ def measure(name: str, cmd: list[str]) -> Run:
 # ---- the archive ------------------------------------------------------------------------------------
 
 
-def generator_name() -> str:
-    try:
-        import pipeline.synth  # noqa: F401
-    except ImportError:
-        return "quickraw"
-    return "synth"
-
-
 def archive(scale: float, seed: int, workers: int) -> Path:
-    """The synthetic archive for (scale, seed), generated once into bench/.cache/."""
-    gen = generator_name()
-    raw = CACHE / f"raw-{gen}-scale{scale:g}-seed{seed}"
+    """The synthetic archive for (scale, seed) of pipeline.synth, generated once into bench/.cache/."""
+    raw = CACHE / f"raw-synth-scale{scale:g}-seed{seed}"
     if (raw / ".complete").is_file():
         return raw
     if raw.exists():
@@ -115,16 +106,10 @@ def archive(scale: float, seed: int, workers: int) -> Path:
     print(f"generating {raw.name} (once; cached) ...", flush=True)
     from pipeline.config import load_config
 
+    from pipeline.synth import synthesize
+
     start = time.perf_counter()
-    if gen == "synth":
-        from pipeline.synth import synthesize
-
-        files = synthesize(raw, config=load_config(), scale=scale, seed=seed, workers=workers).files
-    else:
-        sys.path.insert(0, str(BENCH))
-        from quickraw import synthesize_quick
-
-        files = synthesize_quick(raw, config=load_config(), scale=scale, seed=seed, workers=workers)
+    files = synthesize(raw, config=load_config(), scale=scale, seed=seed, workers=workers).files
     (raw / ".complete").write_text(json.dumps({"files": files, "seconds": round(time.perf_counter() - start, 1)}))
     return raw
 
