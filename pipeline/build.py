@@ -290,7 +290,8 @@ def run_verify(staging: Path, records: list[ReleaseRecord], facts: dict[str, Ima
 
 
 def _pool_map(workers: int, fn: Callable, items: list) -> Iterator:
-    return parallel_map(fn, items, workers)
+    # One worker: a plain map. Verification uses no BLAS, so the executor's per-batch thread limits are pure cost.
+    return map(fn, items) if workers <= 1 else parallel_map(fn, items, workers)
 
 
 def run_split_report(records: list[ReleaseRecord], prev: lineage.PreviousRelease | None) -> list[lineage.SplitMove]:
@@ -450,6 +451,8 @@ def build_release(
     lap("ingest")
     owned = executor is None
     executor = executor or make_executor("local", workers)
+    # verification reads the staging directory, which only this machine sees: a local pool as wide as asked for
+    verify_workers = executor.parallelism if executor.name in ("serial", "local") else workers
     cache = FactsCache(Path(cache_dir), config.image_size, verify=verify_cache) if cache_dir is not None else None
     try:
         facts, failed, work = _decode_stage(raw, ingested.items, config, progress, executor, cache)
@@ -496,7 +499,7 @@ def build_release(
             extra_files={notes_rel: notes_text}, card_sections=[card_link],
         )
         lap("write")
-        run_verify(staging, records, facts, config, workers)
+        run_verify(staging, records, facts, config, verify_workers)
         lap("verify")
         integrity.fsync_tree(staging)
         _publish_dir(staging, out, overwrite)

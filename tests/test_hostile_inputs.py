@@ -213,7 +213,8 @@ def _base(raw: Path, annotated: bool) -> None:
 
 
 def _cli(*args: str):
-    return CliRunner().invoke(app, ["build", *map(str, args), "--workers", "1"])
+    # no per-image cache: every case decodes its files afresh, and a case costs no cache database
+    return CliRunner().invoke(app, ["build", *map(str, args), "--workers", "1", "--no-cache"])
 
 
 def _ledger_row(release: Path, source: str) -> dict[str, str]:

@@ -214,7 +214,7 @@ def test_nothing_lost_on_a_synthetic_archive_with_hostile_additions(tmp_path: Pa
     with open(raw / "annotations.csv", "a", encoding="utf-8") as fh:
         fh.write("monocyte/cut.tif,monocyte,P9,E1,false\nmonocyte/ghost.tif,monocyte,P9,E1,false\n")
 
-    report = build_release(raw, tmp_path / "rel", config, workers=2)
+    report = build_release(raw, tmp_path / "rel", config, workers=1)
     ledger = read_ledger(tmp_path / "rel" / "ledger.csv")
     files = [r["source_file"] for r in ledger if r["input"] == "file"]
     on_disk = [p for p in raw.rglob("*") if (p.is_file() or p.is_symlink()) and p.parent != raw]

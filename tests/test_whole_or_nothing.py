@@ -4,21 +4,26 @@ the final name; re-running gives the same bytes as an uninterrupted build; lefto
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import resource
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from pipeline import cache as cache_mod
 from pipeline.build import BuildError, build_release
 from pipeline.cli import app
-from pipeline.integrity import clean_stale_staging, old_path, staging_path
+from pipeline.ingest import ingest
+from pipeline.integrity import IntegrityError, clean_stale_staging, old_path, staging_path
 from pipeline.publish import self_check
 from tests.rawkit import crop, save, simple_raw
 
@@ -165,3 +170,66 @@ def test_moved_aside_release_is_dropped_once_the_new_one_is_in_place(raw: Path, 
     report = build_release(raw, out, config, workers=1, overwrite=True)
     assert any(f"removed {stale.name}" in w for w in report.warnings)
     assert _tree(out) == reference and _leftovers(out) == []
+
+
+# ---- resuming from the per-image cache (pipeline/cache.py) -----------------------------------------------
+
+RESUME_SEEDS = (20, 21)
+
+
+def _committed_paths(cache: Path) -> set[str]:
+    """Files whose results a build has committed to the cache (read-only: the build may be writing)."""
+    db_path = cache / cache_mod.DB_NAME
+    if not db_path.exists():
+        return set()
+    try:
+        with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)) as db:
+            return {row[0] for row in db.execute("SELECT path FROM files")}
+    except sqlite3.OperationalError:  # tables not created yet
+        return set()
+
+
+def _resume_command(raw: Path, out: Path, cache: Path) -> list[str]:
+    # Commit every 2 results instead of every 128, so that a small archive is killed with part of it saved.
+    program = "import pipeline.cache as c; c.COMMIT_EVERY_ROWS = 2; from pipeline.cli import app; app()"
+    return [sys.executable, "-c", program, "build", str(raw), "--out", str(out), "--workers", "1", "--cache", str(cache)]
+
+
+@pytest.mark.parametrize("seed", RESUME_SEEDS)
+def test_killed_build_resumes_from_the_cache_redoing_only_unfinished_images(seed, raw, reference, tmp_path, config, monkeypatch):
+    rng = random.Random(seed)
+    out, cache = tmp_path / "rel", tmp_path / "cache"
+    proc = subprocess.Popen(_resume_command(raw, out, cache), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while proc.poll() is None and not _committed_paths(cache):
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.01))  # a random moment after the first results were committed
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not out.exists()
+    saved = _committed_paths(cache)
+    images = len(ingest(raw, config).items)  # the files that reach the per-image stage
+    assert 0 < len(saved) < images, "the kill should fall in the middle of the per-image work"
+
+    monkeypatch.setattr(cache_mod, "RACY_SECONDS", 0.0)  # the raw files are seconds old; trust their stat keys now
+    resumed = build_release(raw, out, config, workers=1, cache_dir=cache)
+    assert resumed.work == {"images": images, "from_cache": len(saved), "decoded": images - len(saved)}
+    assert _tree(out) == reference  # byte for byte what an uninterrupted build without any cache writes
+    assert _leftovers(out) == []
+
+
+def test_a_corrupted_cache_entry_cannot_publish_wrong_pixels(raw, tmp_path, config, monkeypatch):
+    monkeypatch.setattr(cache_mod, "RACY_SECONDS", 0.0)
+    cache = tmp_path / "cache"
+    build_release(raw, tmp_path / "first", config, workers=1, cache_dir=cache)
+    victim = "monocyte/cell_003.tif"
+    with closing(sqlite3.connect(cache / cache_mod.DB_NAME)) as db, db:
+        (sha,) = db.execute("SELECT file_sha256 FROM files WHERE path = ?", [str(raw / victim)]).fetchone()
+        (facts_json,) = db.execute("SELECT facts_json FROM facts WHERE file_sha256 = ?", [sha]).fetchone()
+        bad = json.loads(facts_json) | {"pixel_sha256": "0" * 64}  # bit rot, or a cache from a buggy decoder
+        db.execute("UPDATE facts SET facts_json = ? WHERE file_sha256 = ?", [json.dumps(bad, sort_keys=True), sha])
+    with pytest.raises(IntegrityError, match=f"{victim}: published pixels sha256 [0-9a-f]{{16}}\\.\\. \\(column 0000000000000000\\.\\.\\) != ingest 0000000000000000"):
+        build_release(raw, tmp_path / "second", config, workers=1, cache_dir=cache)
+    assert not (tmp_path / "second").exists() and _leftovers(tmp_path / "second") == []
