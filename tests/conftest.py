@@ -42,6 +42,7 @@ os.environ.pop("HF_HUB_DISABLE_XET", None)  # publish must disable Xet by itself
 
 import pytest  # noqa: E402
 
+from tests.consumerkit import consumer_env  # noqa: E402
 from tests.hubserver import HubServer  # noqa: E402
 from tests.release_fixture import build_release  # noqa: E402
 
@@ -143,17 +144,7 @@ def run_consumer(hub: HubServer, tmp_path: Path):
     def run(repo_id: str, checks: list[dict], *, token: str | None = None, script: str = _CONSUMER) -> dict:
         """`script` reads {"repo_id", "checks"} as JSON from argv[1] and prints one line "RESULT <json>"."""
         home = tmp_path / "consumer"
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": str(home),
-            "HF_ENDPOINT": hub.url,
-            "HF_HOME": str(home / "hf_home"),
-            "HF_DATASETS_CACHE": str(home / "hf_datasets"),
-            "HF_HUB_OFFLINE": "0",
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-        }
+        env = consumer_env(hub.url, home)
         if token:
             env["HF_TOKEN"] = token
         spec = json.dumps({"repo_id": repo_id, "checks": checks})

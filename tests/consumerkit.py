@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 from pipeline.config import ReleaseConfig, validate_config
@@ -37,3 +38,18 @@ def small_shards(config: ReleaseConfig) -> ReleaseConfig:
     doc = copy.deepcopy(config.raw)
     doc["shards"] = {"max_shard_bytes": SHARD_BYTES, "max_row_group_bytes": 600_000}
     return validate_config(doc, "test config")
+
+
+def consumer_env(hub_url: str, home: Path) -> dict[str, str]:
+    """The whole environment of a consumer subprocess: the local Hub, a throw-away HF home, no progress bars."""
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(home),
+        "HF_ENDPOINT": hub_url,
+        "HF_HOME": str(home / "hf_home"),
+        "HF_DATASETS_CACHE": str(home / "hf_datasets"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    }

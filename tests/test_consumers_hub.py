@@ -8,7 +8,6 @@ suffix are dropped."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import pytest
 
 from pipeline.build import build_release
 from pipeline.publish import publish
-from tests.consumerkit import mixed_format_raw, small_shards
+from tests.consumerkit import consumer_env, mixed_format_raw, small_shards
 
 REPO = "org/mll23-consumers"
 WDS_REVISION = "v1.0.0-webdataset"
@@ -59,17 +58,7 @@ print("RESULT " + json.dumps({
 
 def load_from_hub(hub, tmp_path) -> dict:
     home = tmp_path / "consumer"
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(home),
-        "HF_ENDPOINT": hub.url,
-        "HF_HOME": str(home / "hf_home"),
-        "HF_DATASETS_CACHE": str(home / "hf_datasets"),
-        "HF_HUB_OFFLINE": "0",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    }
+    env = consumer_env(hub.url, home)
     proc = subprocess.run([sys.executable, "-c", _CONSUMER, REPO, WDS_REVISION], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, f"consumer failed:\n{proc.stderr[-4000:]}\nserver log:\n{hub.format_log()}"
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
