@@ -283,15 +283,12 @@ def run_split(records: list[ReleaseRecord], config: ReleaseConfig, previous: dic
     )
 
 
-def run_verify(staging: Path, records: list[ReleaseRecord], facts: dict[str, ImageFacts], config: ReleaseConfig, workers: int) -> int:
-    """Re-decode every image in the written shards and match it to its ingest pixel hash (integrity module)."""
-    expected = {r.source_file: facts[r.source_file].pixel_sha256 for r in records}
-    return integrity.verify_published_pixels(staging, expected, config.image_size, partial(_pool_map, workers))
-
-
-def _pool_map(workers: int, fn: Callable, items: list) -> Iterator:
-    # One worker: a plain map. Verification uses no BLAS, so the executor's per-batch thread limits are pure cost.
-    return map(fn, items) if workers <= 1 else parallel_map(fn, items, workers)
+def shard_checker(records: list[ReleaseRecord], facts: dict[str, ImageFacts], config: ReleaseConfig, threads: int) -> integrity.ShardChecker:
+    """What every written shard must hold (integrity.ShardChecker). Images published byte for byte are
+    checked by the bytes' sha256 against the file that was decoded (fresh, or from the checksummed cache);
+    re-encoded images, and a fixed sample of the others, are decoded again."""
+    expected = {r.source_file: integrity.Expected(facts[r.source_file].pixel_sha256, facts[r.source_file].file_sha256 if facts[r.source_file].lossless else None) for r in records}
+    return integrity.ShardChecker(expected, config.image_size, threads)
 
 
 def run_split_report(records: list[ReleaseRecord], prev: lineage.PreviousRelease | None) -> list[lineage.SplitMove]:
@@ -323,8 +320,10 @@ def write_release(
     dedup: DedupResult | None = None,
     extra_files: dict[str, str] | None = None,
     card_sections: list[str] | None = None,
+    checker: integrity.ShardChecker | None = None,
 ) -> None:
-    """Every file of the release, into staging; the manifest last, since it lists all the others."""
+    """Every file of the release, into staging; the manifest last, since it lists all the others.
+    ``checker`` is handed each shard as soon as it is complete (integrity.ShardChecker)."""
     progress.start("write", len(records))
     split_bytes: dict[str, int] = {}
     shards: dict[str, list[str]] = {}
@@ -347,7 +346,8 @@ def write_release(
 
     for split in SPLITS:
         # One read per image feeds both formats: the tar writer takes each image as the Parquet writer asks for it.
-        with wds_writer.ShardedTarWriter(staging, split, config.max_shard_bytes, wds_writer.release_mtime(config.release_date)) as tars:
+        mtime = wds_writer.release_mtime(config.release_date)
+        with wds_writer.ShardedTarWriter(staging, split, config.max_shard_bytes, mtime, on_shard=checker and checker.tar) as tars:
             infos = write_split(
                 staging / "data",
                 split,
@@ -357,6 +357,7 @@ def write_release(
                 max_shard_bytes=config.max_shard_bytes,
                 max_row_group_bytes=config.max_row_group_bytes,
                 image_compression=config.image_compression,
+                on_shard=checker and checker.parquet,
             )
         tar_shards[split] = tars.shards
         image_suffixes |= tars.suffixes
@@ -463,6 +464,9 @@ def build_release(
         dedup = run_dedup(raw, decoded, facts, config, prefer=prefer, executor=executor, pair_memo=cache)
     finally:
         if cache is not None:
+            if cache.corrupt_rows:
+                n = len(cache.corrupt_rows)
+                warnings.append(f"per-image cache: {n} entr{'y' if n == 1 else 'ies'} failed {'its' if n == 1 else 'their'} checksum and {'was' if n == 1 else 'were'} computed again")
             cache.close()
         if owned:
             executor.close()
@@ -494,12 +498,16 @@ def build_release(
         body.update(lineage.manifest_fields(config, prev, {r.image_id for r in records}, notes_rel))
         notes_text = notes.notes_for_build(body, manifest.ledger_text(ledger), prev.path if prev else None, words)
         card_link = notes.card_section(config.version, prev.version if prev else None)
-        write_release(
-            staging, raw, records, facts, ledger, counts, config, body, progress, dedup,
-            extra_files={notes_rel: notes_text}, card_sections=[card_link],
-        )
-        lap("write")
-        run_verify(staging, records, facts, config, verify_workers)
+        checker = shard_checker(records, facts, config, verify_workers)
+        try:
+            write_release(
+                staging, raw, records, facts, ledger, counts, config, body, progress, dedup,
+                extra_files={notes_rel: notes_text}, card_sections=[card_link], checker=checker,
+            )
+            lap("write")
+            checker.result()  # most shards were checked while later ones were written
+        finally:
+            checker.close()
         lap("verify")
         integrity.fsync_tree(staging)
         _publish_dir(staging, out, overwrite)

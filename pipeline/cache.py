@@ -19,6 +19,10 @@ that were copied, touched or renamed).
 Dedup's same-cell test results are kept too (``known``/``remember``, dedup.PairMemo): by the two files'
 sha256s and the same context, since a test is a pure function of the two images' pixels.
 
+Every row carries a checksum of its key and content (``row_checksum``); a row that fails it (bit rot, an
+edited file) is ignored and its work is done again, and the build warns about it. So a fact taken from
+the cache is one a decode of that very file produced, and the build trusts it as it trusts a fresh one.
+
 Storage: one SQLite file in the cache directory (WAL mode, safe for concurrent builds), written while
 the build runs and committed every ``COMMIT_EVERY_ROWS`` results or ``COMMIT_EVERY_SECONDS``, so a
 killed build resumes from what it finished. Delete the directory to clear the cache.
@@ -49,8 +53,8 @@ from pipeline.records import DecodeFailure, ImageFacts
 
 # Bump to drop every cached result. Not needed for code changes: the context hashes the source of the
 # pipeline modules decode uses (facts_code_digest), so editing them starts a fresh set of results.
-FACTS_VERSION = 1
-DB_NAME = "facts-v1.sqlite3"
+FACTS_VERSION = 2
+DB_NAME = "facts-v2.sqlite3"
 RACY_SECONDS = 2.0  # FAT keeps mtimes to 2 s; finer file systems are covered with room to spare
 # Commit often: in WAL mode with synchronous=NORMAL a commit is an append without fsync, so cheap.
 COMMIT_EVERY_SECONDS = 0.5
@@ -63,11 +67,11 @@ CREATE TABLE IF NOT EXISTS files (
     file_sha256 TEXT NOT NULL, recorded_ns INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS pairs (
-    sha_a TEXT NOT NULL, sha_b TEXT NOT NULL, context TEXT NOT NULL, test_json TEXT NOT NULL,
+    sha_a TEXT NOT NULL, sha_b TEXT NOT NULL, context TEXT NOT NULL, test_json TEXT NOT NULL, checksum TEXT NOT NULL,
     PRIMARY KEY (sha_a, sha_b, context)
 );
 CREATE TABLE IF NOT EXISTS facts (
-    file_sha256 TEXT NOT NULL, context TEXT NOT NULL, facts_json TEXT, reject_reason TEXT,
+    file_sha256 TEXT NOT NULL, context TEXT NOT NULL, facts_json TEXT, reject_reason TEXT, checksum TEXT NOT NULL,
     PRIMARY KEY (file_sha256, context)
 );
 """
@@ -155,6 +159,7 @@ class FactsCache:
         self._db.execute("BEGIN")
         self._last_commit = time.monotonic()
         self._uncommitted = 0
+        self.corrupt_rows: list[str] = []  # keys of rows whose checksum failed (ignored, recomputed)
 
     # ---- reading ------------------------------------------------------------------------------------
 
@@ -181,15 +186,19 @@ class FactsCache:
         return Lookup(cached, stat_keys)
 
     def facts_for(self, shas: Iterable[str]) -> dict[str, tuple]:
-        """file sha256 -> stored facts row, for those of ``shas`` cached in this context."""
+        """file sha256 -> stored facts row, for those of ``shas`` cached in this context. A row whose checksum
+        does not match its content (bit rot, a hand edit) is left out, so its image is decoded again."""
         out: dict[str, tuple] = {}
         for chunk in _chunks(sorted(shas), _QUERY_CHUNK):
             marks = ",".join("?" * len(chunk))
-            for row in self._db.execute(
-                f"SELECT file_sha256, facts_json, reject_reason FROM facts WHERE context = ? AND file_sha256 IN ({marks})",
+            for sha, facts_json, reason, checksum in self._db.execute(
+                f"SELECT file_sha256, facts_json, reject_reason, checksum FROM facts WHERE context = ? AND file_sha256 IN ({marks})",
                 [self.context, *chunk],
             ):
-                out[row[0]] = row[1:]
+                if checksum == row_checksum(sha, self.context, facts_json, reason):
+                    out[sha] = (facts_json, reason)
+                else:
+                    self.corrupt_rows.append(sha)
         return out
 
     def _files(self, paths: Sequence[str]) -> dict[str, tuple[StatKey, str, int]]:
@@ -209,11 +218,9 @@ class FactsCache:
         sha = result.file_sha256
         if not sha:
             return
-        if isinstance(result, DecodeFailure):
-            row = (sha, self.context, None, result.reason)
-        else:
-            row = (sha, self.context, content_json(result), None)
-        self._db.execute("INSERT OR REPLACE INTO facts VALUES (?,?,?,?)", row)
+        facts_json, reason = (None, result.reason) if isinstance(result, DecodeFailure) else (content_json(result), None)
+        row = (sha, self.context, facts_json, reason, row_checksum(sha, self.context, facts_json, reason))
+        self._db.execute("INSERT OR REPLACE INTO facts VALUES (?,?,?,?,?)", row)
         if stat_key is not None and stat_key.usable():
             self._db.execute(
                 "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
@@ -248,16 +255,23 @@ class FactsCache:
         out: dict[tuple[str, str], SameCellTest] = {}
         for chunk in _chunks(sorted({a for a, _ in wanted}), _QUERY_CHUNK):
             marks = ",".join("?" * len(chunk))
-            for a, b, text in self._db.execute(
-                f"SELECT sha_a, sha_b, test_json FROM pairs WHERE context = ? AND sha_a IN ({marks})", [self.context, *chunk]
+            for a, b, text, checksum in self._db.execute(
+                f"SELECT sha_a, sha_b, test_json, checksum FROM pairs WHERE context = ? AND sha_a IN ({marks})", [self.context, *chunk]
             ):
-                if (a, b) in wanted:
+                if (a, b) not in wanted:
+                    continue
+                if checksum == row_checksum(a, b, self.context, text):
                     out[(a, b)] = SameCellTest(*json.loads(text))
+                else:
+                    self.corrupt_rows.append(f"{a}+{b}")
         return out
 
     def remember(self, results: dict[tuple[str, str], SameCellTest]) -> None:
-        rows = [(a, b, self.context, json.dumps(dataclasses.astuple(t))) for (a, b), t in results.items()]
-        self._db.executemany("INSERT OR REPLACE INTO pairs VALUES (?,?,?,?)", rows)
+        rows = []
+        for (a, b), t in results.items():
+            text = json.dumps(dataclasses.astuple(t))
+            rows.append((a, b, self.context, text, row_checksum(a, b, self.context, text)))
+        self._db.executemany("INSERT OR REPLACE INTO pairs VALUES (?,?,?,?,?)", rows)
         self.commit()
 
     def size(self) -> int:
@@ -268,16 +282,34 @@ class FactsCache:
 _NOT_CONTENT = ("relpath", "label", "file_sha256")
 
 
+# ImageFacts fields holding bytes, stored in the JSON as hex.
+_BYTES_FIELDS = frozenset(f.name for f in dataclasses.fields(ImageFacts) if "bytes" in str(f.type))
+
+
+def row_checksum(*fields: str | None) -> str:
+    """Ties a cache row's content to its key: a row changed by bit rot or by hand no longer matches and is
+    ignored, so every fact taken from the cache is one a decode of that very file produced."""
+    return hashlib.sha256("\0".join("\1" if f is None else f for f in fields).encode()).hexdigest()[:32]
+
+
 def content_json(facts: ImageFacts) -> str:
     """Every content field of ImageFacts (whatever fields it has) as JSON; floats and big ints round-trip exactly."""
-    return json.dumps({f.name: getattr(facts, f.name) for f in dataclasses.fields(facts) if f.name not in _NOT_CONTENT}, sort_keys=True)
+    content = {f.name: getattr(facts, f.name) for f in dataclasses.fields(facts) if f.name not in _NOT_CONTENT}
+    for name in _BYTES_FIELDS:
+        if content.get(name) is not None:
+            content[name] = content[name].hex()
+    return json.dumps(content, sort_keys=True)
 
 
 def rebuild(row: tuple, file_sha256: str, relpath: str, label: str) -> ImageFacts | DecodeFailure:
     facts_json, reason = row
     if reason is not None:
         return DecodeFailure(relpath, reason, file_sha256)
-    return ImageFacts(relpath=relpath, label=label, file_sha256=file_sha256, **json.loads(facts_json))
+    content = json.loads(facts_json)
+    for name in _BYTES_FIELDS:
+        if content.get(name) is not None:
+            content[name] = bytes.fromhex(content[name])
+    return ImageFacts(relpath=relpath, label=label, file_sha256=file_sha256, **content)
 
 
 def file_sha256_or_none(path: str) -> str | None:

@@ -10,32 +10,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.dedup import centre_hash
+from pipeline.dedup import cell_features
 from pipeline.imagecheck import ImageRejected, decode_checked
 from pipeline.phash import phash, phash_of_grey
 from pipeline.records import DecodeFailure, ImageFacts
 
 # TIFF compressions that give back the scanned pixels exactly; anything else is re-encoded as PNG.
 _LOSSLESS_TIFF = {"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits", None}
-
-
-def sharpness(grey: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian: drops sharply when a cell is refocused (blurred).
-
-    Computed exactly: the Laplacian of 8-bit pixels is an integer in [-1020, 1020] (int16), its sum and
-    sum of squares are integers below 2**53 (exact in float64 whatever the summation order), and the
-    variance is their correctly rounded quotient, so it is the same on every machine.
-    """
-    g = grey.astype(np.int16)
-    lap = g[1:-1, :-2] + g[1:-1, 2:]
-    lap += g[:-2, 1:-1]
-    lap += g[2:, 1:-1]
-    lap -= 4 * g[1:-1, 1:-1]
-    flat = lap.astype(np.float64).ravel()
-    n = flat.size
-    total = int(lap.sum(dtype=np.int64))
-    squares = int(flat @ flat)
-    return (squares * n - total * total) / (n * n)
 
 
 def phash_int(img: Image.Image) -> int:
@@ -56,7 +37,8 @@ def open_rgb(data: bytes, expected_size: tuple[int, int]) -> tuple[Image.Image, 
 
 def decode_image(data: bytes, relpath: str, label: str, expected_size: tuple[int, int]) -> tuple[ImageFacts, np.ndarray]:
     rgb_img, rgb, lossless, fmt = open_rgb(data, expected_size)
-    grey = np.asarray(rgb_img.convert("L"))  # one grey conversion serves both the pHash and the sharpness
+    grey = np.asarray(rgb_img.convert("L"))  # imagehash's grey conversion, for a bit-identical pHash
+    centre, sig = cell_features(rgb)
     facts = ImageFacts(
         relpath=relpath,
         label=label,
@@ -64,10 +46,10 @@ def decode_image(data: bytes, relpath: str, label: str, expected_size: tuple[int
         phash=phash_of_grey(grey),
         width=rgb.shape[1],
         height=rgb.shape[0],
-        sharpness=sharpness(grey),
         lossless=lossless,
         file_format=fmt,
-        centre_hash=centre_hash(rgb),
+        centre_hash=centre,
+        signature=sig,
     )
     return facts, rgb
 

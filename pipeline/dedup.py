@@ -25,17 +25,20 @@ How it is found, with per-image state limited to the ImageFacts:
 4. union-find over duplicate pairs gives duplicate groups (labels agree -> keep one; disagree ->
    ``policy``), and over all confirmed pairs the look-alike groups.
 
-Only candidate pairs ever cause a pixel load. Full pixels sit in a small LRU cache; the same-cell test's
-coarse signature (36 x 36 uint8, 1.3 kB) is kept for each image met in a candidate pair, so such an
-image is decoded about once whatever its number of candidate partners. Everything is sorted by relpath
-first, so the result does not depend on the input order.
+Only candidate pairs ever cause a pixel load: the duplicate tests (a few hundred at full scale) and the
+fine same-cell stage (~1.4% of the candidates). The coarse same-cell signature (36 x 36 uint8, 1.3 kB)
+comes with the facts (the decode stage computes it with the centre hash: :func:`cell_features`); it is
+computed here only for facts that lack it. With ``map_fn`` the index searches and every pixel test run
+in parallel; tests are pure functions of their two images, cut into batches from sorted lists, so the
+result is the same for any number of workers. Everything is sorted by relpath first, so the result
+does not depend on the input order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +46,7 @@ from typing import Protocol
 
 import numpy as np
 from scipy import ndimage
+from scipy.fft import next_fast_len
 
 from pipeline import neardup
 from pipeline.phash import phash_of_grey
@@ -102,8 +106,7 @@ CENTRE_HALF = 96  # the hashed window is 192 x 192 px around the stained cell's 
 CENTRE_RADIUS = 10  # re-crops by 6-20 px: centre-hash distance 0-12 (pHash: 2-24); ~half the candidates
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-_FULL_CACHE = 64  # full-resolution images kept (duplicate tests, fine same-cell stage)
-_SIG_CACHE = 1 << 16  # coarse signatures (1.3 kB each): at most ~85 MB, in practice every candidate image
+COARSE_BATCH = 512  # coarse same-cell tests per task: ~2 x 0.7 MB of signatures, ~0.1 s of work
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
@@ -206,9 +209,28 @@ def compare_duplicate(a: np.ndarray, b: np.ndarray) -> DuplicateTest:
 
 def signature(rgb: np.ndarray) -> np.ndarray:
     """The coarse same-cell signature: grey, 8x downscaled (blur ~2 px), uint8 36 x 36 for 288 x 288."""
-    g = _down(_grey(rgb), 4)
-    g = ndimage.gaussian_filter(g, SAME_CELL_BLUR / 4)
+    return _signature_of_down4(_down(_grey(rgb), 4))
+
+
+def _signature_of_down4(d: np.ndarray) -> np.ndarray:
+    g = ndimage.gaussian_filter(d, SAME_CELL_BLUR / 4)
     return np.clip(_down(g, 2) + 0.5, 0, 255).astype(np.uint8)
+
+
+def signature_shape(width: int, height: int) -> tuple[int, int]:
+    """The shape of :func:`signature` for an image of that size (stored as bytes in ImageFacts)."""
+    return (height // 4) // 2, (width // 4) // 2
+
+
+def cell_features(rgb: np.ndarray) -> tuple[int, bytes]:
+    """(:func:`centre_hash`, :func:`signature` as bytes) from one grey conversion and one downscale.
+
+    The decode stage computes both for every image, so dedup's same-cell tests need no pixels for their
+    coarse stage: only the ~1% of candidate pairs that reach the fine stage are decoded again.
+    """
+    g = _grey(rgb)
+    d = _down(g, 4)
+    return _centre_hash_of(g, d), _signature_of_down4(d).tobytes()
 
 
 def _fine_signature(rgb: np.ndarray) -> np.ndarray:
@@ -216,8 +238,14 @@ def _fine_signature(rgb: np.ndarray) -> np.ndarray:
 
 
 def _rect_sums(ii: np.ndarray, y0: np.ndarray, y1: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
-    """Sums over [y0, y1) x [x0, x1) from an integral image with a zero first row/column (broadcasting)."""
-    return ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
+    """Sums over [y0, y1) x [x0, x1) from integral images with a zero first row/column (broadcasting)."""
+    return ii[..., y1, x1] - ii[..., y0, x1] - ii[..., y1, x0] + ii[..., y0, x0]
+
+
+def _integral(x: np.ndarray) -> np.ndarray:
+    ii = np.zeros((*x.shape[:-2], x.shape[-2] + 1, x.shape[-1] + 1), dtype=np.float64)
+    ii[..., 1:, 1:] = x.cumsum(-2).cumsum(-1)
+    return ii
 
 
 def _ncc_all_shifts(A: np.ndarray, B: np.ndarray, R: int) -> np.ndarray:
@@ -226,26 +254,31 @@ def _ncc_all_shifts(A: np.ndarray, B: np.ndarray, R: int) -> np.ndarray:
     FFT cross-correlation for the products, integral images for the overlap sums: O(n log n) per pair
     instead of (2R + 1)^2 passes.
     """
-    h, w = A.shape
-    N0, N1 = h + R + 1, w + R + 1
-    FA = np.fft.rfft2(A, (N0, N1))
-    FB = np.fft.rfft2(B, (N0, N1))
-    cc = np.fft.irfft2(np.conj(FA) * FB, (N0, N1))  # cc[d] = sum_y A[y] B[y + d]
+    return _ncc_indexed(np.stack([A, B]), np.array([0]), np.array([1]), R)[0]
+
+
+def _ncc_indexed(images: np.ndarray, ia: np.ndarray, ib: np.ndarray, R: int) -> np.ndarray:
+    """_ncc_all_shifts(images[ia[k]], images[ib[k]], R) for every k, shape (k, 2R + 1, 2R + 1).
+
+    Whatever belongs to one image (its transform, its overlap sums) is computed once per image, not once
+    per pair; each pair gets the same arithmetic as alone (transforms work line by line).
+    """
+    h, w = images.shape[-2:]
+    # Any padding >= size + R + 1 keeps the shifts <= R free of wrap-around; a 5-smooth one is fast (the
+    # fine stage's 157 is prime, and a prime-length FFT is several times slower than one of 160).
+    N0, N1 = next_fast_len(h + R + 1, real=True), next_fast_len(w + R + 1, real=True)
+    F = np.fft.rfft2(images, (N0, N1))
+    cc = np.fft.irfft2(np.conj(F[ia]) * F[ib], (N0, N1))  # cc[d] = sum_y A[y] B[y + d]
     d = np.arange(-R, R + 1)
     dyy, dxx = d[:, None], d[None, :]
-    sab = cc[dyy % N0, dxx % N1]
-
-    def integral(x: np.ndarray) -> np.ndarray:
-        ii = np.zeros((h + 1, w + 1), dtype=np.float64)
-        ii[1:, 1:] = x.cumsum(0).cumsum(1)
-        return ii
-
+    sab = cc[..., dyy % N0, dxx % N1]
     ay0, ay1 = np.maximum(0, -dyy), h - np.maximum(0, dyy)
     ax0, ax1 = np.maximum(0, -dxx), w - np.maximum(0, dxx)
     by0, by1, bx0, bx1 = ay0 + dyy, ay1 + dyy, ax0 + dxx, ax1 + dxx
     n = (ay1 - ay0) * (ax1 - ax0)
-    sa, saa = _rect_sums(integral(A), ay0, ay1, ax0, ax1), _rect_sums(integral(A * A), ay0, ay1, ax0, ax1)
-    sb, sbb = _rect_sums(integral(B), by0, by1, bx0, bx1), _rect_sums(integral(B * B), by0, by1, bx0, bx1)
+    ii, ii2 = _integral(images), _integral(images * images)
+    sa, saa = _rect_sums(ii, ay0, ay1, ax0, ax1)[ia], _rect_sums(ii2, ay0, ay1, ax0, ax1)[ia]
+    sb, sbb = _rect_sums(ii, by0, by1, bx0, bx1)[ib], _rect_sums(ii2, by0, by1, bx0, bx1)[ib]
     cov = sab - sa * sb / n
     var = np.maximum(saa - sa * sa / n, 0) * np.maximum(sbb - sb * sb / n, 0)
     return np.where(var > 0, cov / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
@@ -265,9 +298,31 @@ def _same_cell(sig_a: np.ndarray, sig_b: np.ndarray, fine_a: Callable[[], np.nda
 
 def _coarse_test(sigs: tuple[np.ndarray, np.ndarray]) -> SameCellTest:
     """The coarse stage of the same-cell test; final (not same) unless coarse_corr >= SAME_CELL_COARSE_CORR."""
+    return _coarse_tests(np.stack(sigs), np.array([0]), np.array([1]))[0]
+
+
+def _coarse_tests(sigs: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> list[SameCellTest]:
+    """_coarse_test of (sigs[ia[k]], sigs[ib[k]]) for every k, in one vectorised pass."""
     R = max(1, SAME_CELL_MAX_SHIFT // 8)
-    coarse, dy, dx = _best(_ncc_all_shifts(sigs[0].astype(np.float64), sigs[1].astype(np.float64), R), R, 8)
-    return SameCellTest(dy, dx, coarse, coarse, False)
+    ncc = _ncc_indexed(sigs.astype(np.float64), ia, ib, R)
+    out = []
+    for k in range(ncc.shape[0]):
+        coarse, dy, dx = _best(ncc[k], R, 8)
+        out.append(SameCellTest(dy, dx, coarse, coarse, False))
+    return out
+
+
+def _coarse_batch(task: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[SameCellTest]:
+    return _coarse_tests(*task)
+
+
+def _coarse_task(batch: list[tuple[int, int]], sig: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(signatures of the images in ``batch``, once each; index of a and of b for each pair)."""
+    images = sorted({i for pair in batch for i in pair})
+    where = {i: k for k, i in enumerate(images)}
+    ia = np.array([where[a] for a, _ in batch], dtype=np.intp)
+    ib = np.array([where[b] for _, b in batch], dtype=np.intp)
+    return np.stack([sig[i] for i in images]), ia, ib
 
 
 def _fine_test(coarse: float, fine_a: np.ndarray, fine_b: np.ndarray) -> SameCellTest:
@@ -279,6 +334,14 @@ def _fine_test(coarse: float, fine_a: np.ndarray, fine_b: np.ndarray) -> SameCel
 # Worker-side pieces of the parallel same-cell tests (module level: picklable for process pools).
 def _signature_of(load_pixels: Callable[[str], np.ndarray], relpath: str) -> np.ndarray:
     return signature(np.asarray(load_pixels(relpath)))
+
+
+def _near_pairs_task(search: tuple[np.ndarray, int]) -> np.ndarray:
+    return neardup.near_pairs(*search)
+
+
+def _duplicate_test_of(load_pixels: Callable[[str], np.ndarray], job: tuple[str, str]) -> DuplicateTest:
+    return compare_duplicate(np.asarray(load_pixels(job[0])), np.asarray(load_pixels(job[1])))
 
 
 def _fine_test_of(load_pixels: Callable[[str], np.ndarray], job: tuple[str, str, float]) -> SameCellTest:
@@ -299,8 +362,11 @@ def centre_hash(rgb: np.ndarray) -> int:
     once per image where the image is decoded (like pHash) and handed to :func:`deduplicate`.
     """
     g = _grey(rgb)
+    return _centre_hash_of(g, _down(g, 4))
+
+
+def _centre_hash_of(g: np.ndarray, d: np.ndarray) -> int:
     h, w = g.shape
-    d = _down(g, 4)
     wgt = np.clip(np.median(d) - d - 60.0, 0, None)
     if wgt.sum() > 0:
         yy, xx = np.mgrid[: d.shape[0], : d.shape[1]]
@@ -337,21 +403,6 @@ class _UnionFind:
         for i in range(len(self.parent)):
             out.setdefault(self.find(i), []).append(i)
         return out
-
-
-class _LRU:
-    def __init__(self, capacity: int, make: Callable[[int], np.ndarray]):
-        self.capacity, self.make, self.data = capacity, make, OrderedDict()
-
-    def get(self, i: int) -> np.ndarray:
-        if i in self.data:
-            self.data.move_to_end(i)
-            return self.data[i]
-        v = self.make(i)
-        self.data[i] = v
-        if len(self.data) > self.capacity:
-            self.data.popitem(last=False)
-        return v
 
 
 def _default_prefer(f: ImageFacts) -> tuple:
@@ -418,45 +469,35 @@ def deduplicate(
             cell_uf.union(members[0], m)
             pairs.append(Pair(items[members[0]].relpath, items[m].relpath, "exact", 0))
 
-    # 2. Candidates among one representative per distinct pixel hash.
+    # 2. Candidates among one representative per distinct pixel hash (the two index searches side by side).
     cand: set[tuple[int, int]] = set()
+    run = map_fn or map
     if len(reps) > 1:
-        ph = np.array([items[r].phash for r in reps], dtype=np.uint64)
-        for i, j in np.asarray(neardup.near_pairs(ph, lookalike_threshold)).tolist():
-            cand.add((reps[min(i, j)], reps[max(i, j)]))
-        counters["phash_candidates"] = len(cand)
+        searches = [(np.array([items[r].phash for r in reps], dtype=np.uint64), lookalike_threshold)]
         ch_of = _centre_hashes(items, centre_hashes)
         if ch_of is not None:
-            ch = np.array([ch_of[r] for r in reps], dtype=np.uint64)
+            searches.append((np.array([ch_of[r] for r in reps], dtype=np.uint64), CENTRE_RADIUS))
+        found = list(run(_near_pairs_task, searches))
+        for k, pairs_found in enumerate(found):
             before = len(cand)
-            for i, j in np.asarray(neardup.near_pairs(ch, CENTRE_RADIUS)).tolist():
+            for i, j in np.asarray(pairs_found).tolist():
                 cand.add((reps[min(i, j)], reps[max(i, j)]))
-            counters["centre_candidates_added"] = len(cand) - before
+            counters["phash_candidates" if k == 0 else "centre_candidates_added"] = len(cand) - before
 
-    def load(i: int) -> np.ndarray:
-        counters["pixel_loads"] += 1
-        return np.asarray(load_pixels(items[i].relpath))
-
-    full = _LRU(_FULL_CACHE, load)
-    sigs = _LRU(_SIG_CACHE, lambda i: signature(full.get(i)))
-    fine = _LRU(8, lambda i: _fine_signature(full.get(i)))
 
     # 3. Confirm on pixels, in a fixed order. Every test is a pure function of the pair's pixels, so with
     # map_fn the same-cell tests are run beforehand in parallel and only looked up here.
     ordered = sorted(cand)
-    duplicate = {}
-    for a, b in ordered:
-        if _hamming(items[a].phash, items[b].phash) <= phash_threshold:
-            counters["duplicate_tests"] += 1
-            duplicate[(a, b)] = compare_duplicate(full.get(a), full.get(b))
+    dup_pairs = [(a, b) for a, b in ordered if _hamming(items[a].phash, items[b].phash) <= phash_threshold]
+    counters["duplicate_tests"] = len(dup_pairs)
+    counters["pixel_loads"] += 2 * len(dup_pairs)
+    jobs = [(items[a].relpath, items[b].relpath) for a, b in dup_pairs]
+    duplicate = dict(zip(dup_pairs, run(partial(_duplicate_test_of, load_pixels), jobs)))
     tested = [(a, b) for a, b in ordered if not ((a, b) in duplicate and duplicate[(a, b)].duplicate)]
     cell_tests = _remembered(items, tested, pair_memo)
     todo = [pair for pair in tested if pair not in cell_tests]
     counters["same_cell_remembered"] = len(cell_tests)
-    if map_fn is None:
-        fresh = {(a, b): _same_cell(sigs.get(a), sigs.get(b), lambda: fine.get(a), lambda: fine.get(b)) for a, b in todo}
-    else:
-        fresh = _same_cell_tests_parallel(items, todo, load_pixels, map_fn, counters)
+    fresh = _same_cell_tests(items, todo, load_pixels, run, counters)
     cell_tests.update(fresh)
     if pair_memo is not None:
         pair_memo.remember({(items[a].file_sha256, items[b].file_sha256): t for (a, b), t in fresh.items() if items[a].file_sha256 and items[b].file_sha256})
@@ -517,20 +558,34 @@ def _remembered(items: list[ImageFacts], tested: list[tuple[int, int]], memo: Pa
     return {keyed[key]: test for key, test in memo.known(list(keyed)).items()}
 
 
-def _same_cell_tests_parallel(
+def _same_cell_tests(
     items: list[ImageFacts], tested: list[tuple[int, int]], load_pixels: Callable[[str], np.ndarray], map_fn: Callable, counters: Counter
 ) -> dict[tuple[int, int], SameCellTest]:
-    """_same_cell for every pair, in three parallel rounds: each image's coarse signature (one load per
-    image), the coarse test of every pair, the fine test of the pairs that pass it (two loads each)."""
+    """_same_cell for every pair, in three rounds mapped with ``map_fn``: the coarse signature of each
+    image the facts lack (one load each; the decode stage normally stored them all), the coarse test of
+    every pair (vectorised, COARSE_BATCH pairs a task), the fine test of the pairs that pass it (two loads
+    each). Batches are cut from the sorted pair list, so results do not depend on the number of workers."""
     involved = sorted({i for pair in tested for i in pair})
-    counters["pixel_loads"] += len(involved)
-    sig = dict(zip(involved, map_fn(partial(_signature_of, load_pixels), [items[i].relpath for i in involved])))
-    coarse = dict(zip(tested, map_fn(_coarse_test, [(sig[a], sig[b]) for a, b in tested])))
+    stored = {i: _stored_signature(items[i]) for i in involved}
+    missing = [i for i in involved if stored[i] is None]
+    counters["pixel_loads"] += len(missing)
+    sig = {i: s for i, s in stored.items() if s is not None}
+    sig.update(zip(missing, map_fn(partial(_signature_of, load_pixels), [items[i].relpath for i in missing])))
+    batches = [tested[k : k + COARSE_BATCH] for k in range(0, len(tested), COARSE_BATCH)]
+    tasks = [_coarse_task(batch, sig) for batch in batches]
+    coarse = dict(zip(tested, (t for tests in map_fn(_coarse_batch, tasks) for t in tests)))
     fine_pairs = [pair for pair in tested if coarse[pair].coarse_corr >= SAME_CELL_COARSE_CORR]
     counters["pixel_loads"] += 2 * len(fine_pairs)
     jobs = [(items[a].relpath, items[b].relpath, coarse[(a, b)].coarse_corr) for a, b in fine_pairs]
     coarse.update(zip(fine_pairs, map_fn(partial(_fine_test_of, load_pixels), jobs)))
     return coarse
+
+
+def _stored_signature(f: ImageFacts) -> np.ndarray | None:
+    data = getattr(f, "signature", None)
+    if data is None:
+        return None
+    return np.frombuffer(data, dtype=np.uint8).reshape(signature_shape(f.width, f.height))
 
 
 def _centre_hashes(items: list[ImageFacts], given: Mapping[str, int] | None) -> list[int] | None:

@@ -2,12 +2,13 @@
 
 - check_nothing_lost: every raw input has exactly one ledger row, and kept + duplicate + label_conflict +
   excluded + invalid adds up to the number of raw inputs found under RAW.
-- verify_published_pixels: every image stored in the written Parquet shards is decoded again, the way a
-  consumer decodes it, and its pixel sha256 must equal the one taken at ingest: the published image is the
-  annotated one. The WebDataset tars (when written) must hold, for each kept image, exactly the bytes just
-  verified in the Parquet shards (a sha256 of the bytes, no second decode). It runs on the staging directory,
-  after writing and before the rename, one task per Parquet row group or tar shard (each worker reads its own
-  part from disk, so no image bytes cross process boundaries).
+- published pixels (ShardChecker in a build, verify_published_pixels stand-alone): every image stored in the
+  written Parquet shards is read back and must give the pixel sha256 taken at ingest: the published image is
+  the annotated one. Bytes whose sha256 equals the file that was decoded at ingest are that file, so they
+  decode to those pixels (decoding is deterministic); any other bytes (re-encoded images), and a fixed 1 in
+  SPOT_CHECK_EVERY of the rest, are decoded again, the way a consumer decodes them. The WebDataset tars (when written) must hold, for each kept image, exactly
+  the bytes just verified in the Parquet shards (a sha256 of the bytes). A build checks each shard on a
+  thread as soon as it is closed, while the next is written, and before the staging directory is renamed.
 - staging names, clean-up of what a killed build left next to the release, and fsync before the rename.
 """
 
@@ -20,15 +21,18 @@ import os
 import shutil
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 import pyarrow.parquet as pq
+from pyarrow import Buffer
 from PIL import Image, ImageOps
 
+from pipeline.overlap import drop_from_page_cache
 from pipeline.records import FATES, LedgerEntry
 
 Mapper = Callable[[Callable, list], Iterator]
@@ -94,26 +98,66 @@ def published_pixel_sha256(data: bytes, size: tuple[int, int]) -> str:
         return hashlib.sha256(img.tobytes()).hexdigest()
 
 
-def _row_group_hashes(size: tuple[int, int], task: tuple[str, int]) -> list[tuple[str, str, str | None, str, str]]:
-    """(source_file, pixel_sha256 column, decoded sha256 or None, problem, bytes sha256) for each row of one row group."""
-    path, group = task
-    # use_threads=False: the parallelism is one process per row group; Arrow threads on top would oversubscribe the cores
-    table = pq.ParquetFile(path).read_row_group(group, columns=["image", "source_file", "pixel_sha256"], use_threads=False)
-    images = table.column("image").combine_chunks().field("bytes").to_pylist()  # the bytes only: no per-row dicts
-    out = []
-    for data, source, claimed in zip(images, table.column("source_file").to_pylist(), table.column("pixel_sha256").to_pylist()):
-        digest = hashlib.sha256(data).hexdigest()
-        try:
-            out.append((source, claimed, published_pixel_sha256(data, size), "", digest))
-        except Exception as exc:  # any decode failure is a verification failure, reported with its row
-            out.append((source, claimed, None, f"{type(exc).__name__}: {exc}", digest))
+class Expected(NamedTuple):
+    """What the build knows of one kept image: its ingest pixel sha256 and, when its file's bytes are
+    published unchanged, that file's sha256 (bytes with that digest need no second decode)."""
+
+    pixel_sha256: str
+    decoded_file_sha256: str | None = None
+
+
+SPOT_CHECK_EVERY = 64
+
+
+def spot_checked(pixel_sha256: str) -> bool:
+    """About one image in SPOT_CHECK_EVERY (chosen by its pixel hash, so the same ones every build) is decoded
+    again even when its bytes are the decoded file's: a standing check that a consumer's decoder (datasets'
+    Image) gives the pixels the ingest decoder gave."""
+    return int(pixel_sha256[:8], 16) % SPOT_CHECK_EVERY == 0
+
+
+Row = tuple[str, str, "str | None", str, str]  # source_file, pixel_sha256 column, decoded sha256, problem, bytes sha256
+
+
+def check_parquet_shard(source: str | BinaryIO, expected: Mapping[str, Expected], size: tuple[int, int]) -> list[Row]:
+    """One row per image of a Parquet shard (read row group by row group: bounded memory).
+
+    Bytes whose sha256 equals the file this build decoded are those very bytes, so they decode to the pixels
+    hashed at ingest (decoding is deterministic); every other image is decoded again, as a consumer would.
+    """
+    parquet = pq.ParquetFile(source)
+    out: list[Row] = []
+    for group in range(parquet.num_row_groups):
+        # use_threads=False: the parallelism is one task per shard; Arrow threads on top would oversubscribe the cores
+        table = parquet.read_row_group(group, columns=["image", "source_file", "pixel_sha256"], use_threads=False)
+        # Arrow buffers, not Python bytes: no second copy of the row group's images
+        images = (chunk.field("bytes")[i].as_buffer() for chunk in table.column("image").chunks for i in range(len(chunk)))
+        for data, src, claimed in zip(images, table.column("source_file").to_pylist(), table.column("pixel_sha256").to_pylist()):
+            out.append(_check_image(data, src, claimed, expected.get(src), size))
+        del table
     return out
 
 
-def _tar_image_digests(path: str) -> list[tuple[str, str, str]]:
+def _check_image(data: Buffer | None, source: str, claimed: str, expect: Expected | None, size: tuple[int, int]) -> Row:
+    if data is None:
+        return (source, claimed, None, "the image bytes are null", "")
+    digest = hashlib.sha256(data).hexdigest()
+    if expect is not None and expect.decoded_file_sha256 == digest and not spot_checked(expect.pixel_sha256):
+        return (source, claimed, expect.pixel_sha256, "", digest)
+    try:
+        return (source, claimed, published_pixel_sha256(bytes(data), size), "", digest)
+    except Exception as exc:  # any decode failure is a verification failure, reported with its row
+        return (source, claimed, None, f"{type(exc).__name__}: {exc}", digest)
+
+
+def _parquet_task(size: tuple[int, int], task: tuple[str, Mapping[str, Expected]]) -> list[Row]:
+    return check_parquet_shard(task[0], task[1], size)
+
+
+def check_tar_shard(source: str | BinaryIO) -> list[tuple[str, str, str]]:
     """(source_file from the sample's json, sha256 of its image member, problem) for each sample of one tar shard."""
     samples: dict[str, dict[str, str]] = {}
-    with tarfile.open(path, "r:") as tar:
+    with tarfile.open(**({"name": source} if isinstance(source, str) else {"fileobj": source}), mode="r:") as tar:
         for member in tar:
             key, _, ext = member.name.partition(".")
             if not member.isfile() or ext == "cls":
@@ -127,19 +171,66 @@ def _tar_image_digests(path: str) -> list[tuple[str, str, str]]:
     return [(s.get("source", f"(tar sample {key})"), s.get("digest", ""), "" if "digest" in s and "source" in s else "incomplete sample") for key, s in samples.items()]
 
 
-def _row_groups(release_dir: Path) -> list[tuple[str, int]]:
-    tasks = []
-    for path in sorted((release_dir / "data").glob("*.parquet")):
-        tasks += [(str(path), g) for g in range(pq.ParquetFile(path).num_row_groups)]
-    return tasks
-
-
 def verify_published_pixels(release_dir: Path, ingest_sha256: dict[str, str], size: tuple[int, int], mapper: Mapper = map) -> int:
-    """Every kept image is in the shards exactly once and decodes to the pixels hashed at ingest; returns the count."""
+    """Every kept image is in the shards exactly once and decodes to the pixels hashed at ingest; returns the count.
+
+    The stand-alone form (every image decoded again, one task per shard); a build checks each shard as it is
+    written instead (ShardChecker).
+    """
+    expected = {source: Expected(sha) for source, sha in ingest_sha256.items()}
+    parquet = [(str(p), expected) for p in sorted((release_dir / "data").glob("*.parquet"))]
+    tars = sorted(str(p) for p in (release_dir / "wds").glob("*.tar"))
+    return raise_problems(list(mapper(partial(_parquet_task, size), parquet)), list(mapper(check_tar_shard, tars)), ingest_sha256)
+
+
+class ShardChecker:
+    """Checks each shard of a release as soon as it is written, on threads, while the next one is written.
+
+    The shard was just written, so it is read back from the page cache, not the disk; hashing and decoding
+    release the GIL. The file is opened when it is handed over, so renaming it afterwards is harmless.
+    ``result`` waits for every check and raises IntegrityError listing all problems.
+    """
+
+    def __init__(self, expected: Mapping[str, Expected], size: tuple[int, int], threads: int) -> None:
+        self._expected, self._size = expected, size
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="shard-check")
+        self._parquet: list = []
+        self._tars: list = []
+
+    def parquet(self, path: Path) -> None:
+        self._parquet.append(self._pool.submit(self._run, check_parquet_shard, open(path, "rb"), self._expected, self._size))  # noqa: SIM115
+
+    def tar(self, path: Path) -> None:
+        self._tars.append(self._pool.submit(self._run, check_tar_shard, open(path, "rb")))  # noqa: SIM115
+
+    @staticmethod
+    def _run(check: Callable, fh: BinaryIO, *args: object) -> list:
+        with fh:
+            try:
+                return check(fh, *args)
+            finally:
+                drop_from_page_cache(fh.fileno())
+
+    def result(self) -> int:
+        try:
+            parquet = [f.result() for f in self._parquet]
+            tars = [f.result() for f in self._tars]
+        finally:
+            self.close()
+        return raise_problems(parquet, tars, {source: e.pixel_sha256 for source, e in self._expected.items()})
+
+    def close(self) -> None:
+        for future in self._parquet + self._tars:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+
+def raise_problems(parquet: Iterable[list[Row]], tars: Iterable[list[tuple[str, str, str]]], ingest_sha256: Mapping[str, str]) -> int:
+    """Compare what the shards hold with the ingest hashes; raise IntegrityError naming every problem, else the count."""
     problems: list[str] = []
     seen: Counter[str] = Counter()
     parquet_bytes: dict[str, str] = {}
-    for rows in mapper(partial(_row_group_hashes, size), _row_groups(release_dir)):
+    for rows in parquet:
         for source, claimed, decoded, problem, digest in rows:
             seen[source] += 1
             parquet_bytes[source] = digest
@@ -152,20 +243,20 @@ def verify_published_pixels(release_dir: Path, ingest_sha256: dict[str, str], si
                 problems.append(f"{source}: published pixels sha256 {decoded[:16]}.. (column {claimed[:16]}..) != ingest {expected[:16]}..")
     problems += [f"{s}: stored {n} times" for s, n in sorted(seen.items()) if n > 1]
     problems += [f"{s}: kept but missing from the shards" for s in sorted(set(ingest_sha256) - set(seen))]
-    problems += _tar_problems(release_dir, ingest_sha256, parquet_bytes, mapper)
+    problems += _tar_problems(tars, ingest_sha256, parquet_bytes)
     if problems:
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise IntegrityError(f"published-pixel verification failed ({len(problems)} problem(s)); nothing published:\n  {shown}")
     return sum(seen.values())
 
 
-def _tar_problems(release_dir: Path, ingest_sha256: dict[str, str], parquet_bytes: dict[str, str], mapper: Mapper) -> list[str]:
+def _tar_problems(tars: Iterable[list[tuple[str, str, str]]], ingest_sha256: Mapping[str, str], parquet_bytes: dict[str, str]) -> list[str]:
     """The tars must carry each kept image once, byte-identical to its verified Parquet copy."""
-    tars = sorted(str(p) for p in (release_dir / "wds").glob("*.tar"))
+    tars = list(tars)
     if not tars:
         return []  # a release without WebDataset shards
     problems, seen = [], Counter()
-    for samples in mapper(_tar_image_digests, tars):
+    for samples in tars:
         for source, digest, problem in samples:
             seen[source] += 1
             if problem:

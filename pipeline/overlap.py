@@ -7,10 +7,14 @@ overlaps with Parquet page encoding and file writes, which pyarrow runs without 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -110,12 +114,17 @@ class HashingWriter:
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
         self._sha = hashlib.sha256()
         self._size = 0
+        self._behind = WriteBehind(self._file.fileno())
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         self._sha.update(view)
         self._size += view.nbytes
-        return self._file.write(view)
+        written = self._file.write(view)
+        if self._behind.due(self._size):
+            self._file.flush()
+            self._behind.advance(self._size)
+        return written
 
     def tell(self) -> int:
         return self._size
@@ -142,3 +151,63 @@ class HashingWriter:
     def digest(self) -> tuple[int, str]:
         """(size, sha256 hex) of everything written."""
         return self._size, self._sha.hexdigest()
+
+
+# ---- write-behind ------------------------------------------------------------------------------------
+
+WRITE_BEHIND_BYTES = 64 << 20
+_SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE, _SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
+
+
+@lru_cache(maxsize=1)
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2) from the C library, or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class WriteBehind:
+    """Hands a file's pages to the disk while it is still being written, one WRITE_BEHIND_BYTES chunk behind.
+
+    Left alone, the kernel lets gigabytes of a 20 GB release pile up dirty in memory, then throttles the
+    writer while it evicts them, and the release pushes the raw images out of the page cache. Starting the
+    write-back of each chunk as soon as it is complete and waiting for the chunk before keeps at most two
+    chunks per file dirty: bench/RESULTS.md measured a 4 GB file written ~2-4x faster this way. Linux uses
+    sync_file_range (asynchronous); elsewhere each chunk is flushed with fdatasync.
+    """
+
+    def __init__(self, fd: int, chunk: int = WRITE_BEHIND_BYTES) -> None:
+        self._fd, self._chunk = fd, chunk
+        self._started = self._done = 0  # bytes whose write-back was started / has completed
+
+    def due(self, size: int) -> bool:
+        return size - self._started >= self._chunk
+
+    def advance(self, size: int) -> None:
+        """Start writing back [started, size), after waiting for the chunk before it to be on disk."""
+        sync = _sync_file_range()
+        if sync is None:
+            os.fdatasync(self._fd)
+            self._started = self._done = size
+            return
+        if self._started > self._done:
+            both = _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER
+            sync(self._fd, self._done, self._started - self._done, both)
+            self._done = self._started
+        sync(self._fd, self._started, size - self._started, _SYNC_FILE_RANGE_WRITE)
+        self._started = size
+
+
+def drop_from_page_cache(fd: int) -> None:
+    """Ask the kernel to drop an open file's cached pages (those already on disk): a shard that has been
+    written and checked is not read again by the build, and caching it would only evict the raw images."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

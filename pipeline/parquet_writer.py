@@ -110,8 +110,10 @@ def write_split(
     max_shard_bytes: int,
     max_row_group_bytes: int,
     image_compression: str = "none",
+    on_shard: Callable[[Path], None] | None = None,
 ) -> list[ShardInfo]:
-    """Write one split's shards; names carry -of-N once N is known. An empty split writes no shard."""
+    """Write one split's shards; names carry -of-N once N is known. An empty split writes no shard.
+    ``on_shard(path)`` is called with each shard's temporary path as soon as the shard is complete."""
     schema = arrow_schema(class_names)
     data_dir.mkdir(parents=True, exist_ok=True)
     shards: list[ShardInfo] = []
@@ -146,6 +148,8 @@ def write_split(
         size, digest = sink.digest()
         shards.append(ShardInfo(tmp_name(len(shards)), shard_rows, shard_bytes, digest, size))
         writer, shard_rows, shard_bytes = None, 0, 0
+        if on_shard is not None:
+            on_shard(shards[-1].path)
 
     for record in records:
         data = read_bytes(record)

@@ -31,11 +31,12 @@ class ImageFacts:
     phash: int  # 64-bit imagehash.phash of the decoded image, as an unsigned int
     width: int
     height: int
-    sharpness: float  # variance of a Laplacian of the grey image: tells refocused look-alikes from copies
     lossless: bool  # True when the file bytes can be published as they are (lossless format, RGB, 8 bit)
     file_format: str  # PIL format name: "TIFF", "PNG", "JPEG"
     file_sha256: str = ""  # of the file bytes, from the same read that decoded the pixels
     centre_hash: int | None = None  # pHash of a window centred on the cell: finds re-crops of the same cell
+    # dedup's coarse same-cell signature (uint8, (height // 8) x (width // 8), row-major; 1.3 kB at 288 px)
+    signature: bytes | None = None
 
 
 @dataclass(frozen=True)

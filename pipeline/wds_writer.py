@@ -20,6 +20,7 @@ import datetime
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,7 @@ class ShardedTarWriter:
     split: str
     max_shard_bytes: int
     mtime: int
+    on_shard: Callable[[Path], None] | None = None  # called with each shard's path as soon as it is complete
     shards: list[TarShard] = field(default_factory=list, init=False)
     suffixes: set[str] = field(default_factory=set, init=False)  # image member suffixes written (tif, png)
     _tar: tarfile.TarFile | None = field(default=None, init=False)
@@ -144,6 +146,8 @@ class ShardedTarWriter:
         size, digest = self._sink.digest()
         self.shards.append(TarShard(f"{WDS_DIR}/{shard_name(self.split, len(self.shards))}", self._shard_samples, digest, size))
         self._tar = None
+        if self.on_shard is not None:
+            self.on_shard(self.release_dir / self.shards[-1].path)
 
 
 def manifest_entry(split: str, shards: list[TarShard]) -> dict:

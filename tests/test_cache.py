@@ -56,7 +56,7 @@ def test_rebuild_after_a_change_redoes_only_that_image_and_matches_a_clean_build
     assert target.stat().st_size == before.st_size and target.stat().st_mtime_ns == before.st_mtime_ns
     again = build_release(raw, tmp_path / "again", config, workers=2, cache_dir=cache)
     assert again.work == {"images": 32, "from_cache": 31, "decoded": 1}
-    fresh = build_release(raw, tmp_path / "fresh", config, workers=1)
+    build_release(raw, tmp_path / "fresh", config, workers=1)
     assert release_bytes(tmp_path / "again") == release_bytes(tmp_path / "fresh")
     assert release_bytes(tmp_path / "again") != release_bytes(tmp_path / "clean")
     ledger = (tmp_path / "again" / "ledger.csv").read_text()
@@ -156,7 +156,7 @@ def test_same_cell_tests_are_remembered_by_file_contents(tmp_path, config):
     raw = tmp_path / "raw"
     synthesize(raw, config=config, scale=0.004, seed=5, workers=1)
     ingested, _ = run_ingest(raw, config)
-    facts, _, _ = run_decode(raw, ingested.items, config, SerialExecutor(), Progress())
+    facts, *_ = run_decode(raw, ingested.items, config, SerialExecutor(), Progress())
     ordered = [facts[i.relpath] for i in ingested.items if i.relpath in facts]
 
     def dedup(memo, stats):

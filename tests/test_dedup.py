@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 from collections import Counter
 from itertools import combinations
 
+import numpy as np
 import pytest
 
 from pipeline import synth
 from pipeline.dedup import (
     DUP_HF_RATIO,
     SAME_CELL_MIN_CORR,
+    _coarse_test,
+    _coarse_tests,
+    cell_features,
+    centre_hash,
     compare_duplicate,
     deduplicate,
     same_cell,
+    signature,
 )
 from pipeline.decode import decode_file, load_rgb
 from pipeline.records import ImageFacts, Pair
@@ -221,7 +228,7 @@ def test_unknown_policy_and_repeated_relpath_are_errors(root):
 
 def test_exact_groups_need_no_pixels():
     """Identical pixel hashes are duplicates whatever the names; nothing is loaded for them."""
-    f = lambda rel, sha, lossless=True: ImageFacts(rel, "a", sha, 0x0F0F0F0F0F0F0F0F if sha == "s1" else 0xFFFF0000FFFF0000, 288, 288, 1.0, lossless, "TIFF")  # noqa: E731
+    f = lambda rel, sha, lossless=True: ImageFacts(rel, "a", sha, 0x0F0F0F0F0F0F0F0F if sha == "s1" else 0xFFFF0000FFFF0000, 288, 288, lossless, "TIFF")  # noqa: E731
     facts = [f("a/z.tif", "s1"), f("a/b.png", "s1"), f("a/a.jpg", "s1", False), f("a/q.tif", "s2")]
 
     def no_load(rel):
@@ -278,3 +285,39 @@ def test_identical_copy_under_two_names_is_exact_not_compared(root):
     a = load_rgb(root / rel, SIZE)
     d = compare_duplicate(a, a)
     assert d.duplicate and d.rms == 0 and d.hf_ratio == pytest.approx(1.0)
+
+
+def test_signatures_from_decode_spare_pixel_loads_and_change_nothing(root, result):
+    """decode stores each image's coarse signature, so only fine same-cell and duplicate tests load pixels."""
+    r, calls, stats = result
+    facts = facts_of(root)
+    assert all(f.signature is not None and len(f.signature) == 36 * 36 for f in facts)
+    bare = [dataclasses.replace(f, signature=None) for f in facts]
+    calls_bare: list[str] = []
+    stats_bare: dict = {}
+    r_bare = _run(root, bare, calls=calls_bare, stats=stats_bare)
+    assert (r_bare.fates, r_bare.group_of, r_bare.pairs) == (r.fates, r.group_of, r.pairs)
+    with_sig_loads = stats["duplicate_tests"] * 2 + 2 * stats["same_cell_fine_tests"]
+    assert len(calls) <= with_sig_loads < len(calls_bare), (len(calls), with_sig_loads, len(calls_bare))
+
+
+def test_cell_features_are_the_centre_hash_and_signature_bits(root):
+    rels = sorted(annotations(root))[:12]
+    for rel in rels:
+        rgb = load_rgb(root / rel, SIZE)
+        centre, sig = cell_features(rgb)
+        assert centre == centre_hash(rgb)
+        assert sig == signature(rgb).tobytes()
+
+
+def test_batched_coarse_tests_equal_one_pair_at_a_time(root):
+    """The vectorised coarse test gives the same bits as testing each pair alone, whatever the batch."""
+    sigs = [signature(load_rgb(root / rel, SIZE)) for rel in sorted(annotations(root))[:24]]
+    pairs = list(combinations(range(len(sigs)), 2))[:60]
+    alone = [_coarse_test((sigs[a], sigs[b])) for a, b in pairs]
+    for cut in (1, 7, 60):
+        batched = []
+        for k in range(0, len(pairs), cut):
+            chunk = pairs[k : k + cut]
+            batched += _coarse_tests(np.stack(sigs), np.array([a for a, _ in chunk]), np.array([b for _, b in chunk]))
+        assert batched == alone

@@ -96,7 +96,7 @@ def test_parallel_same_cell_tests_give_the_serial_dedup(tmp_path, config):
     synthesize(raw, config=config, scale=0.004, seed=3, workers=1)
     ingested, _ = run_ingest(raw, config)
     with LocalExecutor(2) as pool:
-        facts, _, _ = run_decode(raw, ingested.items, config, pool, Progress())
+        facts, *_ = run_decode(raw, ingested.items, config, pool, Progress())
         items = [i for i in ingested.items if i.relpath in facts]
         parallel = run_dedup(raw, items, facts, config, executor=pool)
     serial = run_dedup(raw, items, facts, config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline import build as build_mod
-from pipeline import parquet_writer, wds_writer
+from pipeline import integrity, parquet_writer, wds_writer
 from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.integrity import IntegrityError, check_nothing_lost, verify_published_pixels
@@ -223,3 +224,48 @@ def test_nothing_lost_on_a_synthetic_archive_with_hostile_additions(tmp_path: Pa
     fates = {r["source_file"]: r["fate"] for r in ledger}
     assert fates["monocyte/cut.tif"] == fates["monocyte/caf\\xe9.tif"] == fates["monocyte/link.tif"] == "invalid"
     assert report.timings["verify"] > 0 and report.balance.by_fate["kept"] == sum(1 for f in fates.values() if f == "kept")
+
+
+def _published(release: Path) -> list[dict]:
+    rows = []
+    for shard in sorted((release / "data").glob("*.parquet")):
+        rows += pq.read_table(shard, columns=["image", "source_file", "pixel_sha256"]).to_pylist()
+    return rows
+
+
+def test_bytes_equal_to_the_decoded_file_are_not_decoded_again(raw, tmp_path, config, monkeypatch):
+    """The build decodes again only re-encoded images and the fixed spot-check sample; the rest are proven
+    by their bytes' sha256 (equal to the file ingest decoded)."""
+    decoded: list[str] = []
+    real = integrity.published_pixel_sha256
+
+    def counting(data: bytes, size):
+        decoded.append(hashlib.sha256(data).hexdigest())
+        return real(data, size)
+
+    monkeypatch.setattr(integrity, "published_pixel_sha256", counting)
+    build_release(raw, tmp_path / "rel", config, workers=2)
+    rows = _published(tmp_path / "rel")
+    reencoded = [r for r in rows if r["image"]["path"].endswith(".png")]
+    assert [r["source_file"] for r in reencoded] == ["myeloblast/grey.png"]
+    expected = [r for r in rows if r in reencoded or integrity.spot_checked(r["pixel_sha256"])]
+    assert sorted(decoded) == sorted(hashlib.sha256(r["image"]["bytes"]).hexdigest() for r in expected)
+
+
+def test_spot_check_decodes_a_fixed_sample_and_catches_a_lie_there(raw, tmp_path, config):
+    """An expectation that lies about the pixels of trusted bytes: a spot-checked image is decoded, and the
+    message shows its real pixel hash; any other is taken on its bytes (only the column disagrees)."""
+    build_release(raw, tmp_path / "rel", config, workers=1)
+    rows = _published(tmp_path / "rel")
+    honest = {r["source_file"]: integrity.Expected(r["pixel_sha256"], hashlib.sha256(r["image"]["bytes"]).hexdigest()) for r in rows}
+    victim = sorted(honest)[0]
+    real = honest[victim].pixel_sha256
+    for lie, spot in (("0" * 64, True), ("00000040" + "0" * 56, True), ("00000001" + "0" * 56, False)):
+        assert integrity.spot_checked(lie) == spot
+        expected = dict(honest) | {victim: integrity.Expected(lie, honest[victim].decoded_file_sha256)}
+        checker = integrity.ShardChecker(expected, (288, 288), threads=2)
+        for shard in sorted((tmp_path / "rel" / "data").glob("*.parquet")):
+            checker.parquet(shard)
+        shown = real if spot else lie  # decoded pixels, or the expectation taken on the bytes' word
+        with pytest.raises(IntegrityError, match=f"{victim}: published pixels sha256 {shown[:16]}\\.\\. \\(column {real[:16]}"):
+            checker.result()

@@ -275,3 +275,28 @@ def test_property_equals_bruteforce(h, k, data):
     assert_contract(got, h.size)
     assert np.array_equal(got, near_pairs_bruteforce(h, k))
     assert as_set(got) == python_pairs(h, k)
+
+
+def test_combination_at_unranks_the_itertools_order():
+    from itertools import combinations
+
+    from pipeline.neardup import _combination_at
+
+    for m in range(1, 13):
+        for s in range(1, m + 1):
+            assert [_combination_at(m, s, i) for i in range(math.comb(m, s))] == list(combinations(range(m), s))
+
+
+def test_block_count_chosen_from_the_data_for_clustered_hashes():
+    """Hashes of similar images collide far more than uniform ones: counting collisions on the data
+    chooses fewer, wider-keyed combinations (or brute force) than the uniform estimate, same pairs."""
+    rng = np.random.default_rng(3)
+    centres = rng.integers(0, 2**64 - 1, 40, dtype=np.uint64)
+    flips = rng.integers(0, 64, (4000, 3))
+    noise = np.bitwise_or.reduce(np.left_shift(np.uint64(1), flips.astype(np.uint64)), axis=1)
+    hashes = np.unique(centres[rng.integers(0, 40, 4000)] ^ noise)
+    uniform = choose_blocks(hashes.size, 8)
+    measured = choose_blocks(hashes.size, 8, hashes)
+    assert (uniform, measured) == (9, None)  # 40 tight clusters: the index search's keys collide in bulk
+    assert np.array_equal(near_pairs(hashes, 8), near_pairs_bruteforce(hashes, 8))
+    assert np.array_equal(near_pairs(hashes, 8, blocks=9), near_pairs_bruteforce(hashes, 8))

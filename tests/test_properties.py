@@ -25,7 +25,6 @@ from pipeline.decode import decode_image
 from pipeline.dedup import deduplicate
 from pipeline.imagecheck import ImageRejected
 from pipeline.ingest import ingest
-from pipeline.records import ImageFacts
 from pipeline.resources import default_config_path
 from pipeline.synth import synthesize
 from tests.rawkit import crop, encode

@@ -23,7 +23,7 @@ from pipeline import cache as cache_mod
 from pipeline.build import BuildError, build_release
 from pipeline.cli import app
 from pipeline.ingest import ingest
-from pipeline.integrity import IntegrityError, clean_stale_staging, old_path, staging_path
+from pipeline.integrity import clean_stale_staging, old_path, staging_path
 from pipeline.publish import self_check
 from tests.rawkit import crop, save, simple_raw
 
@@ -221,6 +221,8 @@ def test_killed_build_resumes_from_the_cache_redoing_only_unfinished_images(seed
 
 
 def test_a_corrupted_cache_entry_cannot_publish_wrong_pixels(raw, tmp_path, config, monkeypatch):
+    """A cache row changed behind the tool's back (bit rot, a hand edit) fails its checksum: it is ignored,
+    the image is decoded again, the build says so, and the release is the one an uncached build writes."""
     monkeypatch.setattr(cache_mod, "RACY_SECONDS", 0.0)
     cache = tmp_path / "cache"
     build_release(raw, tmp_path / "first", config, workers=1, cache_dir=cache)
@@ -228,8 +230,9 @@ def test_a_corrupted_cache_entry_cannot_publish_wrong_pixels(raw, tmp_path, conf
     with closing(sqlite3.connect(cache / cache_mod.DB_NAME)) as db, db:
         (sha,) = db.execute("SELECT file_sha256 FROM files WHERE path = ?", [str(raw / victim)]).fetchone()
         (facts_json,) = db.execute("SELECT facts_json FROM facts WHERE file_sha256 = ?", [sha]).fetchone()
-        bad = json.loads(facts_json) | {"pixel_sha256": "0" * 64}  # bit rot, or a cache from a buggy decoder
+        bad = json.loads(facts_json) | {"pixel_sha256": "0" * 64}  # bit rot, or a hand edit
         db.execute("UPDATE facts SET facts_json = ? WHERE file_sha256 = ?", [json.dumps(bad, sort_keys=True), sha])
-    with pytest.raises(IntegrityError, match=f"{victim}: published pixels sha256 [0-9a-f]{{16}}\\.\\. \\(column 0000000000000000\\.\\.\\) != ingest 0000000000000000"):
-        build_release(raw, tmp_path / "second", config, workers=1, cache_dir=cache)
-    assert not (tmp_path / "second").exists() and _leftovers(tmp_path / "second") == []
+    second = build_release(raw, tmp_path / "second", config, workers=1, cache_dir=cache)
+    assert second.work["decoded"] == 1 and second.work["from_cache"] == second.work["images"] - 1
+    assert "per-image cache: 1 entry failed its checksum and was computed again" in second.warnings
+    assert _tree(tmp_path / "second") == _tree(tmp_path / "first")
