@@ -20,7 +20,7 @@ from pipeline.dedup import PairMemo, deduplicate
 from pipeline.executor import Executor, batch_size, batched, make_executor
 from pipeline.exclude import exclusion_reason
 from pipeline.ingest import AnnotationsError, IngestResult, ingest
-from pipeline.overlap import prefetch
+from pipeline.overlap import ReadAhead, prefetch
 from pipeline.parquet_writer import write_split
 from pipeline.records import FATES, DecodeFailure, DedupResult, ImageFacts, LedgerEntry, RawItem, ReleaseRecord
 from pipeline.split import SplitItem, assign_splits
@@ -187,12 +187,18 @@ def run_decode(
     todo = [k for k, r in enumerate(results) if r is None]
     task = partial(_decode_task, str(raw), config.image_size)
     batches = list(batched(todo, batch_size(len(todo), executor.parallelism)))
-    for indices, batch_results in zip(batches, executor.map_batches(task, ([items[k] for k in b] for b in batches))):
-        for index, result in zip(indices, batch_results):
-            results[index] = result
-            if cache is not None:
-                cache.record(paths[index], stat_keys.get(index), result, looked_at_ns)
-        progress.advance("decode", len(indices))
+    finished = 0
+    # Workers on other machines read through their own page cache: read-ahead only helps a local pool.
+    ahead = [paths[k] for k in todo] if executor.name in ("serial", "local") else []
+    with ReadAhead(ahead) as read_ahead:
+        for indices, batch_results in zip(batches, executor.map_batches(task, ([items[k] for k in b] for b in batches))):
+            for index, result in zip(indices, batch_results):
+                results[index] = result
+                if cache is not None:
+                    cache.record(paths[index], stat_keys.get(index), result, looked_at_ns)
+            finished += len(indices)
+            read_ahead.done(finished)
+            progress.advance("decode", len(indices))
     if cache is not None:
         cache.commit()
     progress.finish("decode")

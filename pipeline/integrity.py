@@ -107,6 +107,9 @@ class Expected(NamedTuple):
 
 
 SPOT_CHECK_EVERY = 64
+TAR_READ_BUFFER = 4 << 20
+PARQUET_READ_BUFFER = 4 << 20
+PARQUET_CHECK_BATCH = 32
 
 
 def spot_checked(pixel_sha256: str) -> bool:
@@ -120,21 +123,20 @@ Row = tuple[str, str, "str | None", str, str]  # source_file, pixel_sha256 colum
 
 
 def check_parquet_shard(source: str | BinaryIO, expected: Mapping[str, Expected], size: tuple[int, int]) -> list[Row]:
-    """One row per image of a Parquet shard (read row group by row group: bounded memory).
+    """One row per image of a Parquet shard, streamed in small batches (bounded memory).
 
-    Bytes whose sha256 equals the file this build decoded are those very bytes, so they decode to the pixels
-    hashed at ingest (decoding is deterministic); every other image is decoded again, as a consumer would.
+    Bytes whose sha256 equals the file decoded at ingest are that very file, so they decode to the pixels
+    hashed then (decoding is deterministic); other bytes, and the spot-check sample, are decoded again, as a
+    consumer would.
     """
-    parquet = pq.ParquetFile(source)
+    # Small batches streamed from the file (no pre-buffering of whole column chunks): a checking thread holds
+    # a few MB of images, not a 100 MB row group.
+    parquet = pq.ParquetFile(source, buffer_size=PARQUET_READ_BUFFER, pre_buffer=False)
     out: list[Row] = []
-    for group in range(parquet.num_row_groups):
-        # use_threads=False: the parallelism is one task per shard; Arrow threads on top would oversubscribe the cores
-        table = parquet.read_row_group(group, columns=["image", "source_file", "pixel_sha256"], use_threads=False)
-        # Arrow buffers, not Python bytes: no second copy of the row group's images
-        images = (chunk.field("bytes")[i].as_buffer() for chunk in table.column("image").chunks for i in range(len(chunk)))
-        for data, src, claimed in zip(images, table.column("source_file").to_pylist(), table.column("pixel_sha256").to_pylist()):
-            out.append(_check_image(data, src, claimed, expected.get(src), size))
-        del table
+    for batch in parquet.iter_batches(batch_size=PARQUET_CHECK_BATCH, columns=["image", "source_file", "pixel_sha256"], use_threads=False):
+        images = batch.column("image").field("bytes")  # Arrow buffers, not Python bytes: no second copy
+        for i, (src, claimed) in enumerate(zip(batch.column("source_file").to_pylist(), batch.column("pixel_sha256").to_pylist())):
+            out.append(_check_image(images[i].as_buffer(), src, claimed, expected.get(src), size))
     return out
 
 
@@ -201,7 +203,8 @@ class ShardChecker:
         self._parquet.append(self._pool.submit(self._run, check_parquet_shard, open(path, "rb"), self._expected, self._size))  # noqa: SIM115
 
     def tar(self, path: Path) -> None:
-        self._tars.append(self._pool.submit(self._run, check_tar_shard, open(path, "rb")))  # noqa: SIM115
+        # a large read buffer: tarfile reads each 512-byte header and member separately (GIL waits, as in HashingWriter)
+        self._tars.append(self._pool.submit(self._run, check_tar_shard, open(path, "rb", buffering=TAR_READ_BUFFER)))  # noqa: SIM115
 
     @staticmethod
     def _run(check: Callable, fh: BinaryIO, *args: object) -> list:

@@ -11,6 +11,7 @@ import ctypes
 import hashlib
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +21,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
+
+HASHING_WRITER_BUFFER = 4 << 20
+SMALL_WRITE = 64 << 10
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -111,26 +115,47 @@ class HashingWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+        # Small writes (a tar sample is nine: headers, members, padding) gather in a buffer, so the hash
+        # and the system call, which release the GIL, run once per buffer instead of once per write: with a
+        # thread per writer and per check, each release can cost a wait of up to the interpreter's switch
+        # interval to get the GIL back.
+        self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
+        self._pending = bytearray()
         self._sha = hashlib.sha256()
-        self._size = 0
+        self._size = self._written = 0  # bytes given / bytes on their way to the disk
         self._behind = WriteBehind(self._file.fileno())
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        self._sha.update(view)
-        self._size += view.nbytes
-        written = self._file.write(view)
-        if self._behind.due(self._size):
-            self._file.flush()
-            self._behind.advance(self._size)
-        return written
+        n = view.nbytes
+        self._size += n
+        if n < SMALL_WRITE and len(self._pending) + n < HASHING_WRITER_BUFFER:
+            self._pending += view  # large writes (images, Parquet pages) go straight out: no extra copy
+            return n
+        self._drain()
+        self._put(view)
+        return n
+
+    def _drain(self) -> None:
+        if self._pending:
+            self._put(self._pending)
+            self._pending.clear()
+
+    def _put(self, data: Any) -> None:
+        with memoryview(data) as view:
+            self._sha.update(view)
+            done = 0
+            while done < view.nbytes:  # an unbuffered write may take part of the bytes
+                done += self._file.write(view[done:])
+        self._written += done
+        if self._behind.due(self._written):
+            self._behind.advance(self._written)
 
     def tell(self) -> int:
         return self._size
 
     def flush(self) -> None:
-        self._file.flush()
+        self._drain()
 
     def writable(self) -> bool:
         return True
@@ -146,7 +171,11 @@ class HashingWriter:
         return self._file.closed
 
     def close(self) -> None:
-        self._file.close()
+        if not self._file.closed:
+            try:
+                self._drain()
+            finally:
+                self._file.close()
 
     def digest(self) -> tuple[int, str]:
         """(size, sha256 hex) of everything written."""
@@ -184,8 +213,8 @@ class WriteBehind:
     sync_file_range (asynchronous); elsewhere each chunk is flushed with fdatasync.
     """
 
-    def __init__(self, fd: int, chunk: int = WRITE_BEHIND_BYTES) -> None:
-        self._fd, self._chunk = fd, chunk
+    def __init__(self, fd: int, chunk: int | None = None) -> None:
+        self._fd, self._chunk = fd, chunk or WRITE_BEHIND_BYTES
         self._started = self._done = 0  # bytes whose write-back was started / has completed
 
     def due(self, size: int) -> bool:
@@ -211,3 +240,57 @@ def drop_from_page_cache(fd: int) -> None:
     written and checked is not read again by the build, and caching it would only evict the raw images."""
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+# ---- read-ahead ----------------------------------------------------------------------------------------
+
+READ_AHEAD_FILES = 1024
+
+
+class ReadAhead:
+    """Asks the kernel to start reading the next files (posix_fadvise WILLNEED) while workers decode earlier ones.
+
+    Workers read one file at a time; on a cold page cache each read waits for the disk, at a queue depth of
+    one per worker. Announcing the next ``window`` files keeps many reads in flight: bench/RESULTS.md
+    measured cold reads of the synthetic crops ~1.5-2.5x faster. Use as a context manager; call
+    ``done(n)`` as results for the first n files arrive. A no-op where posix_fadvise does not exist.
+    """
+
+    def __init__(self, paths: list[str], window: int = READ_AHEAD_FILES) -> None:
+        self._paths, self._window = paths, window
+        self._done = 0
+        self._changed = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+
+    def __enter__(self) -> ReadAhead:
+        if hasattr(os, "posix_fadvise") and self._paths:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._changed:
+            self._stop = True
+            self._changed.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def done(self, n: int) -> None:
+        with self._changed:
+            self._done = n
+            self._changed.notify()
+
+    def _run(self) -> None:
+        for index, path in enumerate(self._paths):
+            with self._changed:
+                self._changed.wait_for(lambda i=index: self._stop or i < self._done + self._window)
+                if self._stop:
+                    return
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # the decode reports unreadable files
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)

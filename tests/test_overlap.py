@@ -1,10 +1,13 @@
 """The write stage's overlap helpers and the image column codec."""
 
+import hashlib
+import random
 import threading
 
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import overlap
 from pipeline.overlap import BackgroundWriter, prefetch
 from pipeline.parquet_writer import write_split
 from pipeline.records import ReleaseRecord
@@ -91,3 +94,23 @@ def test_file_entries_reuse_known_digests_only_for_unchanged_sizes(tmp_path):
     assert entries["a.bin"]["sha256"] == "digest-from-earlier"  # reused, not re-read
     assert entries["b.bin"]["sha256"] == sha256_file(tmp_path / "b.bin")  # size differs: hashed again
     assert [e["sha256"] for e in file_entries(tmp_path)] == [sha256_file(tmp_path / n) for n in ("a.bin", "b.bin")]
+
+
+def test_hashing_writer_gathers_small_writes_and_hands_chunks_to_the_disk(tmp_path, monkeypatch):
+    """Any mix of small and large writes gives the same file, size and sha256 as writing them in one piece,
+    and write-behind is asked to move each chunk to the disk while the file is being written."""
+    calls: list[int] = []
+    real_advance = overlap.WriteBehind.advance
+    monkeypatch.setattr(overlap, "WRITE_BEHIND_BYTES", 1 << 20)
+    monkeypatch.setattr(overlap.WriteBehind, "advance", lambda self, size: calls.append(size) or real_advance(self, size))
+    rng = random.Random(7)
+    pieces = [rng.randbytes(rng.choice([1, 511, 512, 3000, 70_000])) for _ in range(300)]
+    pieces += [rng.randbytes(300_000) for _ in range(30)]
+    writer = overlap.HashingWriter(tmp_path / "f.bin")
+    for piece in pieces:
+        assert writer.write(piece) == len(piece)
+    writer.close()
+    whole = b"".join(pieces)
+    assert (tmp_path / "f.bin").read_bytes() == whole
+    assert writer.digest() == (len(whole), hashlib.sha256(whole).hexdigest())
+    assert len(calls) >= len(whole) // (1 << 20) - 1 and calls == sorted(calls) and calls[-1] <= len(whole)
