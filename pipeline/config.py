@@ -107,7 +107,7 @@ class ReleaseConfig:
 
     @property
     def max_row_group_bytes(self) -> int:
-        return self.raw["shards"].get("max_row_group_bytes", 100_000_000)
+        return self.raw["shards"].get("max_row_group_bytes", 32_000_000)
 
     @property
     def image_compression(self) -> str:

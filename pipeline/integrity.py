@@ -129,8 +129,8 @@ def check_parquet_shard(source: str | BinaryIO, expected: Mapping[str, Expected]
     hashed then (decoding is deterministic); other bytes, and the spot-check sample, are decoded again, as a
     consumer would.
     """
-    # Small batches streamed from the file (no pre-buffering of whole column chunks): a checking thread holds
-    # a few MB of images, not a 100 MB row group.
+    # Small batches, no pre-buffering: a checking thread holds about one row group (config
+    # max_row_group_bytes) of image bytes, never a whole shard.
     parquet = pq.ParquetFile(source, buffer_size=PARQUET_READ_BUFFER, pre_buffer=False)
     out: list[Row] = []
     for batch in parquet.iter_batches(batch_size=PARQUET_CHECK_BATCH, columns=["image", "source_file", "pixel_sha256"], use_threads=False):

@@ -80,7 +80,7 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], *, window: int = 16, thre
 class BinaryColumnBuffers:
     """Binary Arrow arrays built in two alternating buffers that are reused from row group to row group.
 
-    A fresh 100 MB allocation per row group costs a page fault per 4 kB page every time (Arrow's
+    A fresh allocation per row group (tens of MB) costs a page fault per 4 kB page every time (Arrow's
     allocator hands freed memory back to the system quickly; on a VM a fault is several microseconds),
     which made building a row group's image column 5-8x slower than copying the bytes. Two buffers are
     enough because BackgroundWriter keeps at most one row group in flight: when a buffer is reused, the
