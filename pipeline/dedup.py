@@ -572,13 +572,28 @@ def _same_cell_tests(
     sig = {i: s for i, s in stored.items() if s is not None}
     sig.update(zip(missing, map_fn(partial(_signature_of, load_pixels), [items[i].relpath for i in missing])))
     batches = [tested[k : k + COARSE_BATCH] for k in range(0, len(tested), COARSE_BATCH)]
-    tasks = [_coarse_task(batch, sig) for batch in batches]
+    tasks = _LazyTasks(batches, partial(_coarse_task, sig=sig))  # stacked as sent: ~1 MB each, ~200 of them at full scale
     coarse = dict(zip(tested, (t for tests in map_fn(_coarse_batch, tasks) for t in tests)))
     fine_pairs = [pair for pair in tested if coarse[pair].coarse_corr >= SAME_CELL_COARSE_CORR]
     counters["pixel_loads"] += 2 * len(fine_pairs)
     jobs = [(items[a].relpath, items[b].relpath, coarse[(a, b)].coarse_corr) for a, b in fine_pairs]
     coarse.update(zip(fine_pairs, map_fn(partial(_fine_test_of, load_pixels), jobs)))
     return coarse
+
+
+class _LazyTasks(Sequence):
+    """make(item) for each item, built only when read: an executor holds just the tasks in flight."""
+
+    def __init__(self, items: list, make: Callable) -> None:
+        self._items, self._make = items, make
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._make(item) for item in self._items[index]]
+        return self._make(self._items[index])
 
 
 def _stored_signature(f: ImageFacts) -> np.ndarray | None:
