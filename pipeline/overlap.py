@@ -240,7 +240,10 @@ def drop_from_page_cache(fd: int) -> None:
     """Ask the kernel to drop an open file's cached pages (those already on disk): a shard that has been
     written and checked is not read again by the build, and caching it would only evict the raw images."""
     if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass  # advice only: a file system that refuses it loses nothing
 
 
 # ---- read-ahead ----------------------------------------------------------------------------------------
@@ -293,5 +296,7 @@ class ReadAhead:
                 continue  # the decode reports unreadable files
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                return  # advice only: a file system that refuses it is read as it comes
             finally:
                 os.close(fd)

@@ -114,3 +114,25 @@ def test_hashing_writer_gathers_small_writes_and_hands_chunks_to_the_disk(tmp_pa
     assert (tmp_path / "f.bin").read_bytes() == whole
     assert writer.digest() == (len(whole), hashlib.sha256(whole).hexdigest())
     assert len(calls) >= len(whole) // (1 << 20) - 1 and calls == sorted(calls) and calls[-1] <= len(whole)
+
+
+def test_read_ahead_is_advice_only(tmp_path, monkeypatch):
+    """Missing files and a kernel that refuses the advice change nothing; the context always ends."""
+    files = [tmp_path / f"{k}.bin" for k in range(5)]
+    for f in files[:3]:
+        f.write_bytes(b"x" * 100)
+    with overlap.ReadAhead([str(f) for f in files], window=2) as ahead:
+        for k in range(len(files)):
+            ahead.done(k + 1)
+
+    def refuse(*args):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(overlap.os, "posix_fadvise", refuse, raising=False)
+    with overlap.ReadAhead([str(f) for f in files], window=2) as ahead:
+        ahead.done(1)
+    fd = overlap.os.open(files[0], overlap.os.O_RDONLY)
+    try:
+        overlap.drop_from_page_cache(fd)
+    finally:
+        overlap.os.close(fd)
