@@ -6,7 +6,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -63,12 +63,6 @@ class BuildReport:
 
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-
-def parallel_map(fn: Callable, items: list, workers: int) -> Iterator:
-    """fn over items in order on a local pool of ``workers`` processes (serially when workers <= 1)."""
-    with make_executor("local", workers) as executor:
-        yield from executor.map(fn, items)
 
 
 def _decode_task(raw: str, size: tuple[int, int], item: RawItem) -> ImageFacts | DecodeFailure:
@@ -458,8 +452,8 @@ def build_release(
     lap("ingest")
     owned = executor is None
     executor = executor or make_executor("local", workers)
-    # verification reads the staging directory, which only this machine sees: a local pool as wide as asked for
-    verify_workers = executor.parallelism if executor.name in ("serial", "local") else workers
+    # shards are checked on this machine (only it sees the staging directory), by as many threads as workers
+    check_threads = executor.parallelism if executor.name in ("serial", "local") else workers
     cache = FactsCache(Path(cache_dir), config.image_size, verify=verify_cache) if cache_dir is not None else None
     try:
         facts, failed, work = _decode_stage(raw, ingested.items, config, progress, executor, cache)
@@ -505,7 +499,7 @@ def build_release(
         body.update(lineage.manifest_fields(config, prev, {r.image_id for r in records}, notes_rel))
         notes_text = notes.notes_for_build(body, manifest.ledger_text(ledger), prev.path if prev else None, words)
         card_link = notes.card_section(config.version, prev.version if prev else None)
-        checker = shard_checker(records, facts, config, verify_workers)
+        checker = shard_checker(records, facts, config, check_threads)
         try:
             write_release(
                 staging, raw, records, facts, ledger, counts, config, body, progress, dedup,
