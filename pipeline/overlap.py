@@ -7,6 +7,7 @@ overlaps with Parquet page encoding and file writes, which pyarrow runs without 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -240,10 +241,8 @@ def drop_from_page_cache(fd: int) -> None:
     """Ask the kernel to drop an open file's cached pages (those already on disk): a shard that has been
     written and checked is not read again by the build, and caching it would only evict the raw images."""
     if hasattr(os, "posix_fadvise"):
-        try:
+        with contextlib.suppress(OSError):  # advice only: a file system that refuses it loses nothing
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass  # advice only: a file system that refuses it loses nothing
 
 
 # ---- read-ahead ----------------------------------------------------------------------------------------

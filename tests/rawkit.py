@@ -58,3 +58,19 @@ def simple_raw(raw: Path, labels: list[str], per_class: int = 6, seed: int = 0, 
     if annotate:
         write_annotations(raw, rows)
     return rows
+
+
+def raw_with_a_copy_and_a_broken_file(raw: Path, labels: list[str], per_class: int, copy: tuple[str, int, str], broken: tuple[str, str]) -> Path:
+    """simple_raw plus an exact copy under another name and format, copy = (relpath, crop seed of an existing
+    image, patient), and a file that claims to be a TIFF but is garbage, broken = (relpath, patient)."""
+    rows = simple_raw(raw, labels, per_class=per_class)
+    copy_rel, copy_seed, copy_patient = copy
+    broken_rel, broken_patient = broken
+    save(raw / copy_rel, crop(copy_seed))
+    (raw / broken_rel).write_bytes(b"II*\0garbage")
+    rows += [
+        {"image": copy_rel, "label": copy_rel.split("/")[0], "patient_id": copy_patient, "dysplastic": "false"},
+        {"image": broken_rel, "label": broken_rel.split("/")[0], "patient_id": broken_patient, "dysplastic": "false"},
+    ]
+    write_annotations(raw, rows)
+    return raw

@@ -12,7 +12,7 @@ import pytest
 from pipeline import build as build_mod
 from pipeline import cache as cache_mod
 from pipeline.build import build_release
-from tests.rawkit import crop, save, simple_raw, write_annotations
+from tests.rawkit import crop, raw_with_a_copy_and_a_broken_file, save, simple_raw
 
 LABELS = ["myeloblast", "monocyte", "eosinophil"]
 
@@ -23,16 +23,8 @@ def release_bytes(release) -> dict[str, str]:
 
 @pytest.fixture
 def raw(tmp_path):
-    raw = tmp_path / "raw"
-    rows = simple_raw(raw, LABELS, per_class=10)
-    save(raw / "myeloblast" / "copy.png", crop(0))  # same pixels as myeloblast/cell_000.tif
-    (raw / "monocyte" / "broken.tif").write_bytes(b"II*\0garbage")
-    rows += [
-        {"image": "myeloblast/copy.png", "label": "myeloblast", "patient_id": "P00", "dysplastic": "false"},
-        {"image": "monocyte/broken.tif", "label": "monocyte", "patient_id": "P01", "dysplastic": "false"},
-    ]
-    write_annotations(raw, rows)
-    return raw
+    # myeloblast/copy.png: the pixels of myeloblast/cell_000.tif
+    return raw_with_a_copy_and_a_broken_file(tmp_path / "raw", LABELS, 10, ("myeloblast/copy.png", 0, "P00"), ("monocyte/broken.tif", "P01"))
 
 
 @pytest.fixture

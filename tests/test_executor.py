@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.build import build_release
 from pipeline.executor import DaskExecutor, ExecutorError, LocalExecutor, SerialExecutor, batch_size, make_executor
-from tests.rawkit import crop, save, simple_raw, write_annotations
+from tests.rawkit import raw_with_a_copy_and_a_broken_file
 
 LABELS = ["myeloblast", "monocyte", "eosinophil"]
 
@@ -67,15 +67,8 @@ def dask_cluster():
 
 
 def test_dask_build_is_byte_identical_to_the_local_pool(tmp_path, config, dask_cluster):
-    raw = tmp_path / "raw"
-    rows = simple_raw(raw, LABELS, per_class=12)
-    save(raw / "monocyte" / "copy.png", crop(12))  # same pixels as monocyte/cell_000.tif
-    (raw / "eosinophil" / "broken.tif").write_bytes(b"II*\0garbage")
-    rows += [
-        {"image": "monocyte/copy.png", "label": "monocyte", "patient_id": "P03", "dysplastic": "false"},
-        {"image": "eosinophil/broken.tif", "label": "eosinophil", "patient_id": "P04", "dysplastic": "false"},
-    ]
-    write_annotations(raw, rows)
+    # monocyte/copy.png: the pixels of monocyte/cell_000.tif
+    raw = raw_with_a_copy_and_a_broken_file(tmp_path / "raw", LABELS, 12, ("monocyte/copy.png", 12, "P03"), ("eosinophil/broken.tif", "P04"))
     local = build_release(raw, tmp_path / "local", config, workers=2)
     with make_executor("dask", 0, dask_cluster.scheduler_address) as dask:
         assert dask.parallelism == 2
