@@ -287,7 +287,10 @@ def shard_checker(records: list[ReleaseRecord], facts: dict[str, ImageFacts], co
     """What every written shard must hold (integrity.ShardChecker). Images published byte for byte are
     checked by the bytes' sha256 against the file that was decoded (fresh, or from the checksummed cache);
     re-encoded images, and a fixed sample of the others, are decoded again."""
-    expected = {r.source_file: integrity.Expected(facts[r.source_file].pixel_sha256, facts[r.source_file].file_sha256 if facts[r.source_file].lossless else None) for r in records}
+    expected = {}
+    for r in records:
+        f = facts[r.source_file]
+        expected[r.source_file] = integrity.Expected(f.pixel_sha256, f.file_sha256 if f.lossless else None)
     return integrity.ShardChecker(expected, config.image_size, threads)
 
 
@@ -464,9 +467,7 @@ def build_release(
         dedup = run_dedup(raw, decoded, facts, config, prefer=prefer, executor=executor, pair_memo=cache)
     finally:
         if cache is not None:
-            if cache.corrupt_rows:
-                n = len(cache.corrupt_rows)
-                warnings.append(f"per-image cache: {n} entr{'y' if n == 1 else 'ies'} failed {'its' if n == 1 else 'their'} checksum and {'was' if n == 1 else 'were'} computed again")
+            warnings += cache.warnings()
             cache.close()
         if owned:
             executor.close()

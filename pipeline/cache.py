@@ -274,6 +274,14 @@ class FactsCache:
         self._db.executemany("INSERT OR REPLACE INTO pairs VALUES (?,?,?,?,?)", rows)
         self.commit()
 
+    def warnings(self) -> list[str]:
+        """What the build should tell the user about this cache: rows that failed their checksum."""
+        n = len(self.corrupt_rows)
+        if not n:
+            return []
+        one = n == 1
+        return [f"per-image cache: {n} entr{'y' if one else 'ies'} failed {'its' if one else 'their'} checksum and {'was' if one else 'were'} computed again"]
+
     def size(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM facts WHERE context = ?", (self.context,)).fetchone()[0]
 

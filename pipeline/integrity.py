@@ -21,10 +21,9 @@ import os
 import shutil
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -35,7 +34,6 @@ from PIL import Image, ImageOps
 from pipeline.overlap import drop_from_page_cache
 from pipeline.records import FATES, LedgerEntry
 
-Mapper = Callable[[Callable, list], Iterator]
 
 
 class IntegrityError(RuntimeError):
@@ -122,7 +120,7 @@ def spot_checked(pixel_sha256: str) -> bool:
 Row = tuple[str, str, "str | None", str, str]  # source_file, pixel_sha256 column, decoded sha256, problem, bytes sha256
 
 
-def check_parquet_shard(source: str | BinaryIO, expected: Mapping[str, Expected], size: tuple[int, int]) -> list[Row]:
+def check_parquet_shard(source: BinaryIO, expected: Mapping[str, Expected], size: tuple[int, int]) -> list[Row]:
     """One row per image of a Parquet shard, streamed in small batches (bounded memory).
 
     Bytes whose sha256 equals the file decoded at ingest are that very file, so they decode to the pixels
@@ -152,14 +150,10 @@ def _check_image(data: Buffer | None, source: str, claimed: str, expect: Expecte
         return (source, claimed, None, f"{type(exc).__name__}: {exc}", digest)
 
 
-def _parquet_task(size: tuple[int, int], task: tuple[str, Mapping[str, Expected]]) -> list[Row]:
-    return check_parquet_shard(task[0], task[1], size)
-
-
-def check_tar_shard(source: str | BinaryIO) -> list[tuple[str, str, str]]:
+def check_tar_shard(source: BinaryIO) -> list[tuple[str, str, str]]:
     """(source_file from the sample's json, sha256 of its image member, problem) for each sample of one tar shard."""
     samples: dict[str, dict[str, str]] = {}
-    with tarfile.open(**({"name": source} if isinstance(source, str) else {"fileobj": source}), mode="r:") as tar:
+    with tarfile.open(fileobj=source, mode="r:") as tar:
         for member in tar:
             key, _, ext = member.name.partition(".")
             if not member.isfile() or ext == "cls":
@@ -173,16 +167,18 @@ def check_tar_shard(source: str | BinaryIO) -> list[tuple[str, str, str]]:
     return [(s.get("source", f"(tar sample {key})"), s.get("digest", ""), "" if "digest" in s and "source" in s else "incomplete sample") for key, s in samples.items()]
 
 
-def verify_published_pixels(release_dir: Path, ingest_sha256: dict[str, str], size: tuple[int, int], mapper: Mapper = map) -> int:
+def verify_published_pixels(release_dir: Path, ingest_sha256: dict[str, str], size: tuple[int, int], threads: int = 1) -> int:
     """Every kept image is in the shards exactly once and decodes to the pixels hashed at ingest; returns the count.
 
-    The stand-alone form (every image decoded again, one task per shard); a build checks each shard as it is
-    written instead (ShardChecker).
+    The stand-alone form, for a release already written: every image is decoded again (a build checks each
+    shard as it is written instead, trusting bytes equal to the decoded file: ShardChecker).
     """
-    expected = {source: Expected(sha) for source, sha in ingest_sha256.items()}
-    parquet = [(str(p), expected) for p in sorted((release_dir / "data").glob("*.parquet"))]
-    tars = sorted(str(p) for p in (release_dir / "wds").glob("*.tar"))
-    return raise_problems(list(mapper(partial(_parquet_task, size), parquet)), list(mapper(check_tar_shard, tars)), ingest_sha256)
+    checker = ShardChecker({source: Expected(sha) for source, sha in ingest_sha256.items()}, size, threads)
+    for path in sorted((release_dir / "data").glob("*.parquet")):
+        checker.parquet(path)
+    for path in sorted((release_dir / "wds").glob("*.tar")):
+        checker.tar(path)
+    return checker.result()
 
 
 class ShardChecker:

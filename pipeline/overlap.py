@@ -226,7 +226,7 @@ class WriteBehind:
         """Start writing back [started, size), after waiting for the chunk before it to be on disk."""
         sync = _sync_file_range()
         if sync is None:
-            os.fdatasync(self._fd)
+            getattr(os, "fdatasync", os.fsync)(self._fd)  # macOS has no fdatasync
             self._started = self._done = size
             return
         if self._started > self._done:
