@@ -257,13 +257,19 @@ def verify(
 @app.command("ci-workflow")
 def ci_workflow(
     install: Annotated[
-        str | None, typer.Option(help="pip requirement for the tool in CI (default: this version, mll23-pipeline==X.Y.Z)")
+        str | None,
+        typer.Option(help="pip requirement for the tool in CI (default: this version, mll23-pipeline==X.Y.Z); verify's extras are added"),
     ] = None,
 ) -> None:
-    """Print a GitHub Actions workflow that runs `mll23 verify` on a repository's releases."""
-    from pipeline.resources import ci_workflow_text
+    """Print a GitHub Actions workflow that runs `mll23 verify` on a repository's releases (on pull requests,
+    read-only, no secrets); the extras verify needs are added to the requirement."""
+    from pipeline.resources import RequirementError, ci_workflow_text
 
-    typer.echo(ci_workflow_text(install), nl=False)
+    try:
+        text = ci_workflow_text(install)
+    except RequirementError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    typer.echo(text, nl=False)
 
 
 @app.command()
