@@ -468,7 +468,9 @@ def write_cards_and_pictures(
     pictures = figures.write_figures(
         staging, config, counts, grid, dedup.pairs, dedup.fates, lambda rel: load_rgb(raw / rel, config.image_size)
     )
-    extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures), *(card_sections or [])]
+    extra_sections = [
+        wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures), card.loading_safely_section(config), *(card_sections or [])
+    ]
     card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
     entries = manifest.file_entries(staging, known=written)  # shards were hashed as they were written
     croissant.write_croissant(staging, config, counts, entries)
