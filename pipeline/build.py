@@ -312,7 +312,7 @@ def refuse_if_strict(ledger: list[LedgerEntry]) -> None:
 
 
 # imagecheck's refusal of a wrong size; read back to say what all the images have in common
-_WRONG_SIZE = re.compile(r"wrong size (\d+)x(\d+), expected (\d+)x(\d+)")
+_WRONG_SIZE = re.compile(r"wrong size (\d+)x(\d+), expected \d+x\d+")
 # "annotations.csv line 4: ..." and "annotations.csv lines 2, 4 ...": the same problem on other lines is one reason
 _LINE_PREFIX = re.compile(r"^annotations\.csv lines? \d+(?:, \d+)*:? ")
 _MOST_REASONS = 3
@@ -339,7 +339,7 @@ def _commonest_reasons(entries: list[LedgerEntry]) -> str:
 
 def _one_wrong_size(entries: list[LedgerEntry], expected: tuple[int, int]) -> str | None:
     """'all 80 images are 360x363; ...' when every input was refused for the same wrong size."""
-    sizes = {m.groups()[:2] if (m := _WRONG_SIZE.fullmatch(e.reason)) else None for e in entries}
+    sizes = {m.groups() if (m := _WRONG_SIZE.fullmatch(e.reason)) else None for e in entries}
     if len(sizes) != 1 or None in sizes:
         return None
     width, height = (int(x) for x in sizes.pop())
