@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -310,6 +311,70 @@ def refuse_if_strict(ledger: list[LedgerEntry]) -> None:
         raise BuildError(f"--strict: {len(bad)} invalid input(s); no release written:\n{lines}{more}")
 
 
+# imagecheck's refusal of a wrong size; read back to say what all the images have in common
+_WRONG_SIZE = re.compile(r"wrong size (\d+)x(\d+), expected \d+x\d+")
+# "annotations.csv line 4: ..." and "annotations.csv lines 2, 4 ...": the same problem on other lines is one reason
+_LINE_PREFIX = re.compile(r"^annotations\.csv lines? \d+(?:, \d+)*:? ")
+_MOST_REASONS = 3
+
+
+def _reason_kind(entry: LedgerEntry) -> str:
+    """What entries share when they failed for the same reason (a duplicate or conflict names its copies)."""
+    if entry.fate in ("duplicate", "label_conflict"):
+        return entry.fate.replace("_", " ")
+    return _LINE_PREFIX.sub("", entry.reason)
+
+
+def _commonest_reasons(entries: list[LedgerEntry]) -> str:
+    by_kind: dict[str, list[str]] = {}
+    for e in sorted(entries, key=lambda e: e.relpath):
+        by_kind.setdefault(_reason_kind(e), []).append(e.relpath)
+    ranked = sorted(by_kind.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    parts = [f"{len(files)} x {kind} (e.g. {files[0]})" for kind, files in ranked[:_MOST_REASONS]]
+    rest = ranked[_MOST_REASONS:]
+    if rest:
+        parts.append(f"{sum(len(files) for _, files in rest)} more for {len(rest)} other reason(s)")
+    return "; ".join(parts)
+
+
+def _one_wrong_size(entries: list[LedgerEntry], expected: tuple[int, int]) -> str | None:
+    """'all 80 images are 360x363; ...' when every input was refused for the same wrong size."""
+    sizes = {m.groups() if (m := _WRONG_SIZE.fullmatch(e.reason)) else None for e in entries}
+    if len(sizes) != 1 or None in sizes:
+        return None
+    width, height = (int(x) for x in sizes.pop())
+    said = f"all {len(entries)} images are {width}x{height}; the config expects {expected[0]}x{expected[1]}"
+    if (height, width) == tuple(expected):
+        said += ": width and height look swapped in the config's image size ([image] width and height)"
+    return said
+
+
+def nothing_publishable(ledger: list[LedgerEntry], config: ReleaseConfig) -> str:
+    """Why no raw input made it into the release, led by the commonest reason."""
+    files = [e for e in ledger if e.input_kind == "file"]
+    if not files:
+        rows = len(ledger)
+        return (
+            f"RAW holds no input image (no file in a folder named after one of the config's {len(config.class_names)} classes)"
+            + (f"; annotations.csv names {rows} file(s) that are not there" if rows else "")
+        )
+    fates = Counter(e.fate for e in files)
+    if fates.keys() == {"invalid"}:
+        return _one_wrong_size(files, config.image_size) or f"all {len(files)} inputs are invalid: {_commonest_reasons(files)}"
+    if fates.keys() == {"excluded"}:
+        return f"every image was excluded: {_commonest_reasons(files)}"
+    if fates.keys() == {"label_conflict"}:
+        return f"every image was dropped as a label conflict: {_commonest_reasons(files)}"
+    spread = ", ".join(f"{fates[f]} {f}" for f in FATES if fates[f])
+    return f"none of the {len(files)} inputs can be published ({spread}): {_commonest_reasons(files)}"
+
+
+def refuse_if_nothing_publishable(records: list[ReleaseRecord], ledger: list[LedgerEntry], config: ReleaseConfig, out: Path) -> None:
+    """A release without images cannot be loaded by anyone: refuse it before anything is written."""
+    if not records:
+        raise BuildError(f"nothing to publish: {nothing_publishable(ledger, config)}; no release written to {out}")
+
+
 def write_release(
     staging: Path,
     raw: Path,
@@ -403,7 +468,9 @@ def write_cards_and_pictures(
     pictures = figures.write_figures(
         staging, config, counts, grid, dedup.pairs, dedup.fates, lambda rel: load_rgb(raw / rel, config.image_size)
     )
-    extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures), *(card_sections or [])]
+    extra_sections = [
+        wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures), card.loading_safely_section(config), *(card_sections or [])
+    ]
     card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
     entries = manifest.file_entries(staging, known=written)  # shards were hashed as they were written
     croissant.write_croissant(staging, config, counts, entries)
@@ -480,6 +547,7 @@ def build_release(
     lap("exclude+validate")
     if strict:
         refuse_if_strict(ledger)
+    refuse_if_nothing_publishable(records, ledger, config, out)
     records = run_split(records, config, previous=prev.splits if prev else None)
     moves = run_split_report(records, prev)
     ledger += [

@@ -162,5 +162,32 @@ Published as Parquet shards (`data/`) readable by `datasets.load_dataset`; licen
     return f"---\n{header}---\n\n{body}{sections}"
 
 
+def loading_safely_section(config: ReleaseConfig) -> str:
+    """The card's advice for consumers who did not build the release themselves: what in the usual loaders
+    would run or read what a tampered copy planted, and what to do instead."""
+    width, height = config.image_size
+    return f"""
+## Loading safely
+
+A copy of this release that you did not build yourself is untrusted input: treat its files as data only.
+
+- Check it first with `mll23 verify <directory>` (from `mll23-pipeline`): it bounds memory and time by the
+  declared sizes and refuses anything the release format does not define.
+- Decode images only as the formats this release uses, and check their size:
+  `PIL.Image.open(io.BytesIO(data), formats=["PNG", "TIFF"])`, expecting {width} x {height}. With `datasets`,
+  load the Parquet files by name (`load_dataset("parquet", data_files=...)`) with declared features and
+  `Image(decode=False)`: otherwise the card chooses the files and every Pillow format is tried (an EPS image
+  starts Ghostscript).
+- With `webdataset`, never call `.decode(...)`: its default handlers unpickle `.pyd` and `.pickle` members.
+  Pick the members first, `.to_tuple("tif;png", "cls", "json")`, and decode them yourself.
+- Build shard lists from the file names in `manifest.json`, each checked against `wds/<split>-NNNNNN.tar`;
+  never hand webdataset a URL or brace pattern read from a file (`pipe:` runs a command).
+- Give `croissant.json` to mlcroissant only after checking that it names no URL, archive or path outside
+  the release: mlcroissant downloads, clones and extracts what it names.
+
+The mll23-pipeline README ("Loading a release") has the complete code, tested on hostile copies.
+"""
+
+
 def write_card(release_dir: Path, text: str) -> None:
     (release_dir / "README.md").write_text(text, encoding="utf-8")

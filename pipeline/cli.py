@@ -18,6 +18,7 @@ from rich.table import Table
 from pipeline import build as build_mod
 from pipeline.config import SPLITS, ConfigError, load_config
 from pipeline.integrity import IntegrityError
+from pipeline.safetext import DEFAULT_LIMIT, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Build, check and publish MLL23 dataset releases.")
 
@@ -56,6 +57,26 @@ class RichProgress(build_mod.Progress):
 def _fail(message: str, code: int) -> typer.Exit:
     # escape(): messages quote file names, and a name like "x[/].tif" must print as itself, not as markup
     Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def shown(text: object, limit: int = DEFAULT_LIMIT) -> str:
+    """Text from a raw archive (file names, annotations.csv values) as one safe line: safetext.printable, except
+    that backslashes are kept. Names arrive as ingest's readable names, whose backslashes already are escapes
+    (a literal one is shown as \\x5c), so the printed name stays the one in ledger.csv."""
+    text = str(text)
+    cut = len(text) - limit if len(text) > limit else 0
+    safe = "\\".join(printable(part, limit=0) for part in text[:limit].split("\\"))
+    return safe + (f"...[{cut} more characters]" if cut else "")
+
+
+def _fail_shown(message: str, code: int) -> typer.Exit:
+    """_fail for a message that quotes the raw archive: each of its lines made safe on its own, printed with
+    neither markup nor emoji codes (a name holding ':cat:' or '[/]' prints as itself)."""
+    safe = "\n".join(shown(line, limit=4 * DEFAULT_LIMIT) for line in message.split("\n"))
+    _, err = _consoles()
+    err.print("error:", style="bold red", end=" ", highlight=False, markup=False)
+    err.print(safe, highlight=False, markup=False, emoji=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -147,20 +168,21 @@ def build(
         raise _fail(str(exc), EXIT_USAGE) from None
     except (build_mod.BuildError, IntegrityError) as exc:
         progress.close()
-        raise _fail(str(exc), EXIT_CHECK_FAILED) from None
+        raise _fail_shown(str(exc), EXIT_CHECK_FAILED) from None
     except (LineageError, NotesError) as exc:
         progress.close()
-        raise _fail(str(exc), EXIT_USAGE) from None
+        raise _fail_shown(str(exc), EXIT_USAGE) from None
     except OSError as exc:  # a full disk, a vanished directory: the staging copy is gone, nothing is published
         progress.close()
-        raise _fail(f"cannot build the release: {exc}; no release was written to {out_dir}", EXIT_CHECK_FAILED) from None
+        raise _fail_shown(f"cannot build the release: {exc}; no release was written to {out_dir}", EXIT_CHECK_FAILED) from None
     finally:
         engine.close()
     progress.close()
+    # Everything below may quote the raw archive (names, annotations.csv values): printed with markup off, via shown()
     for note in report.warnings:
-        err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
+        err.print(f"warning: {shown(note)}", style="yellow", highlight=False, markup=False, emoji=False, soft_wrap=True)
     for move in report.split_moves:
-        err.print(f"[yellow]split change:[/] {move.describe()}", highlight=False, soft_wrap=True)
+        err.print(f"split change: {shown(move.describe())}", style="yellow", highlight=False, markup=False, emoji=False, soft_wrap=True)
     work = report.work
     err.print(
         f"per-image work on {engine.describe()}: {work['decoded']:,} decoded, {work['from_cache']:,} from the cache"
@@ -171,9 +193,10 @@ def build(
     err.print("stage times: " + " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.timings.items()), highlight=False, soft_wrap=True)
     err.print("stage CPU: " + " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.cpu_timings.items()), highlight=False, soft_wrap=True)
     for entry in report.problems:
-        err.print(f"[yellow]invalid:[/] {escape(entry.relpath)}: {escape(entry.reason)}", highlight=False, soft_wrap=True)
+        err.print(f"invalid: {shown(entry.relpath)}: {shown(entry.reason)}", style="yellow", highlight=False, markup=False, emoji=False, soft_wrap=True)
     if report.ignored:
-        err.print(f"ignored {len(report.ignored)} non-input file(s): {', '.join(report.ignored[:10])}", highlight=False, markup=False, soft_wrap=True)
+        names = ", ".join(shown(name) for name in report.ignored[:10])
+        err.print(f"ignored {len(report.ignored)} non-input file(s): {names}", highlight=False, markup=False, emoji=False, soft_wrap=True)
     out.print(summary_table(report))
     out.print(f"ledger: {report.balance.line()}", highlight=False, soft_wrap=True, markup=False)
     editable = f" (editable copy: {notes_dir / Path(report.notes_path).name})" if notes_dir is not None else " (pass --notes-dir to keep an editable copy)"
@@ -234,13 +257,19 @@ def verify(
 @app.command("ci-workflow")
 def ci_workflow(
     install: Annotated[
-        str | None, typer.Option(help="pip requirement for the tool in CI (default: this version, mll23-pipeline==X.Y.Z)")
+        str | None,
+        typer.Option(help="pip requirement for the tool in CI (default: this version, mll23-pipeline==X.Y.Z); verify's extras are added"),
     ] = None,
 ) -> None:
-    """Print a GitHub Actions workflow that runs `mll23 verify` on a repository's releases."""
-    from pipeline.resources import ci_workflow_text
+    """Print a GitHub Actions workflow that runs `mll23 verify` on a repository's releases (on pull requests,
+    read-only, no secrets); the extras verify needs are added to the requirement."""
+    from pipeline.resources import RequirementError, ci_workflow_text
 
-    typer.echo(ci_workflow_text(install), nl=False)
+    try:
+        text = ci_workflow_text(install)
+    except RequirementError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    typer.echo(text, nl=False)
 
 
 @app.command()

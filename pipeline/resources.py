@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 
@@ -31,9 +32,37 @@ def ci_workflow_path() -> Path:
     return _PACKAGE_DIR / "templates" / "verify-release.yml"
 
 
+# The extras (pyproject's optional-dependencies) whose libraries `mll23 verify` loads a release with: the CI
+# workflow installs them, else the webdataset and Croissant checks fail on a good release.
+VERIFY_EXTRAS = ("croissant", "webdataset")
+# A pip requirement's name and optional [extras], then the rest (a version specifier or "@ URL"); printable
+# ASCII only, since the requirement is written into a double-quoted YAML string.
+_REQUIREMENT = re.compile(r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)(?: *\[(?P<extras>[A-Za-z0-9._, -]*)\])?(?P<rest>[ -~]*)")
+
+
+class RequirementError(ValueError):
+    """--install is not a pip requirement this workflow can install."""
+
+
+def with_verify_extras(requirement: str) -> str:
+    """The requirement with VERIFY_EXTRAS added to its extras: 'mll23-pipeline==0.1.0' becomes
+    'mll23-pipeline[croissant,webdataset]==0.1.0'; '... @ git+URL' keeps its URL."""
+    match = _REQUIREMENT.fullmatch(requirement.strip())
+    # quotes and backslashes would end or escape the YAML string; GitHub evaluates ${{ }} even inside env values
+    if match is None or any(bad in requirement for bad in ('"', "\\", "${{")):
+        raise RequirementError(
+            f"--install {requirement!r} is not a pip requirement of the form NAME==X.Y.Z or 'NAME @ URL' "
+            "(printable ASCII, no quotes, backslashes or ${{ }})"
+        )
+    given = {e.strip() for e in (match["extras"] or "").split(",") if e.strip()}
+    extras = ",".join(sorted(given | set(VERIFY_EXTRAS)))
+    return f"{match['name']}[{extras}]{match['rest']}"
+
+
 def ci_workflow_text(install: str | None = None) -> str:
-    """The workflow with the tool's pip requirement filled in (default: exactly this version of the tool)."""
+    """The workflow with the tool's pip requirement filled in (default: exactly this version of the tool), with
+    the extras verify needs; RequirementError when ``install`` is not a plain requirement."""
     from pipeline import __version__
 
-    requirement = install or f"mll23-pipeline=={__version__}"
-    return ci_workflow_path().read_text(encoding="utf-8").replace("@MLL23_PIPELINE@", requirement.replace('"', '\\"'))
+    requirement = with_verify_extras(install or f"mll23-pipeline=={__version__}")
+    return ci_workflow_path().read_text(encoding="utf-8").replace("@MLL23_PIPELINE@", requirement)

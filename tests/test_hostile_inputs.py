@@ -323,9 +323,12 @@ def test_huge_file_limit_is_configurable(tmp_path: Path):
     config = tmp_path / "small.toml"
     config.write_text(default_config_path().read_text().replace("max_file_bytes = 16_000_000", "max_file_bytes = 200_000"))
     result = _cli(raw, "--out", tmp_path / "rel", "--config", config)
-    assert result.exit_code == 0
-    for rel in GOOD:  # uncompressed 288x288 RGB TIFFs are 248,832 bytes of pixels plus a header
-        assert re.match(r"file is 24\d,\d{3} bytes, above the limit of 200,000", _ledger_row(tmp_path / "rel", rel)["reason"])
+    # every input is refused, so there is nothing to publish: exit 1, no release, the reason named
+    assert result.exit_code == 1, result.output
+    assert not (tmp_path / "rel").exists()
+    message = result.output.split("nothing to publish: all 2 inputs are invalid: ", 1)[1]
+    # uncompressed 288x288 RGB TIFFs are 248,832 bytes of pixels plus a header; monocyte/ sorts first, so it is the example
+    assert re.match(r"2 x file is 24\d,\d{3} bytes, above the limit of 200,000 \(config image.max_file_bytes\): not read \(e\.g\. monocyte/good_1\.tif\)", message)
 
 
 @pytest.mark.parametrize(

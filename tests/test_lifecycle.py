@@ -301,7 +301,7 @@ def test_config_changes_are_listed_key_by_key():
 def test_ci_workflow_command_pins_the_tool():
     default = CliRunner().invoke(app, ["ci-workflow"])
     assert default.exit_code == 0
-    assert yaml.safe_load(default.output)["env"]["MLL23_PIPELINE"] == f"mll23-pipeline=={pipeline.__version__}"
+    assert yaml.safe_load(default.output)["env"]["MLL23_PIPELINE"] == f"mll23-pipeline[croissant,webdataset]=={pipeline.__version__}"
     spec = "mll23-pipeline @ git+https://example.org/mll23-pipeline@v0.1.0"
     pinned = CliRunner().invoke(app, ["ci-workflow", "--install", spec])
-    assert yaml.safe_load(pinned.output)["env"]["MLL23_PIPELINE"] == spec
+    assert yaml.safe_load(pinned.output)["env"]["MLL23_PIPELINE"] == spec.replace(" @", "[croissant,webdataset] @")

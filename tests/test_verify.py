@@ -223,7 +223,7 @@ def test_ci_workflow_runs_verify_on_every_release(built, tmp_path):
     """Run the workflow's verify step as GitHub would, with `mll23` on PATH, on a repository checkout."""
     workflow = yaml.safe_load(ci_workflow_text())
     assert "@MLL23_PIPELINE@" not in json.dumps(workflow)
-    assert workflow["env"]["MLL23_PIPELINE"].startswith("mll23-pipeline==")
+    assert workflow["env"]["MLL23_PIPELINE"].startswith("mll23-pipeline[croissant,webdataset]==")
     (step,) = [s for s in workflow["jobs"]["verify"]["steps"] if s.get("id") == "verify"]
     repo = tmp_path / "repo"
     shutil.copytree(built / "releases", repo / "releases")
