@@ -347,7 +347,7 @@ class LocalCas:
         self._lock = threading.Lock()
         self._parsed: set[str] = set()
         self._by_sha256: dict[str, XetFile] = {}
-        self._verified: set[str] = set()
+        self._verified: set[tuple[str, str | None]] = set()  # (Xet hash, sha256) pairs checked
         self._session: Any = None
 
     @property
@@ -367,7 +367,7 @@ class LocalCas:
     def verified(self, found: XetFile) -> bool:
         """Whether the bytes the CAS reconstructs really hash to the sha256 the client's shard claims (once per file:
         the commit trusts it from then on)."""
-        if not self.verify_sha256 or found.xet_hash in self._verified:
+        if not self.verify_sha256 or (found.xet_hash, found.sha256) in self._verified:
             return True
         digest = hashlib.sha256()
         try:
@@ -377,8 +377,8 @@ class LocalCas:
             return False
         if digest.hexdigest() != found.sha256:
             return False
-        with self._lock:
-            self._verified.add(found.xet_hash)
+        with self._lock:  # keyed by the claim too: another shard may claim another sha256 for the same bytes
+            self._verified.add((found.xet_hash, found.sha256))
         return True
 
     def read(self, found: XetFile, start: int = 0, end: int | None = None) -> bytes:
