@@ -44,7 +44,9 @@ reconstructed bytes hash to it (checked once per file). Such files are served wi
 ``Link: <.../xet-read-token/{commit}>; rel="xet-auth"`` header, so hf_hub_download/HfFileSystem fetch them from the
 CAS with hf_xet, and also as plain bytes (with ranges) read back from the CAS, for clients without Xet and for
 HfFileSystem's range reads. `store_usage()` tells how many bytes the LFS stores and the CAS hold: the difference
-of two snapshots is what an upload newly stored. huggingface_hub 2.4.0 does not negotiate: with hf_xet installed
+of two snapshots is what an upload newly stored. Xet uploads never pass through this server: the request log shows
+only the token request (kind ``xet_write_token``, not a write kind: it changes nothing here), so a "wrote nothing"
+check in Xet mode must compare `store_usage()` too. huggingface_hub 2.4.0 does not negotiate: with hf_xet installed
 and HF_HUB_DISABLE_XET unset it uploads through Xet, and fails if the server has no xet-write-token route.
 
 Writes need ``Authorization: Bearer <token>`` of a user allowed to write the namespace (its own name or one of its

@@ -268,3 +268,31 @@ def test_load_dataset_of_a_xet_stored_parquet_dataset(hub, api, tmp_path):
     expected = [[i, label, blob.hex()] for i, label, blob in rows]
     assert loaded == {"download": expected, "streaming": expected}
     assert "xet_read_token" in kinds(hub)  # the download went through hf_xet
+
+
+
+_UPLOAD = r"""
+import sys, time
+from huggingface_hub import HfApi
+start = time.monotonic()
+try:
+    HfApi(endpoint=sys.argv[1], token=sys.argv[2]).upload_file(
+        path_or_fileobj=bytes(range(256)) * 400, path_in_repo="data/x.bin", repo_id=sys.argv[3], repo_type="dataset")
+    print("RESULT uploaded")
+except Exception as exc:
+    print(f"RESULT {type(exc).__name__} after {time.monotonic() - start:.0f} s")
+"""
+
+
+def test_a_failing_write_token_route_fails_the_upload_and_commits_nothing(hub, api, token, tmp_path):
+    # hf_xet retries a 5xx from the token route 5 times with a 3 s base delay (about 2 minutes in all); a consumer
+    # subprocess lets this test turn that down (hf_xet reads its settings when the process creates its session).
+    hub.inject_fault("xet_write_token", count=None, mode="500")
+    env = consumer_env(hub.url, tmp_path / "uploader") | {"HF_XET_CLIENT_RETRY_MAX_ATTEMPTS": "1",
+                                                          "HF_XET_CLIENT_RETRY_BASE_DELAY": "100ms"}
+    proc = subprocess.run([sys.executable, "-c", _UPLOAD, hub.url, token, REPO], env=env, capture_output=True,
+                          text=True, timeout=60)
+    result = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    assert result.startswith("RESULT ConnectionError"), proc.stdout + proc.stderr[-2000:]
+    assert len(hub.requests("xet_write_token")) >= 1 and hub.requests("commit") == []
+    assert hub.store_usage().xet_bytes == 0
