@@ -27,6 +27,8 @@ Implemented (``{t}`` is ``models``/``datasets``/``spaces``, ``{p}`` the URL pref
     GET    /{p}{repo}/resolve/{rev}/{path}         same headers + content, Range requests (206/416)
     GET    /api/{t}/{repo}/xet-write-token/{rev}   Xet mode: {casUrl, accessToken, exp} + X-Xet-* headers
     GET    /api/{t}/{repo}/xet-read-token/{rev}    (LFS mode: 404 XetNotEnabled, logged as its own kind)
+    GET    /__xet/bridge/{sha256}                  Xet mode: a file's bytes (ranges too) at the signed URL /resolve
+                                                   redirects to, on another origin ("localhost"), like the CAS bridge
 
 Anything else is answered 404 with a JSON error naming the route, and recorded as ``kind="unknown"`` in the
 request log, so a test can assert that the clients never needed an endpoint this server lacks.
@@ -40,10 +42,11 @@ the xet-write-token route hands out ``casUrl = "local://" + path``, a directory-
 writes and reads itself, so the real client runs its real Xet upload path (chunking, dedup against what the CAS
 holds, xorbs and shards). A commit's ``lfsFile`` (named by sha256, as over LFS) is accepted when this repo's LFS store
 has that object, or when a shard in the CAS describes a file with that sha256 whose xorbs are all present and whose
-reconstructed bytes hash to it (checked once per file). Such files are served with ``X-Xet-Hash`` and a
-``Link: <.../xet-read-token/{commit}>; rel="xet-auth"`` header, so hf_hub_download/HfFileSystem fetch them from the
-CAS with hf_xet, and also as plain bytes (with ranges) read back from the CAS, for clients without Xet and for
-HfFileSystem's range reads. `store_usage()` tells how many bytes the LFS stores and the CAS hold: the difference
+reconstructed bytes hash to it (checked once per file). /resolve answers such files, as the Hub does, with a 302
+carrying ``X-Xet-Hash``, ``Link: <.../xet-read-token/{commit}>; rel="xet-auth"``, X-Linked-Size/-Etag and a signed
+Location on another origin: hf_hub_download and HfFileSystem.get_file stop there and fetch from the CAS with
+hf_xet; clients without Xet and HfFileSystem's range reads follow it and get bytes (ranges too) read back from the
+CAS by the bridge, without the Hub token (httpx drops it across origins). `store_usage()` tells how many bytes the LFS stores and the CAS hold: the difference
 of two snapshots is what an upload newly stored. Xet uploads never pass through this server: the request log shows
 only the token request (kind ``xet_write_token``, not a write kind: it changes nothing here), so a "wrote nothing"
 check in Xet mode must compare `store_usage()` too. huggingface_hub 2.4.0 does not negotiate: with hf_xet installed
@@ -528,11 +531,15 @@ class HubServer:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, tree_page_size: int = 1000,
                  max_lifetime: float | None = 600.0, regular_file_max: int = REGULAR_FILE_MAX,
-                 xet_dir: str | Path | None = None, xet_token_ttl: int = 3600):
-        """`xet_dir`: offer Xet storage, with a hf_xet ``local://`` CAS in that directory (None: LFS only)."""
+                 xet_dir: str | Path | None = None, xet_token_ttl: int = 3600, xet_bridge_host: str | None = "localhost"):
+        """`xet_dir`: offer Xet storage, with a hf_xet ``local://`` CAS in that directory (None: LFS only).
+        `xet_bridge_host`: /resolve of a Xet-stored file redirects (302) to a signed URL on this host name for the
+        same server, another origin to the client as the Hub's CAS bridge is (so no Hub token follows the redirect);
+        None: serve the bytes from /resolve itself."""
         self.host, self.port = host, port
         self.cas = LocalCas(xet_dir) if xet_dir is not None else None
         self.xet_token_ttl = xet_token_ttl
+        self.xet_bridge_host = xet_bridge_host
         self.tree_page_size = tree_page_size
         self.max_lifetime = max_lifetime
         self.regular_file_max = regular_file_max
@@ -706,8 +713,10 @@ class HubServer:
             return self.cas.read(found, start, end)
         return repo.content(entry)[start:end]
 
-    def _sign(self, repo: Repo, oid: str, size: int) -> str:
-        msg = f"{repo.repo_type}/{repo.repo_id}/{oid}/{size}".encode()
+    def _sign(self, repo: Repo | None, oid: str, size: int) -> str:
+        """Signature of an upload URL for `repo`'s LFS store, or (repo None) of a download URL of the CAS bridge."""
+        where = f"{repo.repo_type}/{repo.repo_id}" if repo is not None else "xet-bridge"
+        msg = f"{where}/{oid}/{size}".encode()
         return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
 
 
@@ -928,6 +937,9 @@ class _Handler(BaseHTTPRequestHandler):
         if len(seg) == 6 and seg[:2] == ["__lfs", "upload"] and method == "PUT":
             kind("lfs_put", f"{seg[3]}/{seg[4]}")
             return self._lfs_put, ((seg[2], f"{seg[3]}/{seg[4]}"), seg[5])
+        if len(seg) == 3 and seg[:2] == ["__xet", "bridge"] and method in ("GET", "HEAD"):
+            kind("xet_bridge")
+            return self._xet_bridge, (seg[2], method)
         if len(seg) == 5 and seg[:2] == ["__lfs", "verify"] and method == "POST":
             kind("lfs_verify", f"{seg[3]}/{seg[4]}")
             return self._lfs_verify, ((seg[2], f"{seg[3]}/{seg[4]}"),)
@@ -1472,11 +1484,18 @@ class _Handler(BaseHTTPRequestHandler):
             headers["ETag"] = f'"{entry.blob_id}"'
         if entry.xet_hash is not None:
             # What makes huggingface_hub download with hf_xet from the CAS: the file's Xet hash, and where to get a
-            # read token (the Link rel="xet-auth", else X-Xet-Refresh-Route). Clients without Xet GET the bytes
-            # here (the real Hub redirects them to its CAS bridge instead).
+            # read token (the Link rel="xet-auth", else X-Xet-Refresh-Route). Clients without Xet, and ranged
+            # reads (HfFileSystem), follow the redirect to the bridge, like the Hub's to its CAS bridge.
             token_url = f"{self._base()}/api/{repo.repo_type}s/{repo.repo_id}/xet-read-token/{commit.id}"
             headers["X-Xet-Hash"] = entry.xet_hash
             headers["Link"] = f'<{token_url}>; rel="xet-auth"'
+            if self.hub.xet_bridge_host is not None:
+                assert entry.lfs_oid is not None
+                query = urlencode({"size": entry.size, "sig": self.hub._sign(None, entry.lfs_oid, entry.size)})
+                port = self.hub._httpd.server_address[1] if self.hub._httpd else self.hub.port
+                headers["Location"] = f"http://{self.hub.xet_bridge_host}:{port}/__xet/bridge/{entry.lfs_oid}?{query}"
+                self.record.note = path
+                return 302, b""
         headers["Accept-Ranges"] = "bytes"
         name = path.rsplit("/", 1)[-1]
         headers["Content-Disposition"] = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\""
@@ -1494,6 +1513,26 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Length"] = str(end - start)
             return status, b""
         return status, self.hub._read(repo, entry, start, end)
+
+    def _xet_bridge(self, sha256: str, method: str) -> tuple[int, Any]:
+        """The bytes of a CAS-stored file, at a signed URL /resolve handed out (no token: like a presigned URL)."""
+        size = int((self.query.get("size") or ["-1"])[0])
+        if not hmac.compare_digest((self.query.get("sig") or [""])[0], self.hub._sign(None, sha256, size)):
+            raise HubError(403, "SignatureDoesNotMatch")
+        found = self.hub.cas.find(sha256) if self.hub.cas is not None else None
+        if found is None or found.size != size:
+            raise HubError(404, "Not found in the CAS")
+        self.record.note = f"{sha256[:12]} {size} B"
+        start, end, status = 0, size, 200
+        if self.headers.get("Range"):
+            start, end = self._range(self.headers["Range"], size)
+            self.resp_headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            status = 206
+        self.resp_headers["Accept-Ranges"] = "bytes"
+        if method == "HEAD":
+            self.resp_headers["Content-Length"] = str(end - start)
+            return status, b""
+        return status, self.hub.cas.read(found, start, end)
 
     def _range(self, range_header: str, total: int) -> tuple[int, int]:
         """[start, end) of a single-range Range header; 416 when unsatisfiable."""

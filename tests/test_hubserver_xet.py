@@ -8,11 +8,13 @@ fraction`; run with `-s` to see them."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import random
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -88,11 +90,14 @@ def test_upload_goes_through_xet_and_reads_come_back_identical(hub, api, tmp_pat
     assert ("GET", "xet_read_token") in [(r.method, r.kind) for r in hub.requests()]
     assert [r for r in hub.requests("resolve") if r.method == "GET"] == []  # hf_xet read the CAS, not /resolve
 
+    hub.clear_log()
     fs = HfFileSystem(endpoint=hub.url, token=api.token, skip_instance_cache=True)
     with fs.open(f"datasets/{REPO}/data/small.bin", "rb", block_size=10_000) as fh:  # HTTP ranges, from the CAS
         fh.seek(123_456)
         assert fh.read(5_000) == small[123_456:128_456]
-    assert any(r.status == 206 for r in hub.requests("resolve"))
+    assert {r.status for r in hub.requests("resolve") if r.method == "GET"} == {302}  # to the bridge, as on the Hub
+    bridge = hub.requests("xet_bridge")
+    assert bridge and all(r.status == 206 and not r.authenticated for r in bridge)  # ranges, and no Hub token
     fs.get_file(f"datasets/{REPO}/data/small.bin", str(tmp_path / "small.bin"))  # whole file: through hf_xet
     assert (tmp_path / "small.bin").read_bytes() == small
     assert hub.file_bytes(REPO, "data/small.bin") == small
@@ -200,6 +205,31 @@ def test_xet_tokens_follow_repo_permissions(hub, api, token):
     assert [status(read, token), status(read, mallory), status(read, None)] == [200, 404, 401]
 
 
+
+def test_the_bridge_serves_only_what_resolve_signed(hub, api, token):
+    data = random_bytes(50_000, seed=12)
+    commit(api, {"data/x.bin": data})
+    api.update_repo_settings(REPO, repo_type="dataset", private=True)
+
+    def get(url: str, auth: str | None = None) -> tuple[int, dict, bytes]:
+        split = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(split.hostname, split.port, timeout=10)
+        conn.request("GET", f"{split.path}?{split.query}", headers={"Authorization": f"Bearer {auth}"} if auth else {})
+        resp = conn.getresponse()
+        out = resp.status, dict(resp.getheaders()), resp.read()
+        conn.close()
+        return out
+
+    resolve = f"{hub.url}/datasets/{REPO}/resolve/main/data/x.bin"
+    assert get(resolve)[0] == 401  # private: no redirect without the token
+    status, headers, _ = get(resolve, token)
+    assert status == 302 and headers["X-Linked-Size"] == str(len(data))
+    location = headers["Location"]
+    assert urllib.parse.urlsplit(location).hostname == "localhost"  # another origin than the Hub's 127.0.0.1
+    assert get(location)[::2] == (200, data)
+    assert get(location.replace("sig=", "sig=0"))[0] == 403
+    assert get(location.replace(f"size={len(data)}", f"size={len(data) - 1}"))[0] == 403
+
 def test_lfs_clients_still_work_against_a_xet_server(hub, api, tmp_path, monkeypatch):
     xet_stored = random_bytes(400_000, seed=6)
     commit(api, {"data/xet.bin": xet_stored})
@@ -212,6 +242,7 @@ def test_lfs_clients_still_work_against_a_xet_server(hub, api, tmp_path, monkeyp
         path = hf_hub_download(REPO, f"data/{name}", repo_type="dataset", endpoint=hub.url, cache_dir=tmp_path / "c")
         assert Path(path).read_bytes() == data
     assert "xet_read_token" not in kinds(hub)  # the Xet-stored file came as plain bytes, read from the CAS
+    assert [(r.status, r.authenticated) for r in hub.requests("xet_bridge")] == [(200, False)]
 
     # a client offering the "xet" transfer in the LFS batch API is told to use it
     oid = hashlib.sha256(b"abc").hexdigest()
@@ -268,6 +299,7 @@ def test_load_dataset_of_a_xet_stored_parquet_dataset(hub, api, tmp_path):
     expected = [[i, label, blob.hex()] for i, label, blob in rows]
     assert loaded == {"download": expected, "streaming": expected}
     assert "xet_read_token" in kinds(hub)  # the download went through hf_xet
+    assert any(r.status == 206 for r in hub.requests("xet_bridge"))  # streaming read ranges through the bridge
 
 
 
