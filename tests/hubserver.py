@@ -46,11 +46,13 @@ reconstructed bytes hash to it (checked once per file). /resolve answers such fi
 carrying ``X-Xet-Hash``, ``Link: <.../xet-read-token/{commit}>; rel="xet-auth"``, X-Linked-Size/-Etag and a signed
 Location on another origin: hf_hub_download and HfFileSystem.get_file stop there and fetch from the CAS with
 hf_xet; clients without Xet and HfFileSystem's range reads follow it and get bytes (ranges too) read back from the
-CAS by the bridge, without the Hub token (httpx drops it across origins). `store_usage()` tells how many bytes the LFS stores and the CAS hold: the difference
-of two snapshots is what an upload newly stored. Xet uploads never pass through this server: the request log shows
-only the token request (kind ``xet_write_token``, not a write kind: it changes nothing here), so a "wrote nothing"
-check in Xet mode must compare `store_usage()` too. huggingface_hub 2.4.0 does not negotiate: with hf_xet installed
-and HF_HUB_DISABLE_XET unset it uploads through Xet, and fails if the server has no xet-write-token route.
+CAS by the bridge, without the Hub token (httpx drops it across origins).
+
+`store_usage()` tells how many bytes the LFS stores and the CAS hold: the difference of two snapshots is what an
+upload newly stored. Xet uploads never pass through this server: the request log shows only the token request
+(kind ``xet_write_token``, not a write kind: it changes nothing here), so a "wrote nothing" check in Xet mode must
+compare `store_usage()` too. huggingface_hub 2.4.0 does not negotiate: with hf_xet installed and HF_HUB_DISABLE_XET
+unset it uploads through Xet, and fails if the server has no xet-write-token route.
 
 Writes need ``Authorization: Bearer <token>`` of a user allowed to write the namespace (its own name or one of its
 organisations); private repos are only readable by such users. Tokens are never stored in the log; every response
@@ -531,7 +533,8 @@ class HubServer:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, tree_page_size: int = 1000,
                  max_lifetime: float | None = 600.0, regular_file_max: int = REGULAR_FILE_MAX,
-                 xet_dir: str | Path | None = None, xet_token_ttl: int = 3600, xet_bridge_host: str | None = "localhost"):
+                 xet_dir: str | Path | None = None, xet_token_ttl: int = 3600,
+                 xet_bridge_host: str | None = "localhost"):
         """`xet_dir`: offer Xet storage, with a hf_xet ``local://`` CAS in that directory (None: LFS only).
         `xet_bridge_host`: /resolve of a Xet-stored file redirects (302) to a signed URL on this host name for the
         same server, another origin to the client as the Hub's CAS bridge is (so no Hub token follows the redirect);

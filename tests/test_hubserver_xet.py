@@ -148,8 +148,9 @@ def raw_commit(hub: HubServer, token: str, path: str, oid: str, size: int) -> in
         {"key": "header", "value": {"summary": "by hand"}},
         {"key": "lfsFile", "value": {"path": path, "algo": "sha256", "oid": oid, "size": size}},
     ]).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"}
     request = urllib.request.Request(f"{hub.url}/api/datasets/{REPO}/commit/main", data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"})
+                                     headers=headers)
     try:
         with urllib.request.urlopen(request) as resp:
             return resp.status
