@@ -71,6 +71,7 @@ import hmac
 import json
 import re
 import secrets
+import shutil
 import socket
 import struct
 import threading
@@ -402,6 +403,13 @@ class LocalCas:
 
         return size("xorbs"), size("shards")
 
+    def forget_clients(self) -> None:
+        """Drop what uploading clients keep beside the store (their shard cache, and the staged xorb metadata an
+        interrupted upload resumes from): the next client starts like one on a fresh machine, where on the real Hub
+        those live in its own HF_XET_CACHE. Dedup against the store itself (global dedup) still works."""
+        for sub in ("shard-cache", "shard-session"):
+            shutil.rmtree(self.root / "xet" / sub, ignore_errors=True)
+
     def _scan(self) -> None:
         folder = self.store / "shards"
         for path in sorted(folder.glob("*.mdb")) if folder.is_dir() else ():
@@ -534,13 +542,15 @@ class HubServer:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, tree_page_size: int = 1000,
                  max_lifetime: float | None = 600.0, regular_file_max: int = REGULAR_FILE_MAX,
                  xet_dir: str | Path | None = None, xet_token_ttl: int = 3600,
-                 xet_bridge_host: str | None = "localhost"):
+                 xet_bridge_host: str | None = "localhost", xet_verify_sha256: bool = True):
         """`xet_dir`: offer Xet storage, with a hf_xet ``local://`` CAS in that directory (None: LFS only).
+        `xet_verify_sha256`: before a commit first names a CAS file, read it back and check its sha256 (off: trust
+        the shard, as a benchmark of large releases may prefer).
         `xet_bridge_host`: /resolve of a Xet-stored file redirects (302) to a signed URL on this host name for the
         same server, another origin to the client as the Hub's CAS bridge is (so no Hub token follows the redirect);
         None: serve the bytes from /resolve itself."""
         self.host, self.port = host, port
-        self.cas = LocalCas(xet_dir) if xet_dir is not None else None
+        self.cas = LocalCas(xet_dir, verify_sha256=xet_verify_sha256) if xet_dir is not None else None
         self.xet_token_ttl = xet_token_ttl
         self.xet_bridge_host = xet_bridge_host
         self.tree_page_size = tree_page_size
