@@ -330,3 +330,6 @@ def test_a_failing_write_token_route_fails_the_upload_and_commits_nothing(hub, a
     assert result.startswith("RESULT ConnectionError"), proc.stdout + proc.stderr[-2000:]
     assert len(hub.requests("xet_write_token")) >= 1 and hub.requests("commit") == []
     assert hub.store_usage().xet_bytes == 0
+    # hf_xet keeps a log file per process under HF_HOME/xet/logs; it names the failing request, not the token
+    logs = "".join(f.read_text() for f in (tmp_path / "uploader").rglob("xet/logs/*.log"))
+    assert "xet-write-token" in logs and token not in logs
