@@ -333,3 +333,24 @@ def test_a_failing_write_token_route_fails_the_upload_and_commits_nothing(hub, a
     # hf_xet keeps a log file per process under HF_HOME/xet/logs; it names the failing request, not the token
     logs = "".join(f.read_text() for f in (tmp_path / "uploader").rglob("xet/logs/*.log"))
     assert "xet-write-token" in logs and token not in logs
+
+
+def test_a_fresh_uploader_finds_old_chunks_only_through_global_dedup(hub, api):
+    """hf_xet asks the CAS about a file's first chunk and about 1 chunk in 1024 (hash % 1024 == 0, >= 256 chunks
+    apart); every other chunk is deduplicated only against shards the client holds: those of xorbs it uploaded
+    itself (its shard cache) and those the CAS's answers brought. So a file whose first chunk changed is sent whole
+    by a fresh machine (a CI runner without the publisher's HF_XET_CACHE), and deduplicated by the machine that
+    uploaded the old version."""
+    v1 = random_bytes(8_000_000, seed=13)
+    commit(api, {"data/x.bin": v1}, message="v1")
+
+    def stored_by(data: bytes, fresh: bool) -> float:
+        if fresh:
+            hub.cas.forget_clients()
+        before = hub.store_usage()
+        commit(api, {"data/x.bin": data})
+        return (hub.store_usage() - before).xet_bytes / len(data)
+
+    assert stored_by(b"new first chunk" * 100 + v1, fresh=False) < 0.05  # the machine that uploaded v1
+    assert stored_by(b"another first chunk" * 100 + v1, fresh=True) > 0.95
+    assert stored_by(v1[:4_000_000] + b"new middle chunk" * 100 + v1[4_000_000:], fresh=True) < 0.05
