@@ -20,18 +20,39 @@ Implemented (``{t}`` is ``models``/``datasets``/``spaces``, ``{p}`` the URL pref
     POST   /api/{t}/{repo}/commit/{rev}            NDJSON: header, file, lfsFile, deletedFile, deletedFolder
     POST   /api/{t}/{repo}/tag/{rev}               create tag {"tag": ...}     DELETE .../tag/{tag}
     POST   /api/{t}/{repo}/branch/{branch}         create branch               DELETE .../branch/{branch}
-    POST   /{p}{repo}.git/info/lfs/objects/batch   Git LFS batch API (basic transfer only, never Xet)
+    POST   /{p}{repo}.git/info/lfs/objects/batch   Git LFS batch API (basic; "xet" too in Xet mode, if offered)
     PUT    /__lfs/upload/{type}/{repo}/{oid}       the "storage" URL handed out by the batch API (signed, no token)
     POST   /__lfs/verify/{type}/{repo}             LFS verify
     HEAD   /{p}{repo}/resolve/{rev}/{path}         X-Repo-Commit, ETag, X-Linked-Etag/-Size (LFS), Content-Length
     GET    /{p}{repo}/resolve/{rev}/{path}         same headers + content, Range requests (206/416)
+    GET    /api/{t}/{repo}/xet-write-token/{rev}   Xet mode: {casUrl, accessToken, exp} + X-Xet-* headers
+    GET    /api/{t}/{repo}/xet-read-token/{rev}    (LFS mode: 404 XetNotEnabled, logged as its own kind)
+    GET    /__xet/bridge/{sha256}                  Xet mode: a file's bytes (ranges too) at the signed URL /resolve
+                                                   redirects to, on another origin ("localhost"), like the CAS bridge
 
 Anything else is answered 404 with a JSON error naming the route, and recorded as ``kind="unknown"`` in the
 request log, so a test can assert that the clients never needed an endpoint this server lacks.
 
 State lives in memory: repos with immutable commits (path -> git blob id / size / LFS sha256), branches, tags and
 a per-repo LFS object store. Blob, tree and commit ids are real git object ids (sha1 of the git object), with a
-deterministic logical clock for commit dates. Xet is never advertised: the batch API only offers "basic".
+deterministic logical clock for commit dates.
+
+Xet mode (``HubServer(xet_dir=path)``; default off, then only LFS exists and the Xet token routes answer 404):
+the xet-write-token route hands out ``casUrl = "local://" + path``, a directory-backed CAS that hf_xet (>= 1.8)
+writes and reads itself, so the real client runs its real Xet upload path (chunking, dedup against what the CAS
+holds, xorbs and shards). A commit's ``lfsFile`` (named by sha256, as over LFS) is accepted when this repo's LFS store
+has that object, or when a shard in the CAS describes a file with that sha256 whose xorbs are all present and whose
+reconstructed bytes hash to it (checked once per file). /resolve answers such files, as the Hub does, with a 302
+carrying ``X-Xet-Hash``, ``Link: <.../xet-read-token/{commit}>; rel="xet-auth"``, X-Linked-Size/-Etag and a signed
+Location on another origin: hf_hub_download and HfFileSystem.get_file stop there and fetch from the CAS with
+hf_xet; clients without Xet and HfFileSystem's range reads follow it and get bytes (ranges too) read back from the
+CAS by the bridge, without the Hub token (httpx drops it across origins).
+
+`store_usage()` tells how many bytes the LFS stores and the CAS hold: the difference of two snapshots is what an
+upload newly stored. Xet uploads never pass through this server: the request log shows only the token request
+(kind ``xet_write_token``, not a write kind: it changes nothing here), so a "wrote nothing" check in Xet mode must
+compare `store_usage()` too. huggingface_hub 2.4.0 does not negotiate: with hf_xet installed and HF_HUB_DISABLE_XET
+unset it uploads through Xet, and fails if the server has no xet-write-token route.
 
 Writes need ``Authorization: Bearer <token>`` of a user allowed to write the namespace (its own name or one of its
 organisations); private repos are only readable by such users. Tokens are never stored in the log; every response
@@ -50,11 +71,15 @@ import hmac
 import json
 import re
 import secrets
+import shutil
 import socket
+import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
@@ -133,11 +158,14 @@ class Entry:
     blob_id: str  # git object id of what git stores: the content, or the LFS pointer
     lfs_oid: str | None = None  # sha256 of the content, for LFS files
     pointer_size: int | None = None
+    xet_hash: str | None = None  # for files stored in the Xet CAS (still LFS files to git: pointer, sha256)
 
     def api(self, path: str) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "file", "oid": self.blob_id, "size": self.size, "path": path}
         if self.lfs_oid is not None:
             out["lfs"] = {"oid": self.lfs_oid, "size": self.size, "pointerSize": self.pointer_size}
+        if self.xet_hash is not None:
+            out["xetHash"] = self.xet_hash  # the client downloads by this hash (tree cache, HfFileSystem)
         return out
 
 
@@ -234,6 +262,176 @@ class Repo:
                 return commit
             commit = parent
         return commit
+
+
+# ------------------------------------------------------------------------------------------------ Xet (local CAS)
+
+SHARD_TAG = b"HFRepoMetaData\0"  # start of the 32-byte magic of a Xet shard (MDB) file
+SHARD_HEADER = 48  # magic (32) + version (8) + footer size (8)
+SHARD_ENTRY = 48  # every record of a shard's file-info section is 48 bytes
+FLAG_VERIFICATION = 1 << 31  # one verification record per segment follows the segments
+FLAG_METADATA_EXT = 1 << 30  # one record holding the file's sha256 follows
+
+
+def xet_hex(raw: bytes) -> str:
+    """A 32-byte Xet (Merkle) hash as hf_xet prints it: four little-endian u64, each as 16 hex digits."""
+    return "".join(raw[i:i + 8][::-1].hex() for i in range(0, 32, 8))
+
+
+@dataclass(frozen=True)
+class XetFile:
+    """One file as a shard in the CAS describes it."""
+
+    xet_hash: str
+    size: int
+    sha256: str | None
+    xorbs: tuple[str, ...]  # the chunk containers its bytes are reconstructed from
+
+
+def parse_shard(data: bytes) -> list[XetFile]:
+    """The file-info section of a Xet shard (xet-core `metadata_shard`): per file a header (file hash, flags, number
+    of segments), its segments (xorb hash, flags, bytes, chunk range), optional verification records, and an optional
+    metadata extension whose first 32 bytes are the file's sha256 (stored like a Merkle hash). Raises ValueError."""
+    if not data.startswith(SHARD_TAG) or len(data) < SHARD_HEADER:
+        raise ValueError("not a Xet shard")
+    files, off = [], SHARD_HEADER
+    while True:
+        if off + SHARD_ENTRY > len(data):
+            raise ValueError("truncated shard")
+        file_hash = data[off:off + 32]
+        flags, count = struct.unpack_from("<II", data, off + 32)
+        if file_hash == b"\xff" * 32:  # the bookend closes the section
+            return files
+        off += SHARD_ENTRY
+        records = count + (count if flags & FLAG_VERIFICATION else 0) + (1 if flags & FLAG_METADATA_EXT else 0)
+        if off + records * SHARD_ENTRY > len(data):
+            raise ValueError("truncated shard")
+        size, xorbs = 0, []
+        for i in range(count):
+            at = off + i * SHARD_ENTRY
+            xorbs.append(xet_hex(data[at:at + 32]))
+            size += struct.unpack_from("<I", data, at + 36)[0]
+        off += records * SHARD_ENTRY
+        sha256 = xet_hex(data[off - SHARD_ENTRY:off - SHARD_ENTRY + 32]) if flags & FLAG_METADATA_EXT else None
+        files.append(XetFile(xet_hex(file_hash), size, sha256, tuple(dict.fromkeys(xorbs))))
+
+
+@dataclass(frozen=True)
+class StoreUsage:
+    """Bytes held by the server's stores. Subtract two snapshots to get what an upload newly stored."""
+
+    lfs_bytes: int = 0  # LFS objects, summed over repos (each repo has its own LFS store)
+    xorb_bytes: int = 0  # Xet chunk containers in the CAS
+    shard_bytes: int = 0  # Xet shards (file reconstructions, dedup metadata) in the CAS
+
+    @property
+    def xet_bytes(self) -> int:
+        return self.xorb_bytes + self.shard_bytes
+
+    @property
+    def total(self) -> int:
+        return self.lfs_bytes + self.xet_bytes
+
+    def __sub__(self, other: "StoreUsage") -> "StoreUsage":
+        return StoreUsage(self.lfs_bytes - other.lfs_bytes, self.xorb_bytes - other.xorb_bytes,
+                          self.shard_bytes - other.shard_bytes)
+
+
+class LocalCas:
+    """The server's side of the directory-backed CAS that hf_xet uses for an endpoint ``local://<root>``.
+
+    Clients write to it directly (the real Hub hands out a CAS URL the same way; the Hub itself never sees the bytes).
+    hf_xet keeps the store under ``<root>/xet/xorbs``: ``xorbs/default.<hash>`` (compressed chunk containers),
+    ``shards/<hash>.mdb`` (which file is made of which chunk ranges, and its sha256) and a redb dedup index; an
+    uploading client's own shard cache and staging sit beside it (``<root>/xet/shard-cache``, ``shard-session``) and
+    are not part of the store. The server finds a committed file by the sha256 the commit names, like the Hub does,
+    and reads it back through hf_xet itself."""
+
+    def __init__(self, root: str | Path, *, verify_sha256: bool = True):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = self.root / "xet" / "xorbs"
+        self.verify_sha256 = verify_sha256
+        self._lock = threading.Lock()
+        self._parsed: set[str] = set()
+        self._by_sha256: dict[str, XetFile] = {}
+        self._verified: set[tuple[str, str | None]] = set()  # (Xet hash, sha256) pairs checked
+        self._session: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"local://{self.root}"
+
+    def find(self, sha256: str) -> XetFile | None:
+        """The stored file with this sha256, if a shard names it and every xorb it needs is present."""
+        with self._lock:
+            if sha256 not in self._by_sha256:
+                self._scan()
+            found = self._by_sha256.get(sha256)
+        if found is None or not all((self.store / "xorbs" / f"default.{x}").is_file() for x in found.xorbs):
+            return None
+        return found
+
+    def verified(self, found: XetFile) -> bool:
+        """Whether the bytes the CAS reconstructs really hash to the sha256 the client's shard claims (once per file:
+        the commit trusts it from then on)."""
+        if not self.verify_sha256 or (found.xet_hash, found.sha256) in self._verified:
+            return True
+        digest = hashlib.sha256()
+        try:
+            for chunk in self._stream(found, 0, None):
+                digest.update(chunk)
+        except Exception:  # hf_xet refuses a damaged xorb (its hash no longer matches): not this file's bytes
+            return False
+        if digest.hexdigest() != found.sha256:
+            return False
+        with self._lock:  # keyed by the claim too: another shard may claim another sha256 for the same bytes
+            self._verified.add((found.xet_hash, found.sha256))
+        return True
+
+    def read(self, found: XetFile, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of a stored file, reconstructed from the xorbs by hf_xet."""
+        return b"".join(self._stream(found, start, end))
+
+    def usage(self) -> tuple[int, int]:
+        """(xorb bytes, shard bytes). The ``.tagset`` files (deletion tags of the simulation) and the redb index
+        (preallocated in 1 MiB steps) are left out: they say nothing about how much content was stored."""
+        def size(sub: str) -> int:
+            folder = self.store / sub
+            files = folder.iterdir() if folder.is_dir() else ()
+            return sum(f.stat().st_size for f in files if f.is_file() and not f.name.endswith(".tagset"))
+
+        return size("xorbs"), size("shards")
+
+    def forget_clients(self) -> None:
+        """Drop what uploading clients keep beside the store (their shard cache, and the staged xorb metadata an
+        interrupted upload resumes from): the next client starts like one on a fresh machine, where on the real Hub
+        those live in its own HF_XET_CACHE. Dedup against the store itself (global dedup) still works."""
+        for sub in ("shard-cache", "shard-session"):
+            shutil.rmtree(self.root / "xet" / sub, ignore_errors=True)
+
+    def _scan(self) -> None:
+        folder = self.store / "shards"
+        for path in sorted(folder.glob("*.mdb")) if folder.is_dir() else ():
+            if path.name in self._parsed:
+                continue
+            try:
+                files = parse_shard(path.read_bytes())
+            except (OSError, ValueError, struct.error):
+                continue  # being written: read again on the next lookup
+            for found in files:
+                if found.sha256 is not None:
+                    self._by_sha256.setdefault(found.sha256, found)
+            self._parsed.add(path.name)
+
+    def _stream(self, found: XetFile, start: int, end: int | None) -> Any:
+        import hf_xet  # only Xet mode needs it
+
+        with self._lock:
+            if self._session is None:
+                self._session = hf_xet.XetSession()
+            group = self._session.new_download_stream_group(endpoint=self.url)
+        return group.download_stream(hf_xet.XetFileInfo(found.xet_hash, found.size), start=start, end=end)
 
 
 @dataclass
@@ -342,8 +540,19 @@ class HubServer:
     """In-memory Hub. Start with `start()` (or as a context manager); `url` is the endpoint to give clients."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, tree_page_size: int = 1000,
-                 max_lifetime: float | None = 600.0, regular_file_max: int = REGULAR_FILE_MAX):
+                 max_lifetime: float | None = 600.0, regular_file_max: int = REGULAR_FILE_MAX,
+                 xet_dir: str | Path | None = None, xet_token_ttl: int = 3600,
+                 xet_bridge_host: str | None = "localhost", xet_verify_sha256: bool = True):
+        """`xet_dir`: offer Xet storage, with a hf_xet ``local://`` CAS in that directory (None: LFS only).
+        `xet_verify_sha256`: before a commit first names a CAS file, read it back and check its sha256 (off: trust
+        the shard, as a benchmark of large releases may prefer).
+        `xet_bridge_host`: /resolve of a Xet-stored file redirects (302) to a signed URL on this host name for the
+        same server, another origin to the client as the Hub's CAS bridge is (so no Hub token follows the redirect);
+        None: serve the bytes from /resolve itself."""
         self.host, self.port = host, port
+        self.cas = LocalCas(xet_dir, verify_sha256=xet_verify_sha256) if xet_dir is not None else None
+        self.xet_token_ttl = xet_token_ttl
+        self.xet_bridge_host = xet_bridge_host
         self.tree_page_size = tree_page_size
         self.max_lifetime = max_lifetime
         self.regular_file_max = regular_file_max
@@ -450,7 +659,16 @@ class HubServer:
     def file_bytes(self, repo_id: str, path: str, revision: str = "main", repo_type: str = "dataset") -> bytes:
         repo = self.get_repo(repo_id, repo_type)
         with self.lock:
-            return repo.content(repo.commits[repo.resolve(revision)].tree[path])
+            entry = repo.commits[repo.resolve(revision)].tree[path]
+        return self._read(repo, entry)
+
+    def store_usage(self) -> StoreUsage:
+        """What the stores hold now (LFS objects of every repo, Xet xorbs and shards); `after - before` is what an
+        upload newly stored."""
+        with self.lock:
+            lfs = sum(len(b) for repo in self.repos.values() for b in repo.lfs.values())
+        xorbs, shards = self.cas.usage() if self.cas is not None else (0, 0)
+        return StoreUsage(lfs, xorbs, shards)
 
     # ------------------------------------------------------------------ internals
 
@@ -498,8 +716,20 @@ class HubServer:
         repo.commits[commit_id] = commit
         return commit
 
-    def _sign(self, repo: Repo, oid: str, size: int) -> str:
-        msg = f"{repo.repo_type}/{repo.repo_id}/{oid}/{size}".encode()
+    def _read(self, repo: Repo, entry: Entry, start: int = 0, end: int | None = None) -> bytes:
+        """Content [start, end) of a file: from the Xet CAS for Xet-stored files, else from memory."""
+        if entry.xet_hash is not None:
+            assert self.cas is not None and entry.lfs_oid is not None
+            found = self.cas.find(entry.lfs_oid)
+            if found is None:
+                raise HubError(500, f"hubserver: Xet object {entry.xet_hash} is missing from the CAS")
+            return self.cas.read(found, start, end)
+        return repo.content(entry)[start:end]
+
+    def _sign(self, repo: Repo | None, oid: str, size: int) -> str:
+        """Signature of an upload URL for `repo`'s LFS store, or (repo None) of a download URL of the CAS bridge."""
+        where = f"{repo.repo_type}/{repo.repo_id}" if repo is not None else "xet-bridge"
+        msg = f"{where}/{oid}/{size}".encode()
         return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
 
 
@@ -707,6 +937,10 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "POST" and len(rest) == 2 and rest[0] == "commit":
                 kind("commit", repo_id)
                 return self._commit, (key, rest[1])
+            if method == "GET" and len(rest) == 2 and rest[0] in ("xet-write-token", "xet-read-token"):
+                write = rest[0] == "xet-write-token"
+                kind("xet_write_token" if write else "xet_read_token", repo_id)
+                return self._xet_token, (key, rest[1], write)
             if len(rest) == 2 and rest[0] == "tag" and method in ("POST", "DELETE"):
                 kind("tag_create" if method == "POST" else "tag_delete", repo_id)
                 return (self._tag_create if method == "POST" else self._tag_delete), (key, rest[1])
@@ -716,6 +950,9 @@ class _Handler(BaseHTTPRequestHandler):
         if len(seg) == 6 and seg[:2] == ["__lfs", "upload"] and method == "PUT":
             kind("lfs_put", f"{seg[3]}/{seg[4]}")
             return self._lfs_put, ((seg[2], f"{seg[3]}/{seg[4]}"), seg[5])
+        if len(seg) == 3 and seg[:2] == ["__xet", "bridge"] and method in ("GET", "HEAD"):
+            kind("xet_bridge")
+            return self._xet_bridge, (seg[2], method)
         if len(seg) == 5 and seg[:2] == ["__lfs", "verify"] and method == "POST":
             kind("lfs_verify", f"{seg[3]}/{seg[4]}")
             return self._lfs_verify, ((seg[2], f"{seg[3]}/{seg[4]}"),)
@@ -1060,13 +1297,13 @@ class _Handler(BaseHTTPRequestHandler):
                     oid = str(value.get("oid", ""))
                     if not _valid_path(path):
                         raise HubError(400, f"Invalid path: {path!r}")
-                    if value.get("algo", "sha256") != "sha256" or oid not in repo.lfs:
-                        raise HubError(422, f"{path}: LFS object {oid} has not been uploaded to this repo")
-                    size = len(repo.lfs[oid])
+                    if value.get("algo", "sha256") != "sha256":
+                        raise HubError(422, f"{path}: LFS objects are named by sha256")
+                    size, xet_hash = self._large_object(repo, path, oid)
                     if value.get("size") is not None and int(value["size"]) != size:
                         raise HubError(422, f"{path}: size {value['size']} does not match LFS object ({size})")
                     pointer = lfs_pointer(oid, size)
-                    tree[path] = Entry(size, git_blob_id(pointer), oid, len(pointer))
+                    tree[path] = Entry(size, git_blob_id(pointer), oid, len(pointer), xet_hash)
                 elif op == "deletedFile":
                     if path not in tree:
                         raise HubError(404, f"A file with this name doesn't exist: {path}", code="EntryNotFound")
@@ -1087,6 +1324,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.record.note = f"{len(lines) - 1} ops -> {commit.id[:12]}"
         return 200, {"success": True, "commitOid": commit.id, "commitUrl": f"{self._repo_url(repo)}/commit/{commit.id}",
                      "hookOutput": "", "pullRequestUrl": None}
+
+    def _large_object(self, repo: Repo, path: str, oid: str) -> tuple[int, str | None]:
+        """(size, Xet hash or None) of the large object a commit names by sha256: uploaded to this repo's LFS store,
+        or (Xet mode) a file the CAS holds whose reconstructed bytes really have that sha256."""
+        if oid in repo.lfs:
+            return len(repo.lfs[oid]), None
+        found = self.hub.cas.find(oid) if self.hub.cas is not None and re.fullmatch(r"[0-9a-f]{64}", oid) else None
+        if found is None:
+            raise HubError(422, f"{path}: LFS object {oid} has not been uploaded to this repo")
+        if not self.hub.cas.verified(found):
+            raise HubError(422, f"{path}: the Xet file {found.xet_hash} does not have sha256 {oid}")
+        return found.size, found.xet_hash
 
     def _tag_create(self, key: tuple[str, str], revision: str) -> tuple[int, Any]:
         data = self._json() or {}
@@ -1139,7 +1388,10 @@ class _Handler(BaseHTTPRequestHandler):
         if operation != "upload":
             raise HubError(400, f"hubserver: LFS operation {operation!r} not supported (downloads go via /resolve)")
         self.record.kind = "lfs_batch_upload"
-        if "basic" not in (data.get("transfers") or ["basic"]):
+        transfers = data.get("transfers") or ["basic"]
+        if self.hub.cas is not None and "xet" in transfers:
+            return self._lfs_batch_xet(key, data)
+        if "basic" not in transfers:
             raise HubError(422, "hubserver only offers the 'basic' LFS transfer")
         with self.hub.lock:
             repo = self._writable(key)
@@ -1165,6 +1417,16 @@ class _Handler(BaseHTTPRequestHandler):
                 objects.append(item)
         self.record.note = f"{sum('actions' in o for o in objects)}/{len(objects)} to upload"
         return 200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
+
+    def _lfs_batch_xet(self, key: tuple[str, str], data: dict) -> tuple[int, Any]:
+        """A client offering "xet" gets it: the objects echoed without actions, since their bytes go to the CAS (with
+        a xet-write-token), not to an LFS URL. huggingface_hub 2.4.0 never offers it (it uses Xet whenever hf_xet is
+        installed, without asking); older clients and git-xet do."""
+        with self.hub.lock:
+            self._writable(key)
+        objects = [{"oid": str(o.get("oid", "")), "size": int(o.get("size", -1))} for o in data.get("objects", [])]
+        self.record.note = f"xet: {len(objects)} objects"
+        return 200, {"transfer": "xet", "objects": objects, "hash_algo": "sha256"}
 
     def _lfs_put(self, key: tuple[str, str], oid: str) -> tuple[int, Any]:
         with self.hub.lock:
@@ -1192,6 +1454,29 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubError(404, f"LFS object {oid} not found")
         return 200, {"message": "ok"}
 
+    # ------------------------------------------------------------------ endpoints: Xet
+
+    def _xet_token(self, key: tuple[str, str], revision: str, write: bool) -> tuple[int, Any]:
+        """A short-lived CAS token, and where the CAS is. hf_xet reads the JSON body (casUrl, accessToken, exp);
+        huggingface_hub reads the same from the X-Xet-* headers before a download. The local CAS checks no token:
+        the Hub's checks are the ones made here (write access to upload, read access to download)."""
+        cas = self.hub.cas
+        if cas is None:
+            raise HubError(404, "hubserver: this server does not offer Xet storage (Git LFS only)",
+                           code="XetNotEnabled")
+        with self.hub.lock:
+            repo = self._writable(key) if write else self._readable(key)
+            if not write:
+                self._revision(repo, revision)
+            elif not (revision == "None" and _truthy((self.query.get("create_pr") or [None])[0])):
+                self._branch_head(repo, revision)  # (a PR's branch does not exist yet: "None" then)
+        expires = int(time.time()) + self.hub.xet_token_ttl
+        token = f"xet_{'write' if write else 'read'}_{secrets.token_urlsafe(18)}"
+        self.resp_headers.update({"X-Xet-Cas-Url": cas.url, "X-Xet-Access-Token": token,
+                                  "X-Xet-Token-Expiration": str(expires)})
+        self.record.note = f"{'write' if write else 'read'} token for {repo.repo_id}"
+        return 200, {"casUrl": cas.url, "accessToken": token, "exp": expires}
+
     # ------------------------------------------------------------------ endpoints: downloads
 
     def _resolve(self, key: tuple[str, str], revision: str, path: str, method: str) -> tuple[int, Any]:
@@ -1203,7 +1488,6 @@ class _Handler(BaseHTTPRequestHandler):
             if entry is None:
                 raise HubError(404, f"Entry not found: {path}", code="EntryNotFound",
                                headers={"X-Repo-Commit": commit.id})
-            content = repo.content(entry)
         headers = self.resp_headers
         if entry.lfs_oid is not None:
             headers["ETag"] = f'"{entry.lfs_oid}"'
@@ -1211,26 +1495,69 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Linked-Size"] = str(entry.size)
         else:
             headers["ETag"] = f'"{entry.blob_id}"'
+        if entry.xet_hash is not None:
+            # What makes huggingface_hub download with hf_xet from the CAS: the file's Xet hash, and where to get a
+            # read token (the Link rel="xet-auth", else X-Xet-Refresh-Route). Clients without Xet, and ranged
+            # reads (HfFileSystem), follow the redirect to the bridge, like the Hub's to its CAS bridge.
+            token_url = f"{self._base()}/api/{repo.repo_type}s/{repo.repo_id}/xet-read-token/{commit.id}"
+            headers["X-Xet-Hash"] = entry.xet_hash
+            headers["Link"] = f'<{token_url}>; rel="xet-auth"'
+            if self.hub.xet_bridge_host is not None:
+                assert entry.lfs_oid is not None
+                query = urlencode({"size": entry.size, "sig": self.hub._sign(None, entry.lfs_oid, entry.size)})
+                port = self.hub._httpd.server_address[1] if self.hub._httpd else self.hub.port
+                headers["Location"] = f"http://{self.hub.xet_bridge_host}:{port}/__xet/bridge/{entry.lfs_oid}?{query}"
+                self.record.note = path
+                return 302, b""
         headers["Accept-Ranges"] = "bytes"
         name = path.rsplit("/", 1)[-1]
         headers["Content-Disposition"] = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\""
         headers["Content-Type"] = "application/octet-stream"
         headers["Cache-Control"] = "private, max-age=0" if repo.private else "public, max-age=3600"
         self.record.note = path
+        total = entry.size
+        start, end, status = 0, total, 200
         range_header = self.headers.get("Range")
         if range_header:
-            match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", range_header)
-            if not match or match.groups() == ("", ""):
-                raise HubError(400, f"Unsupported Range header {range_header!r}")
-            first, last = match.groups()
-            total = len(content)
-            if first == "":
-                start, end = max(0, total - int(last)), total - 1
-            else:
-                start, end = int(first), min(total - 1, int(last)) if last else total - 1
-            if start >= total or start > end:
-                self.resp_headers["Content-Range"] = f"bytes */{total}"
-                raise HubError(416, "Requested Range Not Satisfiable")
-            headers["Content-Range"] = f"bytes {start}-{end}/{total}"
-            return 206, content[start:end + 1]
-        return 200, content
+            start, end = self._range(range_header, total)
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+            status = 206
+        if method == "HEAD":  # no need to read (or reconstruct from the CAS) what is not sent
+            headers["Content-Length"] = str(end - start)
+            return status, b""
+        return status, self.hub._read(repo, entry, start, end)
+
+    def _xet_bridge(self, sha256: str, method: str) -> tuple[int, Any]:
+        """The bytes of a CAS-stored file, at a signed URL /resolve handed out (no token: like a presigned URL)."""
+        size = int((self.query.get("size") or ["-1"])[0])
+        if not hmac.compare_digest((self.query.get("sig") or [""])[0], self.hub._sign(None, sha256, size)):
+            raise HubError(403, "SignatureDoesNotMatch")
+        found = self.hub.cas.find(sha256) if self.hub.cas is not None else None
+        if found is None or found.size != size:
+            raise HubError(404, "Not found in the CAS")
+        self.record.note = f"{sha256[:12]} {size} B"
+        start, end, status = 0, size, 200
+        if self.headers.get("Range"):
+            start, end = self._range(self.headers["Range"], size)
+            self.resp_headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            status = 206
+        self.resp_headers["Accept-Ranges"] = "bytes"
+        if method == "HEAD":
+            self.resp_headers["Content-Length"] = str(end - start)
+            return status, b""
+        return status, self.hub.cas.read(found, start, end)
+
+    def _range(self, range_header: str, total: int) -> tuple[int, int]:
+        """[start, end) of a single-range Range header; 416 when unsatisfiable."""
+        match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", range_header)
+        if not match or match.groups() == ("", ""):
+            raise HubError(400, f"Unsupported Range header {range_header!r}")
+        first, last = match.groups()
+        if first == "":
+            start, end = max(0, total - int(last)), total
+        else:
+            start, end = int(first), min(total - 1, int(last)) + 1 if last else total
+        if start >= total or start >= end:
+            self.resp_headers["Content-Range"] = f"bytes */{total}"
+            raise HubError(416, "Requested Range Not Satisfiable")
+        return start, end

@@ -168,10 +168,18 @@ def test_lfs_integrity_is_enforced(hub, api, token):
 
 def test_unknown_routes_are_logged_and_answered_404(hub):
     with pytest.raises(urllib.error.HTTPError) as exc:
-        urllib.request.urlopen(f"{hub.url}/api/datasets/org/ds/xet-read-token/main")
+        urllib.request.urlopen(f"{hub.url}/api/datasets/org/ds/discussions")
     assert exc.value.code == 404 and "no route" in json.loads(exc.value.read())["error"]
-    assert [r.path for r in hub.unknown_requests()] == ["/api/datasets/org/ds/xet-read-token/main"]
+    assert [r.path for r in hub.unknown_requests()] == ["/api/datasets/org/ds/discussions"]
     hub.clear_log()  # expected here; the fixture fails any other test that hits an unknown route
+
+
+def test_lfs_only_server_refuses_xet_tokens(hub):
+    # Asking whether the server offers Xet is a known question with a clear "no", not an unknown route.
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(f"{hub.url}/api/datasets/org/ds/xet-write-token/main")
+    assert exc.value.code == 404 and exc.value.headers["X-Error-Code"] == "XetNotEnabled"
+    assert [r.kind for r in hub.requests()] == ["xet_write_token"] and hub.unknown_requests() == []
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
