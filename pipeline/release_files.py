@@ -52,6 +52,11 @@ NOTES_CAP = 4 << 20
 MAX_LISTED_FILE_BYTES = 50 * 1000**3  # the Hub refuses larger files, so no release file can be larger
 
 
+def fixed_cap(rel: str) -> int:
+    """The most any reader takes of `rel`, whatever the manifest declares."""
+    return TEXT_CAPS.get(rel) or (NOTES_CAP if rel.startswith("release_notes/") else MAX_LISTED_FILE_BYTES)
+
+
 class ReleaseFileError(Exception):
     """A release file that must not be read; the message names it and says why."""
 
@@ -284,7 +289,7 @@ def file_problems(files: ReleaseDir, manifest: dict, listing: Listing, *, allow_
                 yield f"{exc} (listed in {MANIFEST})" if "missing" not in str(exc) else f"{show(path)} is listed in {MANIFEST} but missing from the release"
             continue
         try:
-            size = files.size(path, max_bytes=MAX_LISTED_FILE_BYTES)
+            size = files.size(path, max_bytes=fixed_cap(path))
             if size != entry["size"]:
                 yield f"{show(path)}: size is {size:,} bytes, {MANIFEST} says {entry['size']:,}"
                 continue
@@ -332,5 +337,8 @@ def load_manifest(release: ReleaseDir, required: tuple[str, ...] | None = None) 
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
     if error is not None:
         where = "/".join(map(str, error.absolute_path)) or "(the document)"
-        raise ManifestError(f"{MANIFEST}: {show(where)}: {show(error.message, 300)}")
+        message, instance = error.message, repr(error.instance)
+        if message.startswith(instance):  # jsonschema leads with the value, which may be a megabyte long
+            message = show(instance, 80) + message[len(instance):]
+        raise ManifestError(f"{MANIFEST}: {show(where)}: {show(message, 300)}")
     return doc

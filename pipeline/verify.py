@@ -48,13 +48,13 @@ from pipeline.notes import NOTES_DIR, NotesError
 from pipeline.records import FATES
 from pipeline.release_files import (
     MAX_LISTED_FILE_BYTES,
-    file_problems,
     NOTES_CAP,
-    TEXT_CAPS,
     Listing,
     ManifestError,
     ReleaseDir,
     ReleaseFileError,
+    file_problems,
+    fixed_cap,
     load_manifest,
     relpath_problem,
     show,
@@ -181,6 +181,8 @@ class ReleaseView:
         self.files = ReleaseDir(self.dir)
         self.limits = limits or ReadLimits()
         self.read_errors: list[str] = []  # files a check needed but could not read
+        self.ledger_error: str | None = None  # why ledger.csv could not be read
+        self.ledger_columns: list[str] = []
 
     @cached_property
     def manifest(self) -> dict:
@@ -210,7 +212,7 @@ class ReleaseView:
 
     def cap(self, rel: str) -> int:
         """The most verify reads of `rel`: its fixed cap, and no more than the manifest declares."""
-        fixed = TEXT_CAPS.get(rel) or (NOTES_CAP if rel.startswith(f"{NOTES_DIR}/") else MAX_LISTED_FILE_BYTES)
+        fixed = fixed_cap(rel)
         return min(fixed, self.declared.get(rel, fixed))
 
     @contextmanager
@@ -258,12 +260,15 @@ class ReleaseView:
             self.read_errors.append(f"{LEDGER} is missing")
             return []
         try:
-            text = self.read_text(LEDGER)
-            return [dict(r) for r in csv.DictReader(io.StringIO(text, newline=""))]
+            reader = csv.DictReader(io.StringIO(self.read_text(LEDGER), newline=""))
+            rows = [dict(r) for r in reader]
+            self.ledger_columns = list(reader.fieldnames or [])
+            return rows
         except ReleaseFileError as exc:
-            self.read_errors.append(str(exc))
+            self.ledger_error = str(exc)
         except csv.Error as exc:
-            self.read_errors.append(f"{LEDGER}: not a readable CSV table ({exc})")
+            self.ledger_error = f"{LEDGER}: not a readable CSV table ({exc})"
+        self.read_errors.append(self.ledger_error)
         return []
 
     @cached_property
@@ -506,7 +511,7 @@ def _tar_problems(fh: BinaryIO, rel: str, limits: ReadLimits) -> Iterator[str]:
                 if n >= limits.tar_members:
                     yield f"{show(rel)}: more than {limits.tar_members:,} members: the rest were not read"
                     return
-                problem = _member_problem(member, limits)
+                problem = _member_problem(member, limits) or _member_content_problem(tar, member)
                 if problem:
                     problems += 1
                     if problems <= _MAX_LISTED:
@@ -532,6 +537,25 @@ def _member_problem(member: tarfile.TarInfo, limits: ReadLimits) -> str | None:
         return f"is not <key>.<suffix> with a suffix of the release format ({', '.join(WDS_MEMBER_SUFFIXES)})"
     if member.size > limits.member_cap(match.group(2)):
         return f"is {member.size:,} bytes, above the limit of {limits.member_cap(match.group(2)):,} for .{match.group(2)} members: not read"
+    return None
+
+
+def _member_content_problem(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str | None:
+    """What `datasets` and `webdataset` will decode, checked first (sizes are within their caps already):
+    .cls an integer, .json JSON, images of an accepted format (header only: Pillow never sees other formats)."""
+    data = tar.extractfile(member).read(member.size)
+    suffix = member.name.rsplit(".", 1)[-1]
+    try:
+        if suffix == "cls":
+            int(data.decode("ascii"))
+        elif suffix == "json":
+            json.loads(data)
+        else:
+            open_image(data).close()
+    except ImageRejected as exc:
+        return f"refused: {exc}"
+    except (ValueError, RecursionError) as exc:
+        return f"is not a valid .{suffix} member ({type(exc).__name__})"
     return None
 
 
@@ -680,6 +704,7 @@ def check_counts(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """The shards are what is published; the card, the manifest and the ledger must all say the same."""
     names = view.class_names
     rows = view.rows
+    view.ledger  # read before the list of read errors, so they include the ledger's
     for problem in view.read_errors:
         yield problem
     shard_split = Counter(r.split for r in rows)
@@ -761,7 +786,10 @@ def check_ledger(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
         yield f"{LEDGER} is missing"
         return
     entries = view.ledger
-    header = list(entries[0]) if entries else []
+    if view.ledger_error:
+        yield view.ledger_error
+        return
+    header = view.ledger_columns
     if tuple(header) != LEDGER_COLUMNS:
         yield f"{LEDGER}: columns are {show(header)}, expected {list(LEDGER_COLUMNS)}"
         return
