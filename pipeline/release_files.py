@@ -114,6 +114,7 @@ class Listing:
     files: list[str]  # regular files, POSIX relpaths, sorted (manifest.json included)
     problems: list[str] = field(default_factory=list)  # entries that are not directories or regular files
     hard_links: list[str] = field(default_factory=list)  # regular files with more than one link
+    special: frozenset[str] = frozenset()  # entries named in `problems` (links, FIFOs, sockets, devices)
 
 
 @dataclass(frozen=True)
@@ -219,15 +220,17 @@ class ReleaseDir:
         files: list[str] = []
         problems: list[str] = []
         hard_links: list[str] = []
+        special: list[str] = []
         budget = [MAX_ENTRIES]
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self._walk(fd, "", 0, files, problems, hard_links, budget)
+            self._walk(fd, "", 0, files, problems, hard_links, special, budget)
         finally:
             os.close(fd)
-        return Listing(sorted(files), problems, sorted(hard_links))
+        return Listing(sorted(files), problems, sorted(hard_links), frozenset(special))
 
-    def _walk(self, fd: int, prefix: str, depth: int, files: list[str], problems: list[str], hard_links: list[str], budget: list[int]) -> None:
+    def _walk(self, fd: int, prefix: str, depth: int, files: list[str], problems: list[str], hard_links: list[str],
+              special: list[str], budget: list[int]) -> None:
         with os.scandir(fd) as entries:
             names = sorted(e.name for e in entries)
         for name in names:
@@ -248,7 +251,7 @@ class ReleaseDir:
                     continue
                 inner = os.open(name, _OPEN_DIR, dir_fd=fd)
                 try:
-                    self._walk(inner, rel + "/", depth + 1, files, problems, hard_links, budget)
+                    self._walk(inner, rel + "/", depth + 1, files, problems, hard_links, special, budget)
                 finally:
                     os.close(inner)
             elif stat.S_ISREG(st.st_mode):
@@ -260,6 +263,7 @@ class ReleaseDir:
                 if stat.S_ISLNK(st.st_mode):
                     target = " (pointing elsewhere: not followed)"
                 problems.append(f"{show(rel)}: is {_kind(st.st_mode)}{target}; a release holds only regular files")
+                special.append(rel)
 
 
 def file_problems(files: ReleaseDir, manifest: dict, listing: Listing, *, allow_hard_links: bool = True) -> Iterator[str]:
@@ -282,6 +286,8 @@ def file_problems(files: ReleaseDir, manifest: dict, listing: Listing, *, allow_
     present = set(listing.files) - {MANIFEST}
     for path, i in sorted(listed.items()):
         entry = manifest["files"][i]
+        if path in listing.special or any(path.startswith(f"{s}/") for s in listing.special):
+            continue  # named above
         if path not in present:
             try:
                 files.size(path)

@@ -85,6 +85,7 @@ WDS_IMAGE_SUFFIXES = ("png", "tif")
 _WDS_MEMBER = re.compile(r"^([0-9A-Za-z_-]{1,100})\.([0-9A-Za-z_.-]{1,32})$")
 _COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 _MAX_LISTED = 20  # failures of one kind listed one by one before the rest are counted
+_RECORD_BATCH = 16  # rows decoded into Python objects at a time by the records check
 _MESSAGE_CHARS = 2000  # one failure message, escaped, at most this long
 
 
@@ -115,6 +116,8 @@ class ReadLimits:
 
     parquet_footer_bytes: int = 16 << 20
     parquet_rows_per_group: int = 1_000_000
+    # rows of all shards, and of the ledger, held in memory as Python objects (MLL23 has 41,906 raw images)
+    max_rows: int = 500_000
     # decompressed (and, for dictionary-encoded columns, decoded: rows x dictionary) bytes of one column chunk
     parquet_column_bytes: int = 256 << 20
     tar_members: int = 1_000_000
@@ -243,6 +246,8 @@ class ReleaseView:
             try:
                 with self.open(shard) as fh:
                     parquet = open_parquet(fh, shard, self.limits)
+                    if len(rows) + parquet.metadata.num_rows > self.limits.max_rows:
+                        raise Refused(f"{show(shard)}: the shards hold more than {self.limits.max_rows:,} rows: not read")
                     table = parquet.read(columns=_META_COLUMNS)
             except (ReleaseFileError, Refused) as exc:
                 self.read_errors.append(str(exc))
@@ -261,7 +266,11 @@ class ReleaseView:
             return []
         try:
             reader = csv.DictReader(io.StringIO(self.read_text(LEDGER), newline=""))
-            rows = [dict(r) for r in reader]
+            rows = []
+            for r in reader:
+                if len(rows) == self.limits.max_rows:
+                    raise csv.Error(f"more than {self.limits.max_rows:,} rows")
+                rows.append(dict(r))
             self.ledger_columns = list(reader.fieldnames or [])
             return rows
         except ReleaseFileError as exc:
@@ -295,10 +304,15 @@ class ReleaseView:
 
 
 def _capped(check: str, messages: Iterable[str]) -> list[Failure]:
-    messages = list(messages)
-    out = [Failure(check, printable(m, limit=_MESSAGE_CHARS)) for m in messages[:_MAX_LISTED]]
-    if len(messages) > _MAX_LISTED:
-        out.append(Failure(check, f"... and {len(messages) - _MAX_LISTED} more like these"))
+    """The first failures, escaped for printing, and a count of the rest (counted, not kept)."""
+    out, more = [], 0
+    for m in messages:
+        if len(out) < _MAX_LISTED:
+            out.append(Failure(check, printable(m, limit=_MESSAGE_CHARS)))
+        else:
+            more += 1
+    if more:
+        out.append(Failure(check, f"... and {more} more like these"))
     return out
 
 
@@ -336,6 +350,8 @@ def _parquet_file(fh: BinaryIO, rel: str, limits: ReadLimits) -> pq.ParquetFile:
 
 
 def parquet_size_problem(meta: pq.FileMetaData, limits: ReadLimits) -> str | None:
+    if meta.num_rows > limits.max_rows:
+        return f"{meta.num_rows:,} rows, more than {limits.max_rows:,}"
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
         if group.num_rows > limits.parquet_rows_per_group:
@@ -626,15 +642,16 @@ def check_records(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
 def _shard_records(parquet: pq.ParquetFile, shard: str, split: str, names: list[str], validator) -> Iterator[str]:
     index = 0
     for g in range(parquet.num_row_groups):
+        end = index + parquet.metadata.row_group(g).num_rows
         try:
-            batch = parquet.read_row_group(g).to_pylist()
+            # a few rows at a time: only one row group's Arrow data and a handful of images are in memory at once
+            for batch in parquet.iter_batches(batch_size=_RECORD_BATCH, row_groups=[g]):
+                for r in batch.to_pylist():
+                    yield from _record_problems(f"{shard} row {index}", r, split, names, validator)
+                    index += 1
         except Exception as exc:
             yield f"{shard} row group {g}: cannot be read ({type(exc).__name__}: {exc})"
-            index += parquet.metadata.row_group(g).num_rows
-            continue
-        for r in batch:
-            yield from _record_problems(f"{shard} row {index}", r, split, names, validator)
-            index += 1
+        index = end
 
 
 def _record_problems(where: str, r: dict, split: str, names: list[str], validator) -> Iterator[str]:
@@ -1283,22 +1300,28 @@ def notes_copy_differences(view: ReleaseView, notes_dir: Path) -> Iterator[str]:
 # ---- --rebuild RAW ---------------------------------------------------------------------------------------
 
 
+def _manifest_sha256(release_dir: Path) -> str | None:
+    """sha256 of a release's manifest.json, read like any release file (siblings come from the same pull request)."""
+    try:
+        return ReleaseDir(release_dir).hash(MANIFEST, max_bytes=fixed_cap(MANIFEST))[1]
+    except (ReleaseFileError, OSError):
+        return None
+
+
 def find_previous(view: ReleaseView, previous: Path | None) -> tuple[Path | None, str | None]:
     """The release this one was built on: the given directory, or a sibling whose manifest has the recorded sha256."""
     ref = view.manifest.get("previous")
     if not ref:
         return None, None
     if previous is not None:
-        path = Path(previous) / MANIFEST
-        if not path.is_file() or sha256_file(path) != ref["manifest_sha256"]:
+        if _manifest_sha256(Path(previous)) != ref["manifest_sha256"]:
             return None, (
                 f"--previous {previous} is not the release this one was built on "
                 f"(v{ref['version']}, manifest sha256 {ref['manifest_sha256'][:16]}...)"
             )
         return Path(previous), None
     for sibling in sorted(view.dir.resolve().parent.iterdir()):
-        candidate = sibling / MANIFEST
-        if sibling != view.dir.resolve() and candidate.is_file() and sha256_file(candidate) == ref["manifest_sha256"]:
+        if sibling != view.dir.resolve() and sibling.is_dir() and not sibling.is_symlink() and _manifest_sha256(sibling) == ref["manifest_sha256"]:
             return sibling, None
     return None, (
         f"this release was built on v{ref['version']} (manifest sha256 {ref['manifest_sha256'][:16]}...), "

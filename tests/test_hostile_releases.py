@@ -569,6 +569,24 @@ def manifest_deep_subprocess(s: Scene) -> Expect:
     return Expect("manifest.json", "nested too deeply")
 
 
+@subprocess_case
+def ledger_of_a_million_rows(s: Scene) -> Expect:
+    """2 MB of one-character rows: each would become a dict of nine columns."""
+    with open(s.release / "ledger.csv", "a") as fh:
+        fh.write("a\n" * 1_000_000)
+    kit.resign(s.release)
+    return Expect("ledger.csv", "more than 500,000 rows")
+
+
+@subprocess_case
+def shard_of_a_million_rows(s: Scene) -> Expect:
+    """A million rows of zeros: a few kB on disk, a million Python objects (and record checks) once read."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    pq.write_table(pa.table({"label": pa.array([0] * 1_000_000)}), shard, compression="zstd", row_group_size=1_000_000)
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, shard), "1,000,000 rows, more than 500,000")
+
+
 # Runs `mll23 verify DIR` and reports the peak RSS of its own address space (VmHWM) on exit. ru_maxrss from
 # wait4 is no use here: Linux carries the forked copy of this (large) test process into the child's figure.
 _MEASURED_VERIFY = r"""

@@ -104,7 +104,7 @@ def test_publish_refuses_files_from_outside_the_build_before_any_request(hub, to
     if tamper == "symlink listed in the manifest":
         os.symlink(outside, release / "data" / "notes.txt")
         doc["files"].append({"path": "data/notes.txt", "size": outside.stat().st_size, "sha256": hashlib.sha256(outside.read_bytes()).hexdigest()})
-        expected = "data/notes.txt: is a symbolic link, not a regular file: not read (listed in manifest.json)"
+        expected = "data/notes.txt: is a symbolic link (pointing elsewhere: not followed); a release holds only regular files"
     elif tamper == "path escaping the release":
         doc["files"].append({"path": "../outside/private-notes.txt", "size": outside.stat().st_size, "sha256": hashlib.sha256(outside.read_bytes()).hexdigest()})
         expected = f"files[{len(doc['files']) - 1}].path ../outside/private-notes.txt has a '..' component (paths must stay inside the release)"
