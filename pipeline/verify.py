@@ -520,6 +520,11 @@ def _tar_problems(fh: BinaryIO, rel: str, limits: ReadLimits) -> Iterator[str]:
         if magic.startswith(prefix):
             yield f"{show(rel)}: a {name}-compressed tar; the release format writes uncompressed tars only"
             return
+    header_problem = _tar_header_problem(fh, rel, limits)
+    if header_problem:
+        yield header_problem
+        return
+    fh.seek(0)
     problems = 0
     try:
         with tarfile.open(fileobj=fh, mode="r:") as tar:
@@ -534,6 +539,48 @@ def _tar_problems(fh: BinaryIO, rel: str, limits: ReadLimits) -> Iterator[str]:
                         yield f"{show(rel)}: member {show(member.name)} {problem}"
     except tarfile.TarError as exc:
         yield f"{show(rel)}: not a readable tar archive ({exc})"
+
+
+_TAR_BLOCK = 512
+_TAR_TYPES = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device", b"5": "directory",
+              b"6": "FIFO", b"x": "pax extended", b"g": "pax global", b"L": "GNU long name", b"K": "GNU long link",
+              b"S": "GNU sparse"}
+
+
+def _tar_header_problem(fh: BinaryIO, rel: str, limits: ReadLimits) -> str | None:
+    """Walk the 512-byte headers before `tarfile` parses any: the release format writes ustar headers of regular
+    files only, so an extended header (pax, GNU long name), whose data `tarfile` would read whole into memory
+    whatever its size, is refused unread, and so is any member larger than the largest member cap."""
+    largest = max(cap for _, cap in limits.member_bytes)
+    offset = members = 0
+    while True:
+        fh.seek(offset)
+        block = fh.read(_TAR_BLOCK)
+        if len(block) < _TAR_BLOCK:
+            return f"{show(rel)}: not a readable tar archive (it ends inside a header at byte {offset:,})"
+        if block == bytes(_TAR_BLOCK):
+            return None
+        try:
+            checksum = tarfile.nti(block[148:156])
+        except tarfile.InvalidHeaderError:
+            checksum = None
+        if checksum not in tarfile.calc_chksums(block):
+            return f"{show(rel)}: not a readable tar archive (no valid tar header at byte {offset:,})"
+        name = show(block[:100].split(b"\0", 1)[0].decode("utf-8", errors="replace"))
+        kind = block[156:157]
+        if kind not in (b"0", b"\0"):
+            what = _TAR_TYPES.get(kind, f"type {kind!r}")
+            return f"{show(rel)}: member {name} is not a regular file (a {what} header): the release format writes ustar headers of regular files only"
+        try:
+            size = tarfile.nti(block[124:136])
+        except tarfile.InvalidHeaderError:
+            return f"{show(rel)}: not a readable tar archive (member {name} has no valid size)"
+        if size > largest:
+            return f"{show(rel)}: member {name} is {size:,} bytes, above the limit of {largest:,} for any member: not read"
+        members += 1
+        if members > limits.tar_members:
+            return f"{show(rel)}: more than {limits.tar_members:,} members: not read"
+        offset += _TAR_BLOCK + -(-size // _TAR_BLOCK) * _TAR_BLOCK
 
 
 def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -1156,8 +1203,27 @@ def check_croissant(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     if others != build["fileSets"]:
         yield f"{CROISSANT}: file sets differ from what the build writes (their glob patterns would be expanded)"
     for d in objects:
-        if set(d) - {"@id", "@type", "contentSize", "contentUrl", "encodingFormat", "name", "sha256", "description"}:
-            yield f"{CROISSANT}: file object {show(d.get('contentUrl'))} has keys the build does not write"
+        if set(d) - _FILE_OBJECT_KEYS or not all(isinstance(v, str) for v in d.values()):
+            yield f"{CROISSANT}: file object {show(d.get('contentUrl'))} has keys or values the build does not write"
+    for key, value in sorted(doc.items()):
+        if key in ("@context", "@type", "distribution", "recordSet"):
+            continue
+        # a JSON-LD node object anywhere (`@context`, `@graph`, `@included`, a nested FileObject) would be read by
+        # mlcroissant's JSON-LD parser; the build writes plain text here
+        if key.startswith("@") or not _plain(value):
+            yield f"{CROISSANT}: {show(key)} holds more than text, which the build does not write"
+    if doc.get("@type") != "sc:Dataset":
+        yield f"{CROISSANT}: @type is {show(doc.get('@type'))}, expected sc:Dataset"
+
+
+_FILE_OBJECT_KEYS = frozenset({"@id", "@type", "contentSize", "contentUrl", "encodingFormat", "name", "sha256", "description"})
+
+
+def _plain(value: object) -> bool:
+    """Text, a number or a list of those: no JSON-LD node object."""
+    if isinstance(value, list):
+        return all(isinstance(v, (str, int, float, bool)) for v in value)
+    return isinstance(value, (str, int, float, bool)) or value is None
 
 
 def check_load_croissant(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:

@@ -317,6 +317,30 @@ def tar_member_symlink(s: Scene) -> Expect:
 
 
 @case
+def tar_gnu_long_name_of_100_mb(s: Scene) -> Expect:
+    """A GNU long-name header whose 'name' is 100 MB: tarfile would read it whole before returning the member."""
+    tar = kit.first(s.release, "wds/test-*.tar")
+    info = tarfile.TarInfo("././@LongLink")
+    info.type, info.size = tarfile.GNUTYPE_LONGNAME, 100 << 20
+    with open(tar, "wb") as fh:
+        fh.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        fh.truncate(512 + (100 << 20) + 1024)  # sparse: the 'name' is zeros
+    kit.resign(s.release)
+    return Expect(f"{kit.rel(s.release, tar)}: member ././@LongLink", "a GNU long name header")
+
+
+@case
+def tar_pax_header(s: Scene) -> Expect:
+    tar = kit.first(s.release, "wds/test-*.tar")
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as out:
+        info = tarfile.TarInfo("caf\u00e9.json")  # a non-ASCII name needs a pax header
+        info.size = 2
+        out.addfile(info, io.BytesIO(b"{}"))
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, tar), "a pax extended header")
+
+
+@case
 def tar_member_eps_as_tif(s: Scene) -> Expect:
     tar = kit.first(s.release, "wds/test-*.tar")
     kit.rewrite_tar(tar, [kit.member("eeeeeeeeeeeeeeee.tif", kit.eps_bytes())])
@@ -448,6 +472,13 @@ CASES["croissant_catastrophic_regex"] = _croissant(
 CASES["croissant_file_url"] = _croissant(
     lambda d: d["distribution"].append({"@type": "cr:FileObject", "@id": "x", "name": "x", "contentUrl": "file:///etc/passwd", "sha256": "0" * 64}),
     "croissant.json declares file:///etc/passwd", "which manifest.json does not list")
+CASES["croissant_nested_file_object"] = _croissant(
+    lambda d: d.update(keywords=[{"@type": "cr:FileObject", "contentUrl": "https://example.invalid/x.parquet"}]),
+    "croissant.json: keywords", "holds more than text")
+CASES["croissant_nested_remote_context"] = _croissant(
+    lambda d: d.update({"rai:dataBiases": {"@context": "https://example.invalid/context.jsonld", "x": "y"}}),
+    "croissant.json: rai:dataBiases", "holds more than text")
+CASES["croissant_graph"] = _croissant(lambda d: d.update({"@graph": []}), "croissant.json: @graph", "holds more than text")
 CASES["croissant_not_an_object"] = _croissant(lambda d: d.clear(), "croissant.json", "version is None")
 
 
