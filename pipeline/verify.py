@@ -45,6 +45,7 @@ from pipeline.imagecheck import ImageRejected, open_image
 from pipeline.lineage import LineageError, version_key
 from pipeline.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST, list_release_files, sha256_file
 from pipeline.notes import NOTES_DIR, NotesError
+from pipeline.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, open_bounded
 from pipeline.records import FATES
 from pipeline.release_files import (
     MAX_LISTED_FILE_BYTES,
@@ -114,12 +115,9 @@ class ReadLimits:
     """How much verify reads or decodes from one part of a release before refusing it unread (a real release is
     far below each: row groups under 32 MB, images under 16 MB, a ledger of 41,906 rows is 6 MB)."""
 
-    parquet_footer_bytes: int = 16 << 20
-    parquet_rows_per_group: int = 1_000_000
+    parquet: ParquetLimits = field(default_factory=ParquetLimits)
     # rows of all shards, and of the ledger, held in memory as Python objects (MLL23 has 41,906 raw images)
     max_rows: int = 500_000
-    # decompressed (and, for dictionary-encoded columns, decoded: rows x dictionary) bytes of one column chunk
-    parquet_column_bytes: int = 256 << 20
     tar_members: int = 1_000_000
     member_bytes: tuple[tuple[str, int], ...] = (("cls", 64), ("json", 1 << 20), ("png", 64 << 20), ("tif", 64 << 20))
     yaml_depth: int = 64
@@ -319,54 +317,20 @@ def _capped(check: str, messages: Iterable[str]) -> list[Failure]:
 # ---- bounded readers ---------------------------------------------------------------------------------------
 
 
-def parquet_metadata(fh: BinaryIO, rel: str, limits: ReadLimits) -> pq.FileMetaData:
-    return _parquet_file(fh, rel, limits).metadata
-
-
 def open_parquet(fh: BinaryIO, rel: str, limits: ReadLimits) -> pq.ParquetFile:
-    """The Parquet file, once its footer and every column chunk's decompressed size are within the limits."""
-    parquet = _parquet_file(fh, rel, limits)
-    problem = parquet_size_problem(parquet.metadata, limits)
-    if problem:
-        raise Refused(f"{show(rel)}: {problem}: not read")
-    return parquet
+    """The shard, once its footer, column chunks and page headers passed the limits (pipeline.parquet_bounds)."""
+    try:
+        return open_bounded(fh, limits.parquet)
+    except ParquetRefused as exc:
+        raise Refused(f"{show(rel)}: {exc}") from None
 
 
-def _parquet_file(fh: BinaryIO, rel: str, limits: ReadLimits) -> pq.ParquetFile:
-    """A ParquetFile whose footer (the only part pyarrow reads on opening) is within the limit."""
-    fh.seek(0, io.SEEK_END)
-    size = fh.tell()
-    if size < 12:
-        raise Refused(f"{show(rel)}: {size} bytes, too short to be Parquet")
-    fh.seek(size - 8)
-    tail = fh.read(8)
-    if tail[4:] != b"PAR1":
-        raise Refused(f"{show(rel)}: no Parquet footer (the file does not end in PAR1)")
-    footer = int.from_bytes(tail[:4], "little")
-    if footer > min(size - 12, limits.parquet_footer_bytes):
-        raise Refused(f"{show(rel)}: Parquet footer of {footer:,} bytes in a file of {size:,} (limit {limits.parquet_footer_bytes:,}): not read")
-    fh.seek(0)
-    return pq.ParquetFile(fh, thrift_string_size_limit=limits.parquet_footer_bytes, thrift_container_size_limit=1_000_000)
-
-
-def parquet_size_problem(meta: pq.FileMetaData, limits: ReadLimits) -> str | None:
-    if meta.num_rows > limits.max_rows:
-        return f"{meta.num_rows:,} rows, more than {limits.max_rows:,}"
-    for g in range(meta.num_row_groups):
-        group = meta.row_group(g)
-        if group.num_rows > limits.parquet_rows_per_group:
-            return f"row group {g} has {group.num_rows:,} rows (limit {limits.parquet_rows_per_group:,})"
-        for c in range(group.num_columns):
-            column = group.column(c)
-            decoded = column.total_uncompressed_size
-            if column.has_dictionary_page:  # each row may repeat the largest dictionary entry
-                decoded = max(decoded, decoded * group.num_rows)
-            if decoded > limits.parquet_column_bytes or column.total_uncompressed_size < 0:
-                return (
-                    f"row group {g} column {show(column.path_in_schema)} decompresses to {decoded:,} bytes "
-                    f"(limit {limits.parquet_column_bytes:,}; {column.total_compressed_size:,} bytes stored)"
-                )
-    return None
+def parquet_metadata(fh: BinaryIO, rel: str, limits: ReadLimits) -> pq.FileMetaData:
+    """The footer only (its own size checked): what the Hub limits are checked against."""
+    try:
+        return footer_checked(fh, limits.parquet).metadata
+    except ParquetRefused as exc:
+        raise Refused(f"{show(rel)}: {exc}") from None
 
 
 class CardRefused(Exception):

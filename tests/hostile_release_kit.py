@@ -164,7 +164,7 @@ def zstd_parquet_bomb(path: Path, value_bytes: int, rows: int) -> None:
     schema = pa.schema([pa.field("image", pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])),
                         pa.field("label", pa.int64())])
     table = pa.table({"image": [{"bytes": value, "path": None}] * rows, "label": [0] * rows}, schema=schema)
-    pq.write_table(table, path, compression="zstd", row_group_size=rows)
+    pq.write_table(table, path, compression="zstd", row_group_size=rows, use_dictionary=False)
 
 
 def yaml_billion_laughs() -> str:

@@ -680,3 +680,28 @@ def test_publish_refuses_what_verify_refuses_before_any_request(hub, token, scen
             publish(release, "org/hostile", token=token, endpoint=hub.url, log=lambda _: None)
         assert expect.reason in str(refused.value) and SECRET_VALUE not in str(refused.value)
     assert hub.requests() == []
+
+
+# ---- Parquet page headers ----------------------------------------------------------------------------------
+
+
+def test_page_headers_are_read_where_pyarrow_wrote_them(good_release, tmp_path):
+    """The page walk finds every page of real shards (their declared sizes and headers add up to what the footer
+    says) and stops a shard whose pages declare more than the limit."""
+    from pipeline.parquet_bounds import ParquetLimits, page_headers, page_problem
+
+    for shard in sorted((good_release / "data").glob("*.parquet")):
+        meta = pq.read_metadata(shard)
+        with open(shard, "rb") as fh:
+            assert page_problem(fh, meta, ParquetLimits()) is None
+            for g in range(meta.num_row_groups):
+                for c in range(meta.num_columns):
+                    column = meta.row_group(g).column(c)
+                    pages = list(page_headers(fh, column, shard.stat().st_size))
+                    assert sum(length + uncompressed for length, uncompressed, _ in pages) == column.total_uncompressed_size
+                    assert sum(length + compressed for length, _, compressed in pages) == column.total_compressed_size
+    bomb = tmp_path / "bomb.parquet"
+    kit.zstd_parquet_bomb(bomb, value_bytes=1 << 20, rows=8)
+    with open(bomb, "rb") as fh:
+        problem = page_problem(fh, pq.read_metadata(bomb), ParquetLimits(column_bytes=4 << 20))
+    assert problem is not None and "column image.bytes: its pages declare" in problem and "(limit 4,194,304)" in problem
