@@ -123,9 +123,19 @@ class ReleaseDir:
 
     root: Path
 
+    def root_fd(self) -> int:
+        """The release directory itself, which must not be a link either (its name may come from the same pull
+        request: `releases/<name>` linked to a directory of the runner would list that directory)."""
+        try:
+            return os.open(self.root, _OPEN_DIR)
+        except OSError as exc:
+            linked = exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(self.root)
+            reason = "is a symbolic link: not followed" if linked else f"cannot be opened ({exc.strerror})"
+            raise ReleaseFileError(f"the release directory {self.root} {reason}") from None
+
     @contextmanager
     def _dir_fd(self, parts: list[str], rel: str) -> Iterator[int]:
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the root itself is the caller's
+        fd = self.root_fd()
         try:
             for part in parts:
                 try:
@@ -222,7 +232,7 @@ class ReleaseDir:
         hard_links: list[str] = []
         special: list[str] = []
         budget = [MAX_ENTRIES]
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = self.root_fd()
         try:
             self._walk(fd, "", 0, files, problems, hard_links, special, budget)
         finally:

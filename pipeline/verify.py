@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import tarfile
 import tempfile
@@ -1276,8 +1277,9 @@ def run_checks(
         opts = VerifyOptions(hub=opts.hub, full_load_max_bytes=full_load_max_bytes, read=opts.read)
     view = ReleaseView(Path(release_dir), opts.read)
     try:
+        os.close(view.files.root_fd())
         view.manifest
-    except ManifestUnreadable as exc:
+    except (ManifestUnreadable, ReleaseFileError) as exc:
         return [CheckResult("manifest", "manifest.json present, readable and of the manifest schema",
                             [Failure("manifest", printable(str(exc), limit=_MESSAGE_CHARS))])]
     skip = set(skip)
@@ -1315,12 +1317,15 @@ def notes_copy_differences(view: ReleaseView, notes_dir: Path) -> Iterator[str]:
     if relpath_problem(rel):
         yield f"{MANIFEST}: release_notes {show(rel)} is not a path inside the release"
         return
-    editable = notes_dir / Path(rel).name
-    if not editable.is_file():
-        yield f"{editable} is missing (the release carries {show(rel)}; keep its editable copy there)"
+    name = rel.rsplit("/", 1)[-1]
+    editable = notes_dir / name
+    try:  # the notes directory is in the same repository as the release, so it is read the same way
+        theirs = ReleaseDir(notes_dir).read_bytes(name, max_bytes=NOTES_CAP)
+    except ReleaseFileError as exc:
+        yield f"{editable} is missing or not readable ({exc}); the release carries {show(rel)}: keep its editable copy there"
         return
     try:
-        same = view.files.read_bytes(rel, max_bytes=NOTES_CAP) == editable.read_bytes()
+        same = view.files.read_bytes(rel, max_bytes=NOTES_CAP) == theirs
     except ReleaseFileError:
         same = False
     if not same:

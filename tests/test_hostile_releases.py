@@ -537,6 +537,32 @@ def test_verify_refuses_a_hostile_release(name, scene):
     assert_refused(scene, expect, result.output, result.exit_code, time.monotonic() - started)
 
 
+def test_verify_refuses_a_linked_release_directory(scene):
+    """`releases/<name>` of a pull request linked to a directory of the runner: nothing under it is listed."""
+    linked = scene.outside.parent / "linked-release"
+    os.symlink(scene.outside, linked)
+    result = CliRunner().invoke(app, ["verify", str(linked)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"the release directory {linked} is a symbolic link: not followed" in result.output
+    assert "secret.txt" not in result.output
+
+
+def test_verify_notes_dir_with_a_fifo_and_a_link(scene):
+    """--notes-dir is in the same repository as the release: its files are read the same way."""
+    notes = scene.outside.parent / "release_notes"
+    notes.mkdir()
+    os.mkfifo(notes / "v1.0.0.md")
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["verify", str(scene.release), "--notes-dir", str(notes)])
+    assert_refused(scene, Expect(f"{notes / 'v1.0.0.md'} is missing or not readable", "is a FIFO"), result.output,
+                   result.exit_code, time.monotonic() - started)
+    (notes / "v1.0.0.md").unlink()
+    os.symlink(scene.outside / "secret.txt", notes / "v1.0.0.md")
+    result = CliRunner().invoke(app, ["verify", str(scene.release), "--notes-dir", str(notes)])
+    assert_refused(scene, Expect(f"{notes / 'v1.0.0.md'} is missing or not readable", "is a symbolic link"), result.output,
+                   result.exit_code, 0)
+
+
 def test_the_catalogue_covers_at_least_40_kinds():
     assert len(CASES) + len(SUBPROCESS_CASES) >= 40
 
