@@ -188,11 +188,11 @@ class ReleaseView:
 
     @cached_property
     def manifest(self) -> dict:
-        if not self.files.exists(MANIFEST) and MANIFEST not in self.listing.files:
-            raise ManifestUnreadable(f"{MANIFEST} is missing: nothing can be checked without it")
         try:
             return load_manifest(self.files)
         except ManifestError as exc:
+            if not os.path.lexists(self.dir / MANIFEST):
+                raise ManifestUnreadable(f"{MANIFEST} is missing: nothing can be checked without it") from None
             raise ManifestUnreadable(str(exc)) from None
 
     @cached_property
@@ -427,6 +427,8 @@ def _config_problems(card: str, header: dict, base: str, allowed: re.Pattern, pr
         for key in sorted(set(config) - _CONFIG_KEYS, key=str):
             yield f"{card}: YAML configs[{i}] has key {show(key)}, which a release card does not use"
         data_files = config.get("data_files")
+        if isinstance(data_files, dict):  # {split: patterns}, the other spelling `datasets` accepts
+            data_files = [{"path": v} for v in data_files.values()]
         entries = data_files if isinstance(data_files, list) else [data_files]
         for entry in entries:
             patterns = entry.get("path") if isinstance(entry, dict) else entry

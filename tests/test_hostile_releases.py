@@ -128,6 +128,14 @@ def device_file_in_the_release(s: Scene) -> Expect:
 
 
 @case
+def manifest_symlink_to_another_release(s: Scene) -> Expect:
+    shutil.copyfile(s.release / "manifest.json", s.outside / "manifest.json")
+    (s.release / "manifest.json").unlink()
+    os.symlink(s.outside / "manifest.json", s.release / "manifest.json")
+    return Expect("manifest.json", "is a symbolic link, not a regular file: not read")
+
+
+@case
 def manifest_null(s: Scene) -> Expect:
     (s.release / "manifest.json").write_text("null")
     return Expect("manifest.json", "None is not of type 'object'")
