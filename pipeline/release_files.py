@@ -241,8 +241,12 @@ class ReleaseDir:
 
     def _walk(self, fd: int, prefix: str, depth: int, files: list[str], problems: list[str], hard_links: list[str],
               special: list[str], budget: list[int]) -> None:
-        with os.scandir(fd) as entries:
-            names = sorted(e.name for e in entries)
+        try:
+            with os.scandir(fd) as entries:
+                names = sorted(e.name for e in entries)
+        except OSError as exc:
+            problems.append(f"{show(prefix or '.')}: cannot be listed ({exc.strerror})")
+            return
         for name in names:
             budget[0] -= 1
             if budget[0] < 0:
@@ -259,7 +263,12 @@ class ReleaseDir:
                 if depth + 1 >= MAX_DEPTH:
                     problems.append(f"{show(rel)}/: directories nested deeper than {MAX_DEPTH} levels: not looked at")
                     continue
-                inner = os.open(name, _OPEN_DIR, dir_fd=fd)
+                try:
+                    inner = os.open(name, _OPEN_DIR, dir_fd=fd)
+                except OSError as exc:
+                    problems.append(f"{show(rel)}/: cannot be opened ({exc.strerror})")
+                    special.append(rel)
+                    continue
                 try:
                     self._walk(inner, rel + "/", depth + 1, files, problems, hard_links, special, budget)
                 finally:

@@ -26,7 +26,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from tests.hostilekit import png_declaring
 
 SECRET_ENV = "MLL23_HOSTILE_SECRET"
 SECRET_VALUE = "env-secret-7f3c9a"  # in the environment of verify; must never be printed

@@ -33,6 +33,7 @@ from pipeline.config import load_config
 from pipeline.publish import PublishError, publish
 from tests import hostile_release_kit as kit
 from tests.hostile_release_kit import OUTSIDE_SECRET, SECRET_ENV, SECRET_VALUE, Expect, Scene
+from tests.hostilekit import png_declaring
 from tests.rawkit import simple_raw
 
 MAX_SECONDS = 30
@@ -406,7 +407,7 @@ def _image_cell(make: Callable[[Scene], bytes], reason: str) -> Callable[[Scene]
 
 CASES["image_cell_eps"] = _image_cell(lambda s: kit.eps_bytes(), "not a TIFF, PNG or JPEG image")
 CASES["image_cell_bmp"] = _image_cell(lambda s: kit.bmp_bytes(), "not a TIFF, PNG or JPEG image")
-CASES["image_cell_pixel_bomb"] = _image_cell(lambda s: kit.png_declaring(40_000, 40_000), "decompression bomb refused")
+CASES["image_cell_pixel_bomb"] = _image_cell(lambda s: png_declaring(40_000, 40_000), "decompression bomb refused")
 
 
 @case
