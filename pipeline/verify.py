@@ -773,7 +773,7 @@ def check_counts(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
 
 def _yaml_split_counts(name: str, header: dict, shard_split: Counter) -> Iterator[str]:
     info = _dict(header.get("dataset_info"))
-    claimed = {s.get("name"): s.get("num_examples") for s in _list(info.get("splits")) if isinstance(s, dict)}
+    claimed = {s["name"]: s.get("num_examples") for s in _list(info.get("splits")) if isinstance(s, dict) and isinstance(s.get("name"), str)}
     for s in SPLITS:
         n = shard_split.get(s, 0)
         if claimed.get(s, 0) != n:
@@ -1127,7 +1127,9 @@ def _croissant_build_parts(view: ReleaseView) -> dict:
     release's config: verify lets mlcroissant run only these, never a regex, glob or remote context from a release."""
     from pipeline import croissant
 
-    config = validate_config(view.manifest.get("config"), f"{MANIFEST} (config)")
+    if not isinstance(view.manifest.get("config"), dict):
+        raise ConfigError(f"{MANIFEST} records no config")
+    config = validate_config(view.manifest["config"], f"{MANIFEST} (config)")
     return {
         "@context": croissant.CONTEXT,
         "recordSet": [croissant.splits_record_set(), croissant.classes_record_set(config), croissant.images_record_set(config)],

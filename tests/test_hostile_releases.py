@@ -180,6 +180,18 @@ def manifest_file_size_of_the_wrong_type(s: Scene) -> Expect:
 
 
 @case
+def manifest_without_its_config(s: Scene) -> Expect:
+    kit.edit_manifest(s.release, lambda d: d.pop("config"))
+    return Expect("croissant.json cannot be compared with what the build writes", "manifest.json records no config")
+
+
+@case
+def manifest_config_of_the_wrong_shape(s: Scene) -> Expect:
+    kit.edit_manifest(s.release, lambda d: d["config"].update(classes="all of them"))
+    return Expect("croissant.json cannot be compared with what the build writes", "classes")
+
+
+@case
 def manifest_without_class_names(s: Scene) -> Expect:
     kit.edit_manifest(s.release, lambda d: d.pop("class_names"))
     return Expect("manifest.json", "'class_names' is a required property")
@@ -270,6 +282,14 @@ def card_over_its_size_cap(s: Scene) -> Expect:
         fh.write(b"x" * (4 << 20))
     kit.resign(s.release)
     return Expect("README.md", "above the limit of 4,194,304")
+
+
+@case
+def card_yaml_of_unexpected_shapes(s: Scene) -> Expect:
+    """Lists where mappings belong and mappings where names belong: wrong counts, never a crash."""
+    kit.replace_card_header(s.release, "configs: 7\ndataset_info:\n  splits:\n  - name: [train]\n    num_examples: {a: 1}\n  - 3\n")
+    kit.resign(s.release)
+    return Expect("README.md: YAML dataset_info.splits train num_examples is 0", "but the shards hold")
 
 
 @case
