@@ -412,6 +412,46 @@ def check_card(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
             yield from _config_problems(rel, header, "", _SHARD, view.present)
         else:
             yield from _config_problems(rel, header, f"{WDS_DIR}/", _TAR, view.present)
+        yield from _card_feature_problems(rel, header)
+
+
+# The feature types a release declares. `datasets` decodes a column by its declared type (Audio and Video hand
+# the bytes to FFmpeg, Pdf to pdfplumber), so a card or a shard declaring any other type fails the release.
+_CARD_DTYPES = frozenset({"image", "string", "json", "int64"})
+_ARROW_FEATURES = frozenset({"Image", "ClassLabel", "Value"})
+
+
+def _card_feature_problems(card: str, header: dict) -> Iterator[str]:
+    info = header.get("dataset_info")
+    if info is None:
+        return
+    if not isinstance(info, dict):
+        yield f"{card}: YAML dataset_info is not a mapping"
+        return
+    for i, feature in enumerate(_list(info.get("features"))):
+        dtype = feature.get("dtype") if isinstance(feature, dict) else None
+        ok = dtype in _CARD_DTYPES if isinstance(dtype, str) else isinstance(dtype, dict) and list(dtype) == ["class_label"]
+        if not ok:
+            yield f"{card}: YAML dataset_info.features[{i}] has dtype {show(dtype)}, which a release does not use"
+
+
+def _parquet_feature_problems(rel: str, parquet: pq.ParquetFile) -> Iterator[str]:
+    """The `datasets` features stored in the shard's schema: only the types the build writes."""
+    metadata = parquet.schema_arrow.metadata or {}
+    if b"huggingface" not in metadata:
+        return
+    try:
+        features = json.loads(metadata[b"huggingface"])["info"]["features"]
+        kinds = {name: spec.get("_type") for name, spec in features.items()}
+        dtypes = [spec.get("dtype") for spec in features.values() if spec.get("_type") == "Value"]
+    except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        yield f"{show(rel)}: the huggingface schema metadata is not a features mapping"
+        return
+    for name, kind in sorted(kinds.items(), key=str):
+        if kind not in _ARROW_FEATURES:
+            yield f"{show(rel)}: schema metadata declares column {show(name)} as {show(kind)}, which a release does not use"
+    if any(d not in ("string", "int64") for d in dtypes):
+        yield f"{show(rel)}: schema metadata declares a Value of dtype {show(sorted(map(str, dtypes)))}, which a release does not use"
 
 
 _CONFIG_KEYS = frozenset({"config_name", "default", "data_files"})
@@ -646,6 +686,7 @@ def check_records(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
         try:
             with view.open(shard) as fh:
                 parquet = open_parquet(fh, shard, opts.read)
+                yield from _parquet_feature_problems(shard, parquet)
                 yield from _shard_records(parquet, shard, split, names, validator)
         except (ReleaseFileError, Refused) as exc:
             yield str(exc)
@@ -1231,7 +1272,8 @@ class Check:
 CHECKS: tuple[Check, ...] = (
     Check("files", "every file in manifest.json present, regular, with its size and sha256; no unlisted, linked or special file",
           check_files, safety=True),
-    Check("card", "the cards' YAML loads without aliases or tags; their configs name only the release's shards", check_card, safety=True),
+    Check("card", "the cards' YAML loads without aliases or tags; configs name only the release's shards; features of the release's types",
+          check_card, safety=True),
     Check("records", "every Parquet row valid against schemas/record.schema.json; images decode to their pixel_sha256",
           check_records, safety=True),
     Check("wds-tars", "the tars are the manifest's, uncompressed, with members <key>.cls/.json/.png/.tif within their size limits",

@@ -293,6 +293,25 @@ def card_yaml_of_unexpected_shapes(s: Scene) -> Expect:
 
 
 @case
+def card_feature_declared_as_video(s: Scene) -> Expect:
+    card = s.release / "README.md"
+    card.write_text(card.read_text().replace("dtype: image", "dtype: video", 1))
+    kit.resign(s.release)
+    return Expect("README.md: YAML dataset_info.features[0] has dtype video", "which a release does not use")
+
+
+@case
+def shard_metadata_declares_audio(s: Scene) -> Expect:
+    shard = kit.first(s.release, "data/train-*.parquet")
+    table = pq.read_table(shard)
+    meta = json.loads(table.schema.metadata[b"huggingface"])
+    meta["info"]["features"]["image"] = {"_type": "Audio"}
+    pq.write_table(table.replace_schema_metadata({b"huggingface": json.dumps(meta)}), shard)
+    kit.resign(s.release)
+    return Expect(f"{kit.rel(s.release, shard)}: schema metadata declares column image as Audio", "which a release does not use")
+
+
+@case
 def card_data_files_leave_the_release(s: Scene) -> Expect:
     card = s.release / "README.md"
     card.write_text(card.read_text().replace("path: data/train-*.parquet", "path: ../../**", 1))
