@@ -438,6 +438,8 @@ def _card_feature_problems(card: str, header: dict) -> Iterator[str]:
 def _parquet_feature_problems(rel: str, parquet: pq.ParquetFile) -> Iterator[str]:
     """The `datasets` features stored in the shard's schema: only the types the build writes."""
     metadata = parquet.schema_arrow.metadata or {}
+    for key in sorted(set(metadata) - {b"huggingface"}):  # e.g. b"pandas", which pandas readers act on
+        yield f"{show(rel)}: schema metadata key {show(key.decode('utf-8', errors='replace'))} is not one the build writes"
     if b"huggingface" not in metadata:
         return
     try:

@@ -312,6 +312,15 @@ def shard_metadata_declares_audio(s: Scene) -> Expect:
 
 
 @case
+def shard_metadata_with_a_pandas_key(s: Scene) -> Expect:
+    shard = kit.first(s.release, "data/train-*.parquet")
+    table = pq.read_table(shard)
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"pandas": b'{"index_columns": []}'}), shard)
+    kit.resign(s.release)
+    return Expect(f"{kit.rel(s.release, shard)}: schema metadata key pandas", "is not one the build writes")
+
+
+@case
 def card_data_files_leave_the_release(s: Scene) -> Expect:
     card = s.release / "README.md"
     card.write_text(card.read_text().replace("path: data/train-*.parquet", "path: ../../**", 1))
