@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import tarfile
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -38,16 +37,23 @@ from typing import BinaryIO
 
 import numpy as np
 import pyarrow.parquet as pq
-import yaml
 
 from pipeline.build import BuildError, build_release
 from pipeline.config import SPLITS, ConfigError, validate_config
-from pipeline.imagecheck import ImageRejected, open_image
+from pipeline.imagecheck import ImageRejected
 from pipeline.lineage import LineageError, version_key
 from pipeline.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST, list_release_files, sha256_file
 from pipeline.notes import NOTES_DIR, NotesError
 from pipeline.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, open_bounded
 from pipeline.records import FATES
+from pipeline.release_formats import (
+    WDS_IMAGE_SUFFIXES,
+    CardRefused,
+    TarLimits,
+    card_header,
+    decode_image,
+    tar_problems,
+)
 from pipeline.release_files import (
     MAX_LISTED_FILE_BYTES,
     NOTES_CAP,
@@ -79,13 +85,6 @@ _LAYOUT = re.compile(
     r"|figures/[A-Za-z0-9_-]{1,100}\.png"
     r"|release_notes/v[0-9A-Za-z.-]{1,100}\.md)$"
 )
-# The members of a WebDataset sample: `<key>.<suffix>` with these suffixes only (wds_writer.sample_members).
-# Both `webdataset` and `datasets` decode a member by its suffix (pickle for .pyd, torch for .pth, gunzip
-# for .gz), so any other suffix fails the release before either library sees the tar.
-WDS_MEMBER_SUFFIXES = ("cls", "json", "png", "tif")
-WDS_IMAGE_SUFFIXES = ("png", "tif")
-_WDS_MEMBER = re.compile(r"^([0-9A-Za-z_-]{1,100})\.([0-9A-Za-z_.-]{1,32})$")
-_COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 _MAX_LISTED = 20  # failures of one kind listed one by one before the rest are counted
 _RECORD_BATCH = 16  # rows decoded into Python objects at a time by the records check
 _MESSAGE_CHARS = 2000  # one failure message, escaped, at most this long
@@ -119,12 +118,8 @@ class ReadLimits:
     parquet: ParquetLimits = field(default_factory=ParquetLimits)
     # rows of all shards, and of the ledger, held in memory as Python objects (MLL23 has 41,906 raw images)
     max_rows: int = 500_000
-    tar_members: int = 1_000_000
-    member_bytes: tuple[tuple[str, int], ...] = (("cls", 64), ("json", 1 << 20), ("png", 64 << 20), ("tif", 64 << 20))
+    tar: TarLimits = field(default_factory=TarLimits)
     yaml_depth: int = 64
-
-    def member_cap(self, suffix: str) -> int:
-        return dict(self.member_bytes)[suffix]
 
 
 @dataclass(frozen=True)
@@ -334,56 +329,6 @@ def parquet_metadata(fh: BinaryIO, rel: str, limits: ReadLimits) -> pq.FileMetaD
         raise Refused(f"{show(rel)}: {exc}") from None
 
 
-class CardRefused(Exception):
-    """The card's YAML header uses something a card has no need for (aliases, tags) or cannot be parsed."""
-
-
-class _StrictYamlLoader(yaml.SafeLoader):
-    """Safe YAML without aliases, anchors or tags: a card has no need for them, and aliases are how a few
-    hundred bytes expand to gigabytes ("billion laughs")."""
-
-    max_depth = 64
-
-    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
-        event = self.peek_event()
-        line = event.start_mark.line + 1
-        if isinstance(event, yaml.AliasEvent):
-            raise CardRefused(f"YAML alias *{event.anchor} on line {line}: aliases are refused")
-        if getattr(event, "anchor", None) is not None:
-            raise CardRefused(f"YAML anchor &{event.anchor} on line {line}: anchors are refused")
-        if getattr(event, "tag", None) is not None:
-            raise CardRefused(f"YAML tag {event.tag} on line {line}: tags are refused")
-        self._depth = getattr(self, "_depth", 0) + 1
-        try:
-            if self._depth > self.max_depth:
-                raise CardRefused(f"YAML nested more than {self.max_depth} levels deep on line {line}")
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def card_header(text: str, max_depth: int = 64) -> dict:
-    """The YAML header of a card (`---` ... `---`), {} when there is none; CardRefused when it is unsafe."""
-    if not text.startswith("---\n"):
-        return {}
-    end = text.find("\n---\n", 3)
-    if end < 0:
-        return {}
-    loader = _StrictYamlLoader(text[4:end + 1])
-    loader.max_depth = max_depth
-    try:
-        doc = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise CardRefused(f"YAML header does not parse: {' '.join(str(exc).split())}") from None
-    finally:
-        loader.dispose()
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise CardRefused(f"YAML header is a {type(doc).__name__}, not a mapping")
-    return doc
-
-
 def _dict(value: object) -> dict:
     return value if isinstance(value, dict) else {}
 
@@ -517,126 +462,9 @@ def check_webdataset_tars(view: ReleaseView, opts: VerifyOptions) -> Iterator[st
     for rel in sorted(tars):
         try:
             with view.open(rel) as fh:
-                yield from _tar_problems(fh, rel, opts.read)
+                yield from tar_problems(fh, rel, opts.read.tar)
         except ReleaseFileError as exc:
             yield str(exc)
-
-
-def _tar_problems(fh: BinaryIO, rel: str, limits: ReadLimits) -> Iterator[str]:
-    magic = fh.read(6)
-    fh.seek(0)
-    for prefix, name in _COMPRESSED_MAGIC.items():
-        if magic.startswith(prefix):
-            yield f"{show(rel)}: a {name}-compressed tar; the release format writes uncompressed tars only"
-            return
-    header_problem = _tar_header_problem(fh, rel, limits)
-    if header_problem:
-        yield header_problem
-        return
-    fh.seek(0)
-    problems = 0
-    try:
-        with tarfile.open(fileobj=fh, mode="r:") as tar:
-            for n, member in enumerate(_members(tar)):
-                if n >= limits.tar_members:
-                    yield f"{show(rel)}: more than {limits.tar_members:,} members: the rest were not read"
-                    return
-                problem = _member_problem(member, limits) or _member_content_problem(tar, member)
-                if problem:
-                    problems += 1
-                    if problems <= _MAX_LISTED:
-                        yield f"{show(rel)}: member {show(member.name)} {problem}"
-    except tarfile.TarError as exc:
-        yield f"{show(rel)}: not a readable tar archive ({exc})"
-
-
-_TAR_BLOCK = 512
-_TAR_TYPES = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device", b"5": "directory",
-              b"6": "FIFO", b"x": "pax extended", b"g": "pax global", b"L": "GNU long name", b"K": "GNU long link",
-              b"S": "GNU sparse"}
-
-
-def _tar_header_problem(fh: BinaryIO, rel: str, limits: ReadLimits) -> str | None:
-    """Walk the 512-byte headers before `tarfile` parses any: the release format writes ustar headers of regular
-    files only, so an extended header (pax, GNU long name), whose data `tarfile` would read whole into memory
-    whatever its size, is refused unread, and so is any member larger than the largest member cap."""
-    largest = max(cap for _, cap in limits.member_bytes)
-    offset = members = 0
-    while True:
-        fh.seek(offset)
-        block = fh.read(_TAR_BLOCK)
-        if len(block) < _TAR_BLOCK:
-            return f"{show(rel)}: not a readable tar archive (it ends inside a header at byte {offset:,})"
-        if block == bytes(_TAR_BLOCK):
-            return None
-        try:
-            checksum = tarfile.nti(block[148:156])
-        except tarfile.InvalidHeaderError:
-            checksum = None
-        if checksum not in tarfile.calc_chksums(block):
-            return f"{show(rel)}: not a readable tar archive (no valid tar header at byte {offset:,})"
-        name = show(block[:100].split(b"\0", 1)[0].decode("utf-8", errors="replace"))
-        kind = block[156:157]
-        if kind not in (b"0", b"\0"):
-            what = _TAR_TYPES.get(kind, f"type {kind!r}")
-            return f"{show(rel)}: member {name} is not a regular file (a {what} header): the release format writes ustar headers of regular files only"
-        try:
-            size = tarfile.nti(block[124:136])
-        except tarfile.InvalidHeaderError:
-            return f"{show(rel)}: not a readable tar archive (member {name} has no valid size)"
-        if size > largest:
-            return f"{show(rel)}: member {name} is {size:,} bytes, above the limit of {largest:,} for any member: not read"
-        members += 1
-        if members > limits.tar_members:
-            return f"{show(rel)}: more than {limits.tar_members:,} members: not read"
-        offset += _TAR_BLOCK + -(-size // _TAR_BLOCK) * _TAR_BLOCK
-
-
-def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """Members one header at a time, never keeping them all (a million headers cost memory)."""
-    while (member := tar.next()) is not None:
-        yield member
-        tar.members.clear()
-
-
-def _member_problem(member: tarfile.TarInfo, limits: ReadLimits) -> str | None:
-    if not member.isreg():
-        return "is not a regular file (a link, directory or device entry in a tar of samples)"
-    if member.sparse is not None:
-        return "is a sparse member"
-    match = _WDS_MEMBER.match(member.name)
-    if not match or match.group(2) not in WDS_MEMBER_SUFFIXES:
-        return f"is not <key>.<suffix> with a suffix of the release format ({', '.join(WDS_MEMBER_SUFFIXES)})"
-    if member.size > limits.member_cap(match.group(2)):
-        return f"is {member.size:,} bytes, above the limit of {limits.member_cap(match.group(2)):,} for .{match.group(2)} members: not read"
-    return None
-
-
-def _member_content_problem(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str | None:
-    """What `datasets` and `webdataset` will decode, checked first (sizes are within their caps already):
-    .cls an integer, .json JSON, images of an accepted format (header only: Pillow never sees other formats)."""
-    data = tar.extractfile(member).read(member.size)
-    suffix = member.name.rsplit(".", 1)[-1]
-    try:
-        if suffix == "cls":
-            int(data.decode("ascii"))
-        elif suffix == "json":
-            json.loads(data)
-        else:
-            open_image(data).close()
-    except ImageRejected as exc:
-        return f"refused: {exc}"
-    except (ValueError, RecursionError) as exc:
-        return f"is not a valid .{suffix} member ({type(exc).__name__})"
-    return None
-
-
-def decode_image(data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
-    """RGB pixels of untrusted image bytes, with only the decoders the build accepts and its bomb limits."""
-    img = open_image(data)
-    with img:
-        img.load()
-        return np.asarray(img.convert("RGB"), dtype=np.uint8), img.size
 
 
 # ---- the content checks ------------------------------------------------------------------------------------
