@@ -433,7 +433,7 @@ def _pattern_problem(pattern: object, base: str, allowed: re.Pattern, present: l
         return problem
     head, _, last = pattern.rpartition("/")
     if any(ch in pattern for ch in "?[]{}") or "*" in head or "**" in last or "://" in pattern:
-        return "uses more than one '*' in the file name (only plain patterns of the release's shards are read)"
+        return "uses glob syntax other than one '*' in the file name, or a URL (only plain patterns of the release's shards are read)"
     matches = [p for p in present if p.startswith(base) and fnmatch.fnmatchcase(p[len(base):], pattern)]
     strays = [m for m in matches if not allowed.match(m)]
     if strays:
@@ -443,7 +443,8 @@ def _pattern_problem(pattern: object, base: str, allowed: re.Pattern, present: l
 
 def check_webdataset_tars(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """The manifest's WebDataset entries name the release's own tars, and every member of every tar is a regular
-    file `<key>.<suffix>` with a suffix of the format and a size within its limit (read from the headers only)."""
+    file `<key>.<suffix>` with a suffix of the format, within its size limit (both from the headers, before any
+    member is read) and holding what its suffix says (pipeline.release_formats.tar_problems)."""
     tars = set(view.tar_paths)
     named = set()
     for split, info in sorted(view.manifest["splits"].items()):
