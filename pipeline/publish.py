@@ -34,11 +34,10 @@ publish with the Git LFS protocol, so Xet is disabled for the duration of `publi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +46,16 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
 from pipeline import __version__
-from pipeline.manifest import sha256_file
+from pipeline.release_files import (
+    PUBLISH_KEYS,
+    TEXT_CAPS,
+    ManifestError,
+    ReleaseDir,
+    ReleaseFileError,
+    file_problems,
+    load_manifest,
+)
+from pipeline.safetext import printable
 from pipeline.wds_writer import WDS_DIR
 
 REPO_TYPE = "dataset"
@@ -62,7 +70,6 @@ MANIFEST = "manifest.json"
 # The WebDataset variant (see the module docstring): the release's WDS_DIR folder, its branch and tag suffix.
 WDS_BRANCH = "webdataset"
 WDS_TAG_SUFFIX = "-webdataset"
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?$")
 _CHUNK = 1 << 20
 
 
@@ -91,6 +98,16 @@ class FileSource:
 
     root: Path
     files: dict[str, tuple[int, str]]  # POSIX path relative to `root` (and in the repo) -> (size, sha256), sorted
+    release: Path | None = None  # the release directory `root` is in (default: root itself)
+    prefix: str = ""  # `root` relative to `release`, with a trailing slash ("wds/"), or ""
+
+    @contextmanager
+    def open(self, path: str) -> Iterator:
+        """A file of this source, opened only through pipeline.release_files (no links, no hard links, no
+        special files, no more than the manifest's size): what is uploaded is what was checked."""
+        size = self.files[path][0]
+        with ReleaseDir(self.release or self.root).open(self.prefix + path, max_bytes=size, allow_hard_links=False) as fh:
+            yield fh
 
 
 @dataclass(frozen=True)
@@ -184,10 +201,10 @@ class PublishResult:
 # ----------------------------------------------------------------------------------------------------- local side
 
 
-def _git_blob_id(path: Path) -> str:
+def _git_blob_id(source: FileSource, path: str) -> str:
     """git's object id for the file's content, the id the Hub reports for files not stored with LFS."""
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with path.open("rb") as fh:
+    digest = hashlib.sha1(b"blob %d\0" % source.files[path][0])
+    with source.open(path) as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -203,69 +220,35 @@ def _human(n: int) -> str:
 
 
 def read_manifest(release_dir: Path) -> dict:
-    path = Path(release_dir) / MANIFEST
+    """manifest.json, size-capped and of the manifest schema as far as publishing needs (version, files)."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PublishError(f"{path} not found: not a release directory") from None
-    except ValueError as err:
-        raise PublishError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
-        raise PublishError(f"{path} has no 'files' list")
-    version = manifest.get("version")
-    if not isinstance(version, str) or not _SEMVER.match(version):
-        raise PublishError(f"{path}: 'version' must be a semantic version X.Y.Z, got {version!r}")
-    return manifest
+        return load_manifest(ReleaseDir(Path(release_dir)), required=PUBLISH_KEYS)
+    except ManifestError as err:
+        raise PublishError(printable(f"{release_dir}: {err}", limit=2000)) from None
 
 
 def self_check(release_dir: Path) -> list[str]:
-    """Minimal integrity check of a release directory: every file manifest.json lists is present with the listed
-    size and sha256, and there is no file it does not list (manifest.json itself excepted). Returns failures."""
-    release_dir = Path(release_dir)
+    """The file check of `mll23 verify` (pipeline.release_files.file_problems), stricter for publishing: every
+    file manifest.json lists is present, regular, with the listed size and sha256; there is no file it does not
+    list, no link, no special file and no hard link (one may be a file from outside the release, such as the
+    token file). Returns failures."""
+    release = ReleaseDir(Path(release_dir))
     try:
         manifest = read_manifest(release_dir)
-    except PublishError as err:
-        return [str(err)]
-    failures: list[str] = []
-    listed: set[str] = set()
-    for item in manifest["files"]:
-        if not isinstance(item, dict) or not {"path", "size", "sha256"} <= item.keys():
-            failures.append(f"manifest entry without path/size/sha256: {item!r}")
-            continue
-        rel = item["path"]
-        parts = rel.split("/")
-        if rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or rel == MANIFEST:
-            failures.append(f"{rel}: invalid path in manifest")
-            continue
-        if rel in listed:
-            failures.append(f"{rel}: listed twice in manifest")
-            continue
-        listed.add(rel)
-        path = release_dir / rel
-        if path.is_symlink() or not path.is_file():
-            failures.append(f"{rel}: listed in manifest but missing (or not a regular file)")
-            continue
-        size = path.stat().st_size
-        if size != item["size"]:
-            failures.append(f"{rel}: size {size} != manifest {item['size']}")
-            continue
-        if sha256_file(path) != item["sha256"]:
-            failures.append(f"{rel}: sha256 differs from manifest")
-    for path in sorted(release_dir.rglob("*")):
-        rel = path.relative_to(release_dir).as_posix()
-        if path.is_dir() and not path.is_symlink():
-            continue
-        if rel != MANIFEST and rel not in listed:
-            failures.append(f"{rel}: present but not listed in manifest")
-    return failures
+        listing = release.listing()
+    except (PublishError, OSError) as err:
+        return [printable(err, limit=2000)]
+    return [printable(m, limit=2000) for m in file_problems(release, manifest, listing, allow_hard_links=False)]
 
 
 def release_source(release_dir: Path, manifest: dict) -> FileSource:
     """Every file of the release, manifest.json included (the manifest is trusted for the others: `publish` has
     checked it against the files before planning)."""
     files = {item["path"]: (int(item["size"]), str(item["sha256"])) for item in manifest["files"]}
-    path = release_dir / MANIFEST
-    files[MANIFEST] = (path.stat().st_size, sha256_file(path))
+    try:
+        files[MANIFEST] = ReleaseDir(Path(release_dir)).hash(MANIFEST, max_bytes=TEXT_CAPS[MANIFEST], allow_hard_links=False)
+    except ReleaseFileError as err:
+        raise PublishError(printable(err, limit=2000)) from None
     return FileSource(release_dir, dict(sorted(files.items())))
 
 
@@ -280,7 +263,7 @@ def webdataset_source(release_dir: Path, manifest: dict) -> FileSource | None:
     }
     if "README.md" not in files:
         return None
-    return FileSource(Path(release_dir) / WDS_DIR, dict(sorted(files.items())))
+    return FileSource(Path(release_dir) / WDS_DIR, dict(sorted(files.items())), Path(release_dir), prefix)
 
 
 def publish_targets(release_dir: Path, manifest: dict) -> list[PublishTarget]:
@@ -304,19 +287,20 @@ def _remote_tree(api: HfApi, repo_id: str, revision: str) -> dict[str, RepoFile]
     }
 
 
-def _same_content(local: Path, size: int, sha256: str, remote: RepoFile | None) -> bool:
+def _same_content(source: FileSource, path: str, remote: RepoFile | None) -> bool:
+    size, sha256 = source.files[path]
     if remote is None or remote.size != size:
         return False
     if remote.lfs is not None:  # LFS: the Hub knows the content's sha256
         return remote.lfs.sha256 == sha256
-    return remote.blob_id == _git_blob_id(local)  # small file kept in git: compare git blob ids
+    return remote.blob_id == _git_blob_id(source, path)  # small file kept in git: compare git blob ids
 
 
 def _tree_equals_source(source: FileSource, tree: dict[str, RepoFile]) -> bool:
     remote_paths = set(tree) - HUB_MANAGED
     if remote_paths != set(source.files):
         return False
-    return all(_same_content(source.root / p, size, sha, tree[p]) for p, (size, sha) in source.files.items())
+    return all(_same_content(source, p, tree[p]) for p in source.files)
 
 
 def plan_publish(release_dir: Path, repo_id: str, *, api: HfApi, branch: str = DEFAULT_BRANCH,
@@ -346,7 +330,7 @@ def plan_publish(release_dir: Path, repo_id: str, *, api: HfApi, branch: str = D
     remote = _remote_tree(api, repo_id, head) if head else {}
     files = []
     for path, (size, sha) in local.items():
-        on_hub = _same_content(source.root / path, size, sha, remote.get(path))
+        on_hub = _same_content(source, path, remote.get(path))
         files.append(PlannedFile(path, size, sha, on_hub=on_hub, replaces=not on_hub and path in remote))
     deletions = sorted(set(remote) - set(local) - HUB_MANAGED)
 
@@ -464,7 +448,7 @@ def publish(
     version = manifest["version"]
     tag = f"v{version}"
     failures = self_check(release_dir)
-    if verify is not None:
+    if verify is not None and not failures:  # the verifier's loaders run only on files that passed the check
         try:
             failures += list(verify(release_dir))
         except Exception as err:  # a crashing verifier must not let a release through
@@ -598,17 +582,18 @@ def _publish_branch(
     head = plan.head
     for number, (batch, deletions) in enumerate(commits, start=1):
         progress.stage = f"uploading commit {number}/{len(commits)}"
-        operations: list = [CommitOperationAdd(f.path, str(plan.release_dir / f.path)) for f in batch]
-        operations += [CommitOperationDelete(path) for path in deletions]
-        info = api.create_commit(
-            repo_id,
-            operations=operations,
-            commit_message=f"{name} {tag}: part {number}/{len(commits)}",
-            commit_description=f"{len(batch)} files added or updated, {len(deletions)} deleted.",
-            repo_type=REPO_TYPE,
-            revision=plan.branch,
-            parent_commit=head,
-        )
+        with ExitStack() as opened:  # the very files that were checked, open until the commit is made
+            operations: list = [CommitOperationAdd(f.path, opened.enter_context(target.source.open(f.path))) for f in batch]
+            operations += [CommitOperationDelete(path) for path in deletions]
+            info = api.create_commit(
+                repo_id,
+                operations=operations,
+                commit_message=f"{name} {tag}: part {number}/{len(commits)}",
+                commit_description=f"{len(batch)} files added or updated, {len(deletions)} deleted.",
+                repo_type=REPO_TYPE,
+                revision=plan.branch,
+                parent_commit=head,
+            )
         head = info.oid
         result.commits.append(head)
         result.uploaded += [f.path for f in batch]

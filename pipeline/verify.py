@@ -4,17 +4,28 @@ Each check is a function over a lazily loaded view of the release; it yields hum
 naming the file, row or key at fault. Checks for optional parts (WebDataset shards, Croissant metadata)
 are registered with a condition and run only where those files exist. `verify_release` returns the
 failures (an empty list means the release passed); `publish` calls it before uploading anything.
+
+A release directory may come from anyone (the CI workflow runs verify on pull requests), so verify runs in
+three stages. The manifest is read with a size cap and checked against schemas/manifest.schema.json before any
+value of it is used. Then the checks that read the release themselves, through `pipeline.release_files` (no
+links, no special files, size caps) with bounded work: Parquet footers and decompressed sizes are checked before
+any data is read, tar members by name, type and size before any byte of them is read, images only with the
+decoders and bomb limits the build accepts, the card's YAML with a loader that refuses aliases and tags. The
+loader checks (`datasets`, `webdataset`, `mlcroissant`), which parse the files by their own rules, run last
+and only on a release that passed every check before them. Nothing read from a release is executed, expanded
+as a pattern or used as a URL, and every failure is escaped for printing (`pipeline.safetext`).
 """
 
 from __future__ import annotations
 
-import filecmp
+import csv
+import fnmatch
 import hashlib
 import io
 import json
 import logging
+import os
 import re
-import shutil
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -22,23 +33,61 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow.parquet as pq
-import yaml
-from PIL import Image
 
 from pipeline.build import BuildError, build_release
 from pipeline.config import SPLITS, ConfigError, validate_config
+from pipeline.imagecheck import ImageRejected
 from pipeline.lineage import LineageError, version_key
-from pipeline.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST, list_release_files, read_ledger, sha256_file
+from pipeline.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST, list_release_files, sha256_file
 from pipeline.notes import NOTES_DIR, NotesError
+from pipeline.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, open_bounded
 from pipeline.records import FATES
+from pipeline.release_formats import (
+    WDS_IMAGE_SUFFIXES,
+    CardRefused,
+    TarLimits,
+    card_header,
+    decode_image,
+    tar_problems,
+)
+from pipeline.release_files import (
+    MAX_LISTED_FILE_BYTES,
+    NOTES_CAP,
+    Listing,
+    ManifestError,
+    ReleaseDir,
+    ReleaseFileError,
+    file_problems,
+    fixed_cap,
+    load_manifest,
+    relpath_problem,
+    show,
+)
+from pipeline.safetext import printable
 from pipeline.validate import record_errors, record_validator
+from pipeline.wds_writer import WDS_DIR, brace_pattern, shard_name
 
 CARD = "README.md"
+WDS_CARD = f"{WDS_DIR}/{CARD}"
+CROISSANT = "croissant.json"
 _SHARD = re.compile(r"^data/(train|validation|test)-\d{5}-of-\d{5}\.parquet$")
+_TAR = re.compile(r"^wds/(train|validation|test)-\d{6}\.tar$")
+# The files a release holds (README: Output layout); verify refuses any other name, so no file a loader would
+# treat specially (a loading script, dataset_infos.json, a pickle) can ride along in a release.
+_LAYOUT = re.compile(
+    r"^(README\.md|croissant\.json|ledger\.csv"
+    r"|data/(train|validation|test)-\d{5}-of-\d{5}\.parquet"
+    r"|wds/README\.md|wds/(train|validation|test)-\d{6}\.tar"
+    r"|figures/[A-Za-z0-9_-]{1,100}\.png"
+    r"|release_notes/v[0-9A-Za-z.-]{1,100}\.md)$"
+)
 _MAX_LISTED = 20  # failures of one kind listed one by one before the rest are counted
+_RECORD_BATCH = 16  # rows decoded into Python objects at a time by the records check
+_MESSAGE_CHARS = 2000  # one failure message, escaped, at most this long
 
 
 @dataclass(frozen=True)
@@ -62,11 +111,24 @@ class HubLimits:
 
 
 @dataclass(frozen=True)
+class ReadLimits:
+    """How much verify reads or decodes from one part of a release before refusing it unread (a real release is
+    far below each: row groups under 32 MB, images under 16 MB, a ledger of 41,906 rows is 6 MB)."""
+
+    parquet: ParquetLimits = field(default_factory=ParquetLimits)
+    # rows of all shards, and of the ledger, held in memory as Python objects (MLL23 has 41,906 raw images)
+    max_rows: int = 500_000
+    tar: TarLimits = field(default_factory=TarLimits)
+    yaml_depth: int = 64
+
+
+@dataclass(frozen=True)
 class VerifyOptions:
     hub: HubLimits = field(default_factory=HubLimits)
     # A non-streaming `load_dataset` copies the whole release into a cache: beyond this size (a CI runner's
     # disk may not hold the release twice) the load check reads every row in streaming mode instead.
     full_load_max_bytes: int = 2_000_000_000
+    read: ReadLimits = field(default_factory=ReadLimits)
 
 
 @dataclass
@@ -74,10 +136,15 @@ class CheckResult:
     name: str
     description: str
     failures: list[Failure] = field(default_factory=list)
+    skipped: str | None = None  # why a loader check did not run (an earlier check failed)
 
 
 class ManifestUnreadable(Exception):
     """Nothing else can be checked without the manifest."""
+
+
+class Refused(Exception):
+    """A part of a release verify will not read further; the message names it and says why."""
 
 
 # ---- the release, read once and shared by every check ---------------------------------------------------
@@ -106,32 +173,64 @@ _META_COLUMNS = ["image_id", "label", "source_file", "patient_id", "annotator", 
 
 
 class ReleaseView:
-    def __init__(self, release_dir: Path) -> None:
+    def __init__(self, release_dir: Path, limits: ReadLimits | None = None) -> None:
         self.dir = Path(release_dir)
+        self.files = ReleaseDir(self.dir)
+        self.limits = limits or ReadLimits()
         self.read_errors: list[str] = []  # files a check needed but could not read
+        self.ledger_error: str | None = None  # why ledger.csv could not be read
+        self.ledger_columns: list[str] = []
 
     @cached_property
     def manifest(self) -> dict:
-        path = self.dir / MANIFEST
-        if not path.is_file():
-            raise ManifestUnreadable(f"{MANIFEST} is missing: nothing can be checked without it")
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ManifestUnreadable(f"{MANIFEST} is not valid JSON: {exc}") from None
-        missing = [k for k in ("name", "version", "files", "splits", "counts", "class_names") if k not in doc]
-        if missing:
-            raise ManifestUnreadable(f"{MANIFEST} lacks the key(s) {missing}")
-        return doc
+            return load_manifest(self.files)
+        except ManifestError as exc:
+            if not os.path.lexists(self.dir / MANIFEST):
+                raise ManifestUnreadable(f"{MANIFEST} is missing: nothing can be checked without it") from None
+            raise ManifestUnreadable(str(exc)) from None
+
+    @cached_property
+    def listing(self) -> Listing:
+        return self.files.listing()
+
+    @cached_property
+    def present(self) -> list[str]:
+        """Regular files of the release except manifest.json, sorted."""
+        return [p for p in self.listing.files if p != MANIFEST]
+
+    @cached_property
+    def declared(self) -> dict[str, int]:
+        return {e["path"]: e["size"] for e in self.manifest["files"]}
 
     @property
     def class_names(self) -> list[str]:
         return list(self.manifest["class_names"])
 
+    def cap(self, rel: str) -> int:
+        """The most verify reads of `rel`: its fixed cap, and no more than the manifest declares."""
+        fixed = fixed_cap(rel)
+        return min(fixed, self.declared.get(rel, fixed))
+
+    @contextmanager
+    def open(self, rel: str) -> Iterator[BinaryIO]:
+        with self.files.open(rel, max_bytes=self.cap(rel)) as fh:
+            yield fh
+
+    def read_text(self, rel: str) -> str:
+        return self.files.read_text(rel, max_bytes=self.cap(rel))
+
+    def has(self, rel: str) -> bool:
+        return rel in self.present
+
     @cached_property
     def shard_paths(self) -> list[str]:
         """Parquet shards actually present (what `datasets` would load), listed or not."""
-        return sorted(p for p in list_release_files(self.dir) if _SHARD.match(p))
+        return [p for p in self.present if _SHARD.match(p)]
+
+    @cached_property
+    def tar_paths(self) -> list[str]:
+        return [p for p in self.present if _TAR.match(p)]
 
     @cached_property
     def rows(self) -> list[Row]:
@@ -139,7 +238,14 @@ class ReleaseView:
         for shard in self.shard_paths:
             split = _SHARD.match(shard).group(1)
             try:
-                table = pq.read_table(self.dir / shard, columns=_META_COLUMNS)
+                with self.open(shard) as fh:
+                    parquet = open_parquet(fh, shard, self.limits)
+                    if len(rows) + parquet.metadata.num_rows > self.limits.max_rows:
+                        raise Refused(f"{show(shard)}: the shards hold more than {self.limits.max_rows:,} rows: not read")
+                    table = parquet.read(columns=_META_COLUMNS)
+            except (ReleaseFileError, Refused) as exc:
+                self.read_errors.append(str(exc))
+                continue
             except Exception as exc:  # a damaged shard is a finding, not a crash
                 self.read_errors.append(f"{shard}: cannot be read as Parquet ({type(exc).__name__}: {exc})")
                 continue
@@ -149,53 +255,224 @@ class ReleaseView:
 
     @cached_property
     def ledger(self) -> list[dict[str, str]]:
-        path = self.dir / LEDGER
-        if not path.is_file():
+        if not self.has(LEDGER):
             self.read_errors.append(f"{LEDGER} is missing")
             return []
-        return read_ledger(path)
+        try:
+            reader = csv.DictReader(io.StringIO(self.read_text(LEDGER), newline=""))
+            rows = []
+            for r in reader:
+                if len(rows) == self.limits.max_rows:
+                    raise csv.Error(f"more than {self.limits.max_rows:,} rows")
+                rows.append(dict(r))
+            self.ledger_columns = list(reader.fieldnames or [])
+            return rows
+        except ReleaseFileError as exc:
+            self.ledger_error = str(exc)
+        except csv.Error as exc:
+            self.ledger_error = f"{LEDGER}: not a readable CSV table ({exc})"
+        self.read_errors.append(self.ledger_error)
+        return []
 
     @cached_property
+    def cards(self) -> dict[str, tuple[str, dict, str | None]]:
+        """README.md and wds/README.md (where present): (text, YAML header, why they could not be read)."""
+        out = {}
+        for rel in (CARD, WDS_CARD):
+            if not self.has(rel):
+                continue
+            try:
+                text = self.read_text(rel)
+                out[rel] = (text, card_header(text, self.limits.yaml_depth), None)
+            except (ReleaseFileError, CardRefused) as exc:
+                out[rel] = ("", {}, f"{show(rel)}: {exc}" if isinstance(exc, CardRefused) else str(exc))
+        return out
+
+    @property
     def card_text(self) -> str:
-        path = self.dir / CARD
-        return path.read_text(encoding="utf-8") if path.is_file() else ""
+        return self.cards.get(CARD, ("", {}, None))[0]
 
-    @cached_property
+    @property
     def card_yaml(self) -> dict:
-        return _card_header(self.card_text)
+        return self.cards.get(CARD, ("", {}, None))[1]
 
 
 def _capped(check: str, messages: Iterable[str]) -> list[Failure]:
-    messages = list(messages)
-    out = [Failure(check, m) for m in messages[:_MAX_LISTED]]
-    if len(messages) > _MAX_LISTED:
-        out.append(Failure(check, f"... and {len(messages) - _MAX_LISTED} more like these"))
+    """The first failures, escaped for printing, and a count of the rest (counted, not kept)."""
+    out, more = [], 0
+    for m in messages:
+        if len(out) < _MAX_LISTED:
+            out.append(Failure(check, printable(m, limit=_MESSAGE_CHARS)))
+        else:
+            more += 1
+    if more:
+        out.append(Failure(check, f"... and {more} more like these"))
     return out
 
 
-# ---- the checks ----------------------------------------------------------------------------------------
+# ---- bounded readers ---------------------------------------------------------------------------------------
+
+
+def open_parquet(fh: BinaryIO, rel: str, limits: ReadLimits) -> pq.ParquetFile:
+    """The shard, once its footer, column chunks and page headers passed the limits (pipeline.parquet_bounds)."""
+    try:
+        return open_bounded(fh, limits.parquet)
+    except ParquetRefused as exc:
+        raise Refused(f"{show(rel)}: {exc}") from None
+
+
+def parquet_metadata(fh: BinaryIO, rel: str, limits: ReadLimits) -> pq.FileMetaData:
+    """The footer only (its own size checked): what the Hub limits are checked against."""
+    try:
+        return footer_checked(fh, limits.parquet).metadata
+    except ParquetRefused as exc:
+        raise Refused(f"{show(rel)}: {exc}") from None
+
+
+def _dict(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
+
+
+# ---- the safety checks: they run first, and the loaders only on a release that passed them -----------------
 
 
 def check_files(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
-    listed = {}
-    for entry in view.manifest["files"]:
-        if entry["path"] in listed:
-            yield f"{entry['path']} is listed twice in {MANIFEST}"
-        listed[entry["path"]] = entry
-    present = set(list_release_files(view.dir))
-    for path, entry in sorted(listed.items()):
-        target = view.dir / path
-        if path not in present:
-            yield f"{path} is listed in {MANIFEST} but missing from the release"
+    yield from file_problems(view.files, view.manifest, view.listing)
+    for path in sorted(view.declared):  # an unlisted file fails already
+        if relpath_problem(path) is None and path != MANIFEST and not _LAYOUT.match(path):
+            yield f"{show(path)}: listed in {MANIFEST} but not a file of the release format (see the README's output layout)"
+
+
+def check_card(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    """The cards' YAML loads strictly, and their `configs` point only at the release's own shards."""
+    for rel, (_, header, error) in sorted(view.cards.items()):
+        if error:
+            yield error
             continue
-        size = target.stat().st_size
-        if size != entry["size"]:
-            yield f"{path}: size is {size:,} bytes, {MANIFEST} says {entry['size']:,}"
-        digest = sha256_file(target)
-        if digest != entry["sha256"]:
-            yield f"{path}: sha256 is {digest}, {MANIFEST} says {entry['sha256']} (the file was changed after the build)"
-    for path in sorted(present - set(listed)):
-        yield f"{path} is in the release but not listed in {MANIFEST} (remove it, or rebuild)"
+        if rel == CARD:
+            yield from _config_problems(rel, header, "", _SHARD, view.present)
+        else:
+            yield from _config_problems(rel, header, f"{WDS_DIR}/", _TAR, view.present)
+        yield from _card_feature_problems(rel, header)
+
+
+# The feature types a release declares. `datasets` decodes a column by its declared type (Audio and Video hand
+# the bytes to FFmpeg, Pdf to pdfplumber), so a card or a shard declaring any other type fails the release.
+_CARD_DTYPES = frozenset({"image", "string", "json", "int64"})
+_ARROW_FEATURES = frozenset({"Image", "ClassLabel", "Value"})
+
+
+def _card_feature_problems(card: str, header: dict) -> Iterator[str]:
+    info = header.get("dataset_info")
+    if info is None:
+        return
+    if not isinstance(info, dict):
+        yield f"{card}: YAML dataset_info is not a mapping"
+        return
+    for i, feature in enumerate(_list(info.get("features"))):
+        dtype = feature.get("dtype") if isinstance(feature, dict) else None
+        ok = dtype in _CARD_DTYPES if isinstance(dtype, str) else isinstance(dtype, dict) and list(dtype) == ["class_label"]
+        if not ok:
+            yield f"{card}: YAML dataset_info.features[{i}] has dtype {show(dtype)}, which a release does not use"
+
+
+def _parquet_feature_problems(rel: str, parquet: pq.ParquetFile) -> Iterator[str]:
+    """The `datasets` features stored in the shard's schema: only the types the build writes."""
+    metadata = parquet.schema_arrow.metadata or {}
+    for key in sorted(set(metadata) - {b"huggingface"}):  # e.g. b"pandas", which pandas readers act on
+        yield f"{show(rel)}: schema metadata key {show(key.decode('utf-8', errors='replace'))} is not one the build writes"
+    if b"huggingface" not in metadata:
+        return
+    try:
+        features = json.loads(metadata[b"huggingface"])["info"]["features"]
+        kinds = {name: spec.get("_type") for name, spec in features.items()}
+        dtypes = [spec.get("dtype") for spec in features.values() if spec.get("_type") == "Value"]
+    except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        yield f"{show(rel)}: the huggingface schema metadata is not a features mapping"
+        return
+    for name, kind in sorted(kinds.items(), key=str):
+        if kind not in _ARROW_FEATURES:
+            yield f"{show(rel)}: schema metadata declares column {show(name)} as {show(kind)}, which a release does not use"
+    if any(d not in ("string", "int64") for d in dtypes):
+        yield f"{show(rel)}: schema metadata declares a Value of dtype {show(sorted(map(str, dtypes)))}, which a release does not use"
+
+
+_CONFIG_KEYS = frozenset({"config_name", "default", "data_files"})
+
+
+def _config_problems(card: str, header: dict, base: str, allowed: re.Pattern, present: list[str]) -> Iterator[str]:
+    """`datasets` globs each data_files pattern (and would fetch a URL): each must be a plain relative pattern
+    whose matches are all shards of the release."""
+    for i, config in enumerate(_list(header.get("configs"))):
+        if not isinstance(config, dict):
+            yield f"{card}: YAML configs[{i}] is not a mapping"
+            continue
+        for key in sorted(set(config) - _CONFIG_KEYS, key=str):
+            yield f"{card}: YAML configs[{i}] has key {show(key)}, which a release card does not use"
+        data_files = config.get("data_files")
+        if isinstance(data_files, dict):  # {split: patterns}, the other spelling `datasets` accepts
+            data_files = [{"path": v} for v in data_files.values()]
+        entries = data_files if isinstance(data_files, list) else [data_files]
+        for entry in entries:
+            patterns = entry.get("path") if isinstance(entry, dict) else entry
+            for pattern in patterns if isinstance(patterns, list) else [patterns]:
+                problem = _pattern_problem(pattern, base, allowed, present)
+                if problem:
+                    yield f"{card}: YAML configs[{i}] data_files pattern {show(pattern)} {problem}"
+
+
+def _pattern_problem(pattern: object, base: str, allowed: re.Pattern, present: list[str]) -> str | None:
+    if not isinstance(pattern, str):
+        return "is not a string"
+    problem = relpath_problem(pattern)
+    if problem:
+        return problem
+    head, _, last = pattern.rpartition("/")
+    if any(ch in pattern for ch in "?[]{}") or "*" in head or "**" in last or "://" in pattern:
+        return "uses glob syntax other than one '*' in the file name, or a URL (only plain patterns of the release's shards are read)"
+    matches = [p for p in present if p.startswith(base) and fnmatch.fnmatchcase(p[len(base):], pattern)]
+    strays = [m for m in matches if not allowed.match(m)]
+    if strays:
+        return f"matches {show(strays[0])}, which is not a shard of the release"
+    return None
+
+
+def check_webdataset_tars(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    """The manifest's WebDataset entries name the release's own tars, and every member of every tar is a regular
+    file `<key>.<suffix>` with a suffix of the format, within its size limit (both from the headers, before any
+    member is read) and holding what its suffix says (pipeline.release_formats.tar_problems)."""
+    tars = set(view.tar_paths)
+    named = set()
+    for split, info in sorted(view.manifest["splits"].items()):
+        entry = _dict(info.get("webdataset"))
+        shards = _list(entry.get("shards"))
+        paths = [s.get("path") for s in shards]
+        expected = [f"{WDS_DIR}/{shard_name(split, i)}" for i in range(len(shards))]
+        if paths != expected:
+            yield f"{MANIFEST}: splits.{split}.webdataset.shards are {show(paths)}, the release format names them {expected}"
+        if entry.get("pattern") != brace_pattern(split, len(shards)):
+            yield f"{MANIFEST}: splits.{split}.webdataset.pattern is {show(entry.get('pattern'))}, expected {brace_pattern(split, len(shards))}"
+        named.update(p for p in paths if isinstance(p, str))
+    for rel in sorted(named - tars):
+        if relpath_problem(rel) is None:
+            yield f"{show(rel)} is named in {MANIFEST} splits but is not a tar of the release"
+    for rel in sorted(tars):
+        try:
+            with view.open(rel) as fh:
+                yield from tar_problems(fh, rel, opts.read.tar)
+        except ReleaseFileError as exc:
+            yield str(exc)
+
+
+# ---- the content checks ------------------------------------------------------------------------------------
+
+# A Markdown link target: no brackets, parentheses or spaces inside, so every scan stops at the next `(`, `]`
+# or `)` and the search stays linear (the old `[^)#?]+` rescanned a README of "](" from every "(").
+_LINK = re.compile(r"\]\(([^()\[\]#?\s]+)\)")
 
 
 def check_version(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
@@ -206,21 +483,29 @@ def check_version(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
         yield f"{MANIFEST}: version {exc}"
     config = view.manifest.get("config")
     if config is not None and config.get("version") != version:
-        yield f"{MANIFEST}: version {version} but its config says {config.get('version')}"
+        yield f"{MANIFEST}: version {version} but its config says {show(config.get('version'))}"
     if f"Version **{version}**" not in view.card_text:
         yield f"{CARD} does not state version {version} (expected 'Version **{version}**')"
     notes = view.manifest.get("release_notes")
     if notes:
-        path = view.dir / notes
-        if not path.is_file():
-            yield f"{notes} (the release notes named in {MANIFEST}) is missing"
-        elif not path.read_text(encoding="utf-8").startswith(f"# {view.manifest['name']} v{version}\n"):
-            yield f"{notes} is not the notes of {view.manifest['name']} v{version} (its first line says otherwise)"
+        if relpath_problem(notes) or not view.has(notes):
+            yield f"{show(notes)} (the release notes named in {MANIFEST}) is missing"
+        else:
+            try:
+                text = view.read_text(notes)
+            except ReleaseFileError as exc:
+                yield str(exc)
+            else:
+                if not text.startswith(f"# {view.manifest['name']} v{version}\n"):
+                    yield f"{show(notes)} is not the notes of {show(view.manifest['name'])} v{version} (its first line says otherwise)"
         if f"]({notes})" not in view.card_text:
-            yield f"{CARD} does not link the release notes {notes}"
-    for target in sorted(set(re.findall(r"\]\(([^)#?]+)\)", view.card_text))):
-        if "://" not in target and not target.startswith("mailto:") and not (view.dir / target).exists():
-            yield f"{CARD} links {target}, which is not a file of the release"
+            yield f"{CARD} does not link the release notes {show(notes)}"
+    folders = {p.rsplit("/", 1)[0] for p in view.present if "/" in p}
+    for target in sorted(set(_LINK.findall(view.card_text))):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        if relpath_problem(target.rstrip("/")) is not None or (target not in view.present and target.rstrip("/") not in folders):
+            yield f"{CARD} links {show(target)}, which is not a file of the release"
 
 
 def check_records(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
@@ -230,47 +515,54 @@ def check_records(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     for shard in view.shard_paths:
         split = _SHARD.match(shard).group(1)
         try:
-            parquet = pq.ParquetFile(view.dir / shard)
+            with view.open(shard) as fh:
+                parquet = open_parquet(fh, shard, opts.read)
+                yield from _parquet_feature_problems(shard, parquet)
+                yield from _shard_records(parquet, shard, split, names, validator)
+        except (ReleaseFileError, Refused) as exc:
+            yield str(exc)
         except Exception as exc:
             yield f"{shard}: cannot be read as Parquet ({type(exc).__name__}: {exc})"
-            continue
-        index = 0
-        for g in range(parquet.num_row_groups):
-            try:
-                batch = parquet.read_row_group(g).to_pylist()
-            except Exception as exc:
-                yield f"{shard} row group {g}: cannot be read ({type(exc).__name__}: {exc})"
-                index += parquet.metadata.row_group(g).num_rows
-                continue
-            for r in batch:
-                yield from _record_problems(f"{shard} row {index}", r, split, names, validator)
-                index += 1
+
+
+def _shard_records(parquet: pq.ParquetFile, shard: str, split: str, names: list[str], validator) -> Iterator[str]:
+    index = 0
+    for g in range(parquet.num_row_groups):
+        end = index + parquet.metadata.row_group(g).num_rows
+        try:
+            # a few rows at a time: only one row group's Arrow data and a handful of images are in memory at once
+            for batch in parquet.iter_batches(batch_size=_RECORD_BATCH, row_groups=[g]):
+                for r in batch.to_pylist():
+                    yield from _record_problems(f"{shard} row {index}", r, split, names, validator)
+                    index += 1
+        except Exception as exc:
+            yield f"{shard} row group {g}: cannot be read ({type(exc).__name__}: {exc})"
+        index = end
 
 
 def _record_problems(where: str, r: dict, split: str, names: list[str], validator) -> Iterator[str]:
     label = r.get("label")
     label_name = names[label] if isinstance(label, int) and 0 <= label < len(names) else None
     if label_name is None:
-        yield f"{where}: label {label!r} is not an index into the {len(names)} class names"
-    image = r.get("image") or {}
+        yield f"{where}: label {show(label)} is not an index into the {len(names)} class names"
+    image = r.get("image") if isinstance(r.get("image"), dict) else {}
     data = image.get("bytes") or b""
     width = height = 0
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            width, height = img.size
-            pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        pixels, (width, height) = decode_image(data)
         digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
         if digest != r.get("pixel_sha256"):
-            yield f"{where}: the image's pixels hash to {digest[:16]}..., the row says pixel_sha256 {str(r.get('pixel_sha256'))[:16]}..."
+            yield f"{where}: the image's pixels hash to {digest[:16]}..., the row says pixel_sha256 {show(r.get('pixel_sha256'))[:16]}..."
+    except ImageRejected as exc:
+        yield f"{where}: image refused: {exc}"
     except Exception as exc:
         yield f"{where}: image bytes do not decode ({type(exc).__name__}: {exc})"
     if r.get("image_id") and r.get("pixel_sha256") and r["image_id"] != r["pixel_sha256"][:16]:
-        yield f"{where}: image_id {r['image_id']} is not the first 16 hex digits of pixel_sha256"
+        yield f"{where}: image_id {show(r['image_id'])} is not the first 16 hex digits of pixel_sha256"
     try:
         extra = json.loads(r["extra"]) if r.get("extra") else {}
-    except ValueError:
-        yield f"{where}: extra is not JSON: {r['extra'][:60]!r}"
+    except (ValueError, RecursionError, TypeError):
+        yield f"{where}: extra is not JSON: {show(str(r['extra'])[:60])}"
         extra = {}
     metadata = {
         "image_id": r.get("image_id"),
@@ -315,6 +607,7 @@ def check_counts(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """The shards are what is published; the card, the manifest and the ledger must all say the same."""
     names = view.class_names
     rows = view.rows
+    view.ledger  # read before the list of read errors, so they include the ledger's
     for problem in view.read_errors:
         yield problem
     shard_split = Counter(r.split for r in rows)
@@ -350,18 +643,13 @@ def check_counts(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     yield from _card_counts(view, shard_split, shard_class, fates)
 
 
-def _card_header(text: str) -> dict:
-    m = re.match(r"^---\n(.*?)\n---\n", text, re.S)
-    return (yaml.safe_load(m.group(1)) or {}) if m else {}
-
-
 def _yaml_split_counts(name: str, header: dict, shard_split: Counter) -> Iterator[str]:
-    info = header.get("dataset_info") or {}
-    claimed = {s.get("name"): s.get("num_examples") for s in info.get("splits", [])}
+    info = _dict(header.get("dataset_info"))
+    claimed = {s["name"]: s.get("num_examples") for s in _list(info.get("splits")) if isinstance(s, dict) and isinstance(s.get("name"), str)}
     for s in SPLITS:
         n = shard_split.get(s, 0)
         if claimed.get(s, 0) != n:
-            yield f"{name}: YAML dataset_info.splits {s} num_examples is {claimed.get(s, 0)}, but the shards hold {n}"
+            yield f"{name}: YAML dataset_info.splits {s} num_examples is {show(claimed.get(s, 0))}, but the shards hold {n}"
 
 
 def _card_counts(view: ReleaseView, shard_split: Counter, shard_class: Counter, fates: Counter) -> Iterator[str]:
@@ -369,9 +657,8 @@ def _card_counts(view: ReleaseView, shard_split: Counter, shard_class: Counter, 
         yield f"{CARD} (the dataset card) is missing"
         return
     yield from _yaml_split_counts(CARD, view.card_yaml, shard_split)
-    wds_card = view.dir / "wds" / CARD
-    if wds_card.is_file():
-        yield from _yaml_split_counts(f"wds/{CARD}", _card_header(wds_card.read_text(encoding="utf-8")), shard_split)
+    if WDS_CARD in view.cards:
+        yield from _yaml_split_counts(WDS_CARD, view.cards[WDS_CARD][1], shard_split)
     tables = _markdown_tables(view.card_text)
     class_tables = [t for t in tables if t[0][:1] == ["label"] and all(s in t[0] for s in SPLITS)]
     fate_tables = [t for t in tables if t[0] == ["fate", "images"]]
@@ -398,13 +685,16 @@ def _card_counts(view: ReleaseView, shard_split: Counter, shard_class: Counter, 
 
 def check_ledger(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """Every raw input exactly once, with a known fate; every published row has exactly one kept entry."""
-    path = view.dir / LEDGER
-    if not path.is_file():
+    if not view.has(LEDGER):
         yield f"{LEDGER} is missing"
         return
-    header = path.read_text(encoding="utf-8").split("\n", 1)[0].split(",")
+    entries = view.ledger
+    if view.ledger_error:
+        yield view.ledger_error
+        return
+    header = view.ledger_columns
     if tuple(header) != LEDGER_COLUMNS:
-        yield f"{LEDGER}: columns are {header}, expected {list(LEDGER_COLUMNS)}"
+        yield f"{LEDGER}: columns are {show(header)}, expected {list(LEDGER_COLUMNS)}"
         return
     seen = Counter(e["source_file"] for e in view.ledger if e["input"] == "file")
     yield from (f"{LEDGER}: raw input {p} has {n} rows (every raw input must have exactly one)" for p, n in sorted(seen.items()) if n > 1)
@@ -457,7 +747,7 @@ def check_unique(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
 
 def check_hub_limits(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     limits = opts.hub
-    files = list_release_files(view.dir) + [MANIFEST]
+    files = view.present + [MANIFEST]
     if len(files) > limits.max_files:
         yield f"{len(files):,} files; the Hub takes at most {limits.max_files:,} per repository"
     per_folder = Counter(str(Path(f).parent) for f in files)
@@ -465,12 +755,18 @@ def check_hub_limits(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
         if n > limits.max_entries_per_folder:
             yield f"{folder}/ holds {n:,} files; the Hub takes at most {limits.max_entries_per_folder:,} per folder"
     for f in files:
-        size = (view.dir / f).stat().st_size
-        if size > limits.max_file_bytes:
-            yield f"{f} is {size:,} bytes; the Hub refuses files over {limits.max_file_bytes:,}"
+        try:
+            size = view.files.size(f, max_bytes=limits.max_file_bytes)
+        except ReleaseFileError as exc:
+            yield str(exc).replace("for this file", "(the Hub refuses larger files)")
+            continue
     for shard in view.shard_paths:
         try:
-            meta = pq.ParquetFile(view.dir / shard).metadata
+            with view.open(shard) as fh:
+                meta = parquet_metadata(fh, shard, opts.read)
+        except (ReleaseFileError, Refused) as exc:
+            yield str(exc)
+            continue
         except Exception as exc:
             yield f"{shard}: cannot be read as Parquet ({type(exc).__name__}: {exc})"
             continue
@@ -488,16 +784,16 @@ def check_hub_limits(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
 def check_load_datasets(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """The way the card tells people to load the release: `datasets.load_dataset(DIR)`, and streaming."""
     expected = {s: v.get("num_examples", 0) for s, v in view.manifest["splits"].items() if v.get("num_examples")}
-    yield from _datasets_load_problems(view.dir, view.shard_paths, expected, view.class_names, "label", opts)
+    size = sum(view.files.size(p) for p in view.shard_paths)
+    yield from _datasets_load_problems(view.dir, size, expected, view.class_names, "label", opts)
 
 
 def _datasets_load_problems(
-    root: Path, files: list[str], expected: dict[str, int], class_names: list[str], label: str, opts: VerifyOptions
+    root: Path, size: int, expected: dict[str, int], class_names: list[str], label: str, opts: VerifyOptions
 ) -> Iterator[str]:
     """load_dataset(root) and load_dataset(root, streaming=True): splits, rows, ClassLabel names, one image per row."""
     import datasets
 
-    size = sum((root / f).stat().st_size for f in files)
     bars_were_off = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
@@ -598,29 +894,62 @@ def _parquet_truth(view: ReleaseView) -> dict[str, dict[str, int]]:
     return truth
 
 
-def check_load_webdataset(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
-    """wds/: `webdataset` over the manifest's brace pattern, and `datasets.load_dataset(DIR/wds)` (also streaming)."""
-    import webdataset as wds
+def _wds_decoder():
+    """webdataset's Decoder with a handler for each member suffix of the format and nothing else: its default
+    handlers (`decode("pil")` adds them) unpickle .pyd/.pickle members, load .pth with torch and gunzip .gz."""
+    from webdataset.autodecode import Decoder
 
+    def handle(key: str, data: bytes):
+        suffix = key.rsplit(".", 1)[-1]
+        if suffix == "cls":
+            return int(data.decode("ascii"))
+        if suffix == "json":
+            return json.loads(data)
+        if suffix in WDS_IMAGE_SUFFIXES:
+            return decode_image(data)[0]
+        raise Refused(f"member suffix .{suffix} is not one of the release format's")
+
+    return Decoder([handle], pre=[], post=[])
+
+
+def _wds_samples(view: ReleaseView, shards: list[str]) -> Iterator[dict]:
+    """Samples of the tars as webdataset groups them, from files verify opened itself (never a URL or pattern)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    decoder = _wds_decoder()
+
+    def sources() -> Iterator[dict]:
+        for rel in shards:
+            with view.open(rel) as fh:
+                yield {"url": rel, "stream": fh}
+
+    for sample in group_by_keys(tar_file_expander(sources())):
+        yield decoder(sample)
+
+
+def check_load_webdataset(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    """wds/: `webdataset`'s tar reader over the manifest's shards, and `datasets.load_dataset(DIR/wds)` (also streaming)."""
     truth = _parquet_truth(view)
     for split, info in sorted(view.manifest["splits"].items()):
-        entry = info.get("webdataset") or {}
+        entry = _dict(info.get("webdataset"))
         if not info.get("num_examples"):
             continue
         if entry.get("num_examples") != info["num_examples"]:
-            yield f"{MANIFEST}: splits.{split}.webdataset.num_examples is {entry.get('num_examples')}, the split has {info['num_examples']}"
+            yield f"{MANIFEST}: splits.{split}.webdataset.num_examples is {show(entry.get('num_examples'))}, the split has {info['num_examples']}"
         pattern = entry.get("pattern")
         if not pattern:
             yield f"{MANIFEST}: splits.{split}.webdataset has no brace pattern"
             continue
+        shards = [s["path"] for s in _list(entry.get("shards"))]
         samples: dict[str, list[int]] = defaultdict(list)
         try:
-            pipeline_ = wds.WebDataset(str(view.dir / pattern), shardshuffle=False).decode("pil").to_tuple("__key__", "tif;png", "cls")
-            for key, image, cls in pipeline_:
-                image.load()
-                samples[key].append(cls)
+            for sample in _wds_samples(view, shards):
+                images = [sample[k] for k in WDS_IMAGE_SUFFIXES if k in sample]
+                if len(images) != 1 or "cls" not in sample:
+                    yield f"webdataset {pattern}: sample {show(sample.get('__key__'))} lacks one image and its cls"
+                samples[sample["__key__"]].append(sample.get("cls"))
         except Exception as exc:
-            yield f"webdataset.WebDataset({pattern!r}) fails: {type(exc).__name__}: {exc}"
+            yield f"webdataset {pattern}: reading the tars fails: {type(exc).__name__}: {exc}"
             continue
         if sum(len(v) for v in samples.values()) != info["num_examples"]:
             yield f"webdataset {pattern}: {sum(len(v) for v in samples.values())} samples, the manifest says {info['num_examples']}"
@@ -629,12 +958,9 @@ def check_load_webdataset(view: ReleaseView, opts: VerifyOptions) -> Iterator[st
             yield f"webdataset {pattern}: sample {key} is {where}"
         for key in sorted(k for k in samples if k in truth[split] and samples[k] != [truth[split][k]])[:_MAX_LISTED]:
             yield f"webdataset {pattern}: sample {key} has cls {samples[key]}, the Parquet label is {truth[split][key]}"
-    wds_files = sorted(p for p in list_release_files(view.dir) if p.startswith("wds/") and p.endswith(".tar"))
     expected = {s: v.get("num_examples", 0) for s, v in view.manifest["splits"].items() if v.get("num_examples")}
-    yield from _datasets_load_problems(view.dir / "wds", [f.removeprefix("wds/") for f in wds_files], expected, view.class_names, "cls", opts)
-
-
-CROISSANT = "croissant.json"
+    size = sum(view.files.size(p) for p in view.tar_paths)
+    yield from _datasets_load_problems(view.dir / WDS_DIR, size, expected, view.class_names, "cls", opts)
 
 
 @contextmanager
@@ -653,31 +979,101 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def check_load_croissant(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
-    """croissant.json: valid for mlcroissant, this version, every file with its sha256, one record per image."""
-    import mlcroissant as mlc
-
-    path = view.dir / CROISSANT
+def _croissant_doc(view: ReleaseView) -> dict:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(view.read_text(CROISSANT))
+    except ReleaseFileError as exc:
+        raise Refused(str(exc)) from None
+    except RecursionError:
+        raise Refused(f"{CROISSANT}: nested too deeply") from None
     except ValueError as exc:
-        yield f"{CROISSANT} is not valid JSON: {exc}"
+        raise Refused(f"{CROISSANT} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Refused(f"{CROISSANT} is a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
+def _croissant_build_parts(view: ReleaseView) -> dict:
+    """The parts of croissant.json that mlcroissant acts on (the JSON-LD context, the record sets with their
+    regexes and column paths, the file sets with their glob patterns), as this tool writes them for the
+    release's config: verify lets mlcroissant run only these, never a regex, glob or remote context from a release."""
+    from pipeline import croissant
+
+    if not isinstance(view.manifest.get("config"), dict):
+        raise ConfigError(f"{MANIFEST} records no config")
+    config = validate_config(view.manifest["config"], f"{MANIFEST} (config)")
+    return {
+        "@context": croissant.CONTEXT,
+        "recordSet": [croissant.splits_record_set(), croissant.classes_record_set(config), croissant.images_record_set(config)],
+        "fileSets": [d for d in croissant.croissant_document(config, view.manifest["counts"], [])["distribution"] if d.get("@type") == "cr:FileSet"],
+    }
+
+
+def check_croissant(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    """croissant.json: this version, every file with its sha256, and nothing for mlcroissant to run but what the
+    build writes (context, record sets, file sets)."""
+    try:
+        doc = _croissant_doc(view)
+    except Refused as exc:
+        yield str(exc)
         return
     if doc.get("version") != view.manifest["version"]:
-        yield f"{CROISSANT}: version is {doc.get('version')}, {MANIFEST} says {view.manifest['version']}"
-    declared = {d.get("contentUrl"): d.get("sha256") for d in doc.get("distribution", []) if d.get("@type") == "cr:FileObject"}
+        yield f"{CROISSANT}: version is {show(doc.get('version'))}, {MANIFEST} says {view.manifest['version']}"
+    distribution = _list(doc.get("distribution"))
+    objects = [d for d in distribution if isinstance(d, dict) and d.get("@type") == "cr:FileObject"]
+    declared = {d.get("contentUrl"): d.get("sha256") for d in objects}
     listed = {f["path"]: f["sha256"] for f in view.manifest["files"] if f["path"] not in (CROISSANT, MANIFEST)}
-    for rel in sorted(set(declared) | set(listed)):
+    for rel in sorted(set(declared) | set(listed), key=str):
         if declared.get(rel) != listed.get(rel):
             if rel not in declared:
-                yield f"{CROISSANT} does not declare {rel}"
+                yield f"{CROISSANT} does not declare {show(rel)}"
             elif rel not in listed:
-                yield f"{CROISSANT} declares {rel}, which {MANIFEST} does not list"
+                yield f"{CROISSANT} declares {show(rel)}, which {MANIFEST} does not list"
             else:
-                yield f"{CROISSANT}: sha256 of {rel} is {declared[rel]}, {MANIFEST} says {listed[rel]}"
+                yield f"{CROISSANT}: sha256 of {show(rel)} is {show(declared[rel])}, {MANIFEST} says {listed[rel]}"
+    try:
+        build = _croissant_build_parts(view)
+    except ConfigError as exc:
+        yield f"{CROISSANT} cannot be compared with what the build writes: {exc}"
+        return
+    if doc.get("@context") != build["@context"]:
+        yield f"{CROISSANT}: @context is not the one the build writes (a context can make JSON-LD readers fetch URLs)"
+    if doc.get("recordSet") != build["recordSet"]:
+        yield f"{CROISSANT}: recordSet differs from what the build writes for this config (its regexes and columns would be run)"
+    others = [d for d in distribution if not (isinstance(d, dict) and d.get("@type") == "cr:FileObject")]
+    if others != build["fileSets"]:
+        yield f"{CROISSANT}: file sets differ from what the build writes (their glob patterns would be expanded)"
+    for d in objects:
+        if set(d) - _FILE_OBJECT_KEYS or not all(isinstance(v, str) for v in d.values()):
+            yield f"{CROISSANT}: file object {show(d.get('contentUrl'))} has keys or values the build does not write"
+    for key, value in sorted(doc.items()):
+        if key in ("@context", "@type", "distribution", "recordSet"):
+            continue
+        # a JSON-LD node object anywhere (`@context`, `@graph`, `@included`, a nested FileObject) would be read by
+        # mlcroissant's JSON-LD parser; the build writes plain text here
+        if key.startswith("@") or not _plain(value):
+            yield f"{CROISSANT}: {show(key)} holds more than text, which the build does not write"
+    if doc.get("@type") != "sc:Dataset":
+        yield f"{CROISSANT}: @type is {show(doc.get('@type'))}, expected sc:Dataset"
+
+
+_FILE_OBJECT_KEYS = frozenset({"@id", "@type", "contentSize", "contentUrl", "encodingFormat", "name", "sha256", "description"})
+
+
+def _plain(value: object) -> bool:
+    """Text, a number or a list of those: no JSON-LD node object."""
+    if isinstance(value, list):
+        return all(isinstance(v, (str, int, float, bool)) for v in value)
+    return isinstance(value, (str, int, float, bool)) or value is None
+
+
+def check_load_croissant(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    """mlcroissant reads croissant.json: one record per published image, with its label."""
+    import mlcroissant as mlc
+
     try:
         with _quiet_logging():
-            dataset = mlc.Dataset(jsonld=str(path))
+            dataset = mlc.Dataset(jsonld=str(view.dir / CROISSANT))
             records = [(r["images/split"], r["images/image_id"], r["images/label"]) for r in dataset.records("images")]
     except Exception as exc:
         yield f"mlcroissant cannot read {CROISSANT}: {type(exc).__name__}: {str(exc)[:500]}"
@@ -698,23 +1094,44 @@ class Check:
     description: str
     run: Callable[[ReleaseView, VerifyOptions], Iterable[str]]
     applies: Callable[[ReleaseView], bool] = lambda view: True
+    # Safety checks read the release themselves with bounded work; they run before any loader check.
+    safety: bool = False
+    # Loader checks hand the release to another library (datasets, webdataset, mlcroissant).
+    loader: bool = False
 
 
 CHECKS: tuple[Check, ...] = (
-    Check("files", "every file in manifest.json present with its size and sha256, no unlisted file", check_files),
+    Check("files", "every file in manifest.json present, regular, with its size and sha256; no unlisted, linked or special file",
+          check_files, safety=True),
+    Check("card", "the cards' YAML loads without aliases or tags; configs name only the release's shards; features of the release's types",
+          check_card, safety=True),
+    Check("records", "every Parquet row valid against schemas/record.schema.json; images decode to their pixel_sha256",
+          check_records, safety=True),
+    Check("wds-tars", "the tars are the manifest's, uncompressed, with members <key>.cls/.json/.png/.tif within their size limits",
+          check_webdataset_tars, lambda view: bool(view.tar_paths), safety=True),
+    Check("croissant", "croissant.json: this version, every file with its sha256, what mlcroissant runs as the build writes it",
+          check_croissant, lambda view: view.has(CROISSANT), safety=True),
     Check("version", "one semantic version in manifest, config, card and notes; the card's links resolve", check_version),
-    Check("records", "every Parquet row valid against schemas/record.schema.json; images decode to their pixel_sha256", check_records),
     Check("counts", "counts in the card (YAML and tables), manifest, ledger and shards agree", check_counts),
     Check("ledger", "the ledger accounts for every raw input once and for every published row", check_ledger),
     Check("splits", "no patient or look-alike group in two splits", check_splits),
     Check("unique", "no image_id (or pixel_sha256) twice", check_unique),
     Check("hub-limits", "files, folders, shards and row groups within the Hub's limits", check_hub_limits),
-    Check("load-datasets", "datasets.load_dataset reads the release (also streaming)", check_load_datasets),
-    Check("load-webdataset", "wds/ reads with webdataset (the manifest's pattern) and datasets, matching the Parquet shards",
-          check_load_webdataset, lambda view: any((view.dir / "wds").glob("*.tar"))),
-    Check("load-croissant", "croissant.json loads with mlcroissant: version, files and sha256, one record per image",
-          check_load_croissant, lambda view: (view.dir / CROISSANT).is_file()),
+    Check("load-datasets", "datasets.load_dataset reads the release (also streaming)", check_load_datasets, loader=True),
+    Check("load-webdataset", "wds/ reads with webdataset's tar reader and datasets, matching the Parquet shards",
+          check_load_webdataset, lambda view: bool(view.tar_paths), loader=True),
+    Check("load-croissant", "croissant.json loads with mlcroissant: one record per image, with its label",
+          check_load_croissant, lambda view: view.has(CROISSANT), loader=True),
 )
+
+
+def _run(check: Check, view: ReleaseView, opts: VerifyOptions) -> CheckResult:
+    result = CheckResult(check.name, check.description)
+    try:
+        result.failures = _capped(check.name, check.run(view, opts))
+    except Exception as exc:  # a check that cannot finish is a failed check, reported like the others
+        result.failures.append(Failure(check.name, printable(f"could not complete: {type(exc).__name__}: {exc}", limit=_MESSAGE_CHARS)))
+    return result
 
 
 def run_checks(
@@ -727,26 +1144,31 @@ def run_checks(
     skip: Iterable[str] = (),
     notes_dir: Path | None = None,
     full_load_max_bytes: int | None = None,
+    read_limits: ReadLimits | None = None,
 ) -> list[CheckResult]:
-    """Every applicable check, in order, with its failures (none: it passed)."""
-    view = ReleaseView(Path(release_dir))
-    opts = VerifyOptions(hub=limits or HubLimits())
+    """Every applicable check, in order, with its failures (none: it passed). The loader checks run only when
+    every check before them passed; `skip` names checks the caller has done itself (publish runs the file check
+    with hard links refused) or does not want, and skipping a safety check leaves its guarantee to the caller."""
+    opts = VerifyOptions(hub=limits or HubLimits(), read=read_limits or ReadLimits())
     if full_load_max_bytes is not None:
-        opts = VerifyOptions(hub=opts.hub, full_load_max_bytes=full_load_max_bytes)
+        opts = VerifyOptions(hub=opts.hub, full_load_max_bytes=full_load_max_bytes, read=opts.read)
+    view = ReleaseView(Path(release_dir), opts.read)
     try:
+        os.close(view.files.root_fd())
         view.manifest
-    except ManifestUnreadable as exc:
-        return [CheckResult("manifest", "manifest.json present and readable", [Failure("manifest", str(exc))])]
-    results = []
+    except (ManifestUnreadable, ReleaseFileError) as exc:
+        return [CheckResult("manifest", "manifest.json present, readable and of the manifest schema",
+                            [Failure("manifest", printable(str(exc), limit=_MESSAGE_CHARS))])]
+    skip = set(skip)
+    results: list[CheckResult] = []
     for check in CHECKS:
         if check.name in skip or not check.applies(view):
             continue
-        result = CheckResult(check.name, check.description)
-        try:
-            result.failures = _capped(check.name, check.run(view, opts))
-        except Exception as exc:  # a check that cannot finish is a failed check, reported like the others
-            result.failures.append(Failure(check.name, f"could not complete: {type(exc).__name__}: {exc}"))
-        results.append(result)
+        if check.loader and any(r.failures for r in results):
+            failed = ", ".join(r.name for r in results if r.failures)
+            results.append(CheckResult(check.name, check.description, skipped=f"not run: the release failed {failed}"))
+            continue
+        results.append(_run(check, view, opts))
     if notes_dir is not None:
         result = CheckResult("notes-copy", f"the release notes equal the editable copy in {notes_dir}")
         result.failures = _capped("notes-copy", notes_copy_differences(view, Path(notes_dir)))
@@ -769,14 +1191,33 @@ def notes_copy_differences(view: ReleaseView, notes_dir: Path) -> Iterator[str]:
     if not rel:
         yield f"{MANIFEST} names no release notes"
         return
-    editable = notes_dir / Path(rel).name
-    if not editable.is_file():
-        yield f"{editable} is missing (the release carries {rel}; keep its editable copy there)"
-    elif not (view.dir / rel).is_file() or not filecmp.cmp(editable, view.dir / rel, shallow=False):
-        yield f"{editable} differs from {rel} in the release: rebuild the release so that it carries the edited notes"
+    if relpath_problem(rel):
+        yield f"{MANIFEST}: release_notes {show(rel)} is not a path inside the release"
+        return
+    name = rel.rsplit("/", 1)[-1]
+    editable = notes_dir / name
+    try:  # the notes directory is in the same repository as the release, so it is read the same way
+        theirs = ReleaseDir(notes_dir).read_bytes(name, max_bytes=NOTES_CAP)
+    except ReleaseFileError as exc:
+        yield f"{editable} is missing or not readable ({exc}); the release carries {show(rel)}: keep its editable copy there"
+        return
+    try:
+        same = view.files.read_bytes(rel, max_bytes=NOTES_CAP) == theirs
+    except ReleaseFileError:
+        same = False
+    if not same:
+        yield f"{editable} differs from {show(rel)} in the release: rebuild the release so that it carries the edited notes"
 
 
 # ---- --rebuild RAW ---------------------------------------------------------------------------------------
+
+
+def _manifest_sha256(release_dir: Path) -> str | None:
+    """sha256 of a release's manifest.json, read like any release file (siblings come from the same pull request)."""
+    try:
+        return ReleaseDir(release_dir).hash(MANIFEST, max_bytes=fixed_cap(MANIFEST))[1]
+    except (ReleaseFileError, OSError):
+        return None
 
 
 def find_previous(view: ReleaseView, previous: Path | None) -> tuple[Path | None, str | None]:
@@ -785,16 +1226,14 @@ def find_previous(view: ReleaseView, previous: Path | None) -> tuple[Path | None
     if not ref:
         return None, None
     if previous is not None:
-        path = Path(previous) / MANIFEST
-        if not path.is_file() or sha256_file(path) != ref["manifest_sha256"]:
+        if _manifest_sha256(Path(previous)) != ref["manifest_sha256"]:
             return None, (
                 f"--previous {previous} is not the release this one was built on "
                 f"(v{ref['version']}, manifest sha256 {ref['manifest_sha256'][:16]}...)"
             )
         return Path(previous), None
     for sibling in sorted(view.dir.resolve().parent.iterdir()):
-        candidate = sibling / MANIFEST
-        if sibling != view.dir.resolve() and candidate.is_file() and sha256_file(candidate) == ref["manifest_sha256"]:
+        if sibling != view.dir.resolve() and sibling.is_dir() and not sibling.is_symlink() and _manifest_sha256(sibling) == ref["manifest_sha256"]:
             return sibling, None
     return None, (
         f"this release was built on v{ref['version']} (manifest sha256 {ref['manifest_sha256'][:16]}...), "
@@ -819,21 +1258,27 @@ def rebuild_differences(view: ReleaseView, raw: Path, previous: Path | None, wor
     with tempfile.TemporaryDirectory(prefix="mll23-rebuild-") as tmp:
         notes_copy = Path(tmp) / "notes"
         # the maintainers' words come from the release's own notes, so the rebuild writes the same notes
-        if (view.dir / NOTES_DIR).is_dir():
-            shutil.copytree(view.dir / NOTES_DIR, notes_copy)
+        notes_copy.mkdir()
+        for rel in view.present:
+            if rel.startswith(f"{NOTES_DIR}/") and rel.count("/") == 1:
+                try:
+                    (notes_copy / rel.split("/", 1)[1]).write_bytes(view.files.read_bytes(rel, max_bytes=NOTES_CAP))
+                except ReleaseFileError as exc:
+                    yield str(exc)
+                    return
         out = Path(tmp) / "release"
         try:
             build_release(raw, out, config, workers=workers, previous=prev_dir, notes_dir=notes_copy)
         except (BuildError, LineageError, NotesError, FileNotFoundError) as exc:
             yield f"the rebuild from {raw} failed: {exc}"
             return
-        ours, theirs = set(list_release_files(view.dir)) | {MANIFEST}, set(list_release_files(out)) | {MANIFEST}
+        ours, theirs = set(view.present) | {MANIFEST}, set(list_release_files(out)) | {MANIFEST}
         for rel in sorted(ours - theirs):
             yield f"{rel} is in the release but not in the rebuild"
         for rel in sorted(theirs - ours):
             yield f"{rel} is in the rebuild but not in the release"
         for rel in sorted(ours & theirs):
-            if not filecmp.cmp(view.dir / rel, out / rel, shallow=False):
+            if view.files.hash(rel, max_bytes=MAX_LISTED_FILE_BYTES)[1] != sha256_file(out / rel):
                 yield f"{rel} differs from the rebuild from {raw}"
 
 

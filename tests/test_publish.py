@@ -266,7 +266,7 @@ def test_refuses_a_release_that_fails_verification(hub, token, release_v1):
     (release_v1 / "stray.txt").write_text("not in the manifest")
     failures = self_check(release_v1)
     assert any("train-00000-of-00001.parquet: size" in f for f in failures)
-    assert any("stray.txt: present but not listed" in f for f in failures)
+    assert "stray.txt is in the release but not listed in manifest.json (remove it, or rebuild)" in failures
     with pytest.raises(PublishError, match="failed verification"):
         publish(release_v1, REPO, token=token, endpoint=hub.url, verify=lambda d: [])
     assert hub.requests() == []  # refused before talking to the Hub

@@ -104,13 +104,13 @@ def test_publish_refuses_files_from_outside_the_build_before_any_request(hub, to
     if tamper == "symlink listed in the manifest":
         os.symlink(outside, release / "data" / "notes.txt")
         doc["files"].append({"path": "data/notes.txt", "size": outside.stat().st_size, "sha256": hashlib.sha256(outside.read_bytes()).hexdigest()})
-        expected = "data/notes.txt: listed in manifest but missing (or not a regular file)"
+        expected = "data/notes.txt: is a symbolic link (pointing elsewhere: not followed); a release holds only regular files"
     elif tamper == "path escaping the release":
         doc["files"].append({"path": "../outside/private-notes.txt", "size": outside.stat().st_size, "sha256": hashlib.sha256(outside.read_bytes()).hexdigest()})
-        expected = "../outside/private-notes.txt: invalid path in manifest"
+        expected = f"files[{len(doc['files']) - 1}].path ../outside/private-notes.txt has a '..' component (paths must stay inside the release)"
     else:
         (release / "notes.txt").write_text("stray")
-        expected = "notes.txt: present but not listed in manifest"
+        expected = "notes.txt is in the release but not listed in manifest.json"
     (release / "manifest.json").write_text(manifest_mod.dumps_json(doc), encoding="utf-8")
     with pytest.raises(PublishError, match="failed verification") as refused:
         publish(release, REPO, token=token, endpoint=hub.url, log=lambda _: None)

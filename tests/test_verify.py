@@ -127,10 +127,10 @@ def test_edited_count_in_the_card_table(release):
     card.write_text("".join(lines))
     resign(release)
     found = messages(release, skip=FAST)
-    assert found[0].startswith("[counts] README.md: class table, row monocyte, column test says"), found
+    assert any(m.startswith("[counts] README.md: class table, row monocyte, column test says") for m in found), found
     # croissant.json lists the card's sha256 too, and a re-signed manifest does not fool it
-    assert [m.split(":")[0] for m in found[1:]] == ["[load-croissant] croissant.json"]
-    assert "sha256 of README.md is" in found[1]
+    (croissant,) = [m for m in found if not m.startswith("[counts]")]
+    assert croissant.startswith("[croissant] croissant.json: sha256 of README.md is"), found
 
 
 def test_duplicated_row(release):
@@ -290,11 +290,11 @@ def test_croissant_of_another_version(release):
     doc["version"] = "9.9.9"
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     resign(release)
-    assert messages(release, skip=CHECKS_BUT_CROISSANT) == ["[load-croissant] croissant.json: version is 9.9.9, manifest.json says 1.0.0"]
+    assert messages(release, skip=CHECKS_BUT_CROISSANT) == ["[croissant] croissant.json: version is 9.9.9, manifest.json says 1.0.0"]
 
 
 CHECKS_BUT_WDS = tuple(c.name for c in CHECKS if c.name != "load-webdataset")
-CHECKS_BUT_CROISSANT = tuple(c.name for c in CHECKS if c.name != "load-croissant")
+CHECKS_BUT_CROISSANT = tuple(c.name for c in CHECKS if c.name != "croissant")
 
 
 def test_large_release_is_loaded_by_streaming_every_row(release):
