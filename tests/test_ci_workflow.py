@@ -88,17 +88,44 @@ def _requirement_names(specs: list[str]) -> set[str]:
     return {re.match(r"[A-Za-z0-9._-]+", s).group(0).lower().replace("_", "-") for s in specs}
 
 
+def _imported_names(module: str) -> set[str]:
+    """Every module name an import statement of `module` (a pipeline module) names, at any depth of its code."""
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+            names.add(n.module)
+            names |= {f"{n.module}.{a.name}" for a in n.names}  # `from pipeline import build`
+    return names
+
+
+def _imports_reached_from(start: str) -> set[str]:
+    """Top-level names of every module imported by `start` and by the pipeline modules it reaches."""
+    seen, todo, tops = set(), [start], set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for name in _imported_names(module):
+            tops.add(name.split(".")[0])
+            if name.startswith("pipeline.") and (ROOT / (name.replace(".", "/") + ".py")).is_file():
+                todo.append(name)
+    return tops
+
+
 def test_installs_the_extras_every_library_verify_imports_comes_from(workflow):
     assert workflow["env"]["MLL23_PIPELINE"] == f"mll23-pipeline[{','.join(sorted(VERIFY_EXTRAS))}]=={pipeline.__version__}"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     installed = _requirement_names(project["dependencies"])
     for extra in VERIFY_EXTRAS:
         installed |= _requirement_names(project["optional-dependencies"][extra])
-    tree = ast.parse((ROOT / "pipeline" / "verify.py").read_text(encoding="utf-8"))
-    modules = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    modules |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
-    third_party = sorted(m for m in modules if m not in sys.stdlib_module_names and m != "pipeline")
-    assert {"datasets", "yaml"} <= set(third_party)  # the walk sees verify's imports, the lazy ones inside functions too
+    modules = _imports_reached_from("pipeline.verify")
+    # verify --rebuild builds with the local executor; dask only serves `build --executor dask`
+    not_for_verify = {"dask", "distributed"}
+    third_party = sorted(m for m in modules - not_for_verify if m not in sys.stdlib_module_names and m != "pipeline")
+    # the walk sees the imports of verify and of every pipeline module it reaches, the lazy ones inside functions too
+    assert {"datasets", "yaml", "webdataset", "mlcroissant"} <= set(third_party)
     distributions = importlib.metadata.packages_distributions()
     missing = {m: distributions[m] for m in third_party if not {d.lower() for d in distributions[m]} & installed}
     assert missing == {}, f"verify imports modules whose distribution the CI install lacks: {missing}"
