@@ -136,6 +136,11 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32) @ _LUMA
 
 
+def _channel_max(rgb: np.ndarray) -> np.ndarray:
+    """rgb.max(axis=-1), the same values ~20x faster (numpy reduces a length-3 last axis slowly)."""
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
 def _lap(g: np.ndarray) -> np.ndarray:
     return g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4.0 * g[1:-1, 1:-1]
 
@@ -230,7 +235,7 @@ def compare_duplicate(a: np.ndarray, b: np.ndarray) -> DuplicateTest:
     sa, sb = _overlap(h, w, dy, dx)
     A = np.asarray(a[sa], dtype=np.float32)
     B = np.asarray(b[sb], dtype=np.float32)
-    ok = (A.max(axis=-1) < 250) & (B.max(axis=-1) < 250)
+    ok = (_channel_max(A) < 250) & (_channel_max(B) < 250)
     if ok.sum() < 0.25 * ok.size:
         ok = np.ones_like(ok)
     res, gains = [], []
@@ -722,7 +727,7 @@ def describe_duplicate(t: DuplicateTest) -> str:
     """The duplicate test's scores and bounds, for the ledger and the card's dedup figure."""
     lo, hi = DUP_HF_RATIO
     return (
-        f"duplicate test: rms {t.rms:.2f} (max {DUP_MAX_RMS:g}), gain {t.gain:.3f} (1 +- {DUP_MAX_GAIN:g}), "
+        f"duplicate test: rms {t.rms:.2f} (max {DUP_MAX_RMS:g}), gain {t.gain:.3f} (1 +- {DUP_MAX_GAIN:g}); "
         f"hf ratio {t.hf_ratio:.3f} ({lo:g}-{hi:g}), shift ({t.dy}, {t.dx})"
     )
 
@@ -789,7 +794,7 @@ def _join_text(me: str, kept: str | None, joins: dict[str, list[Pair]]) -> str:
     other = p.b if p.a == me else p.a
     if p.kind == "exact":
         return f"identical pixels to {other}"
-    return f"{p.score} with {other}; pHash distance {p.hamming}"
+    return f"{p.score}; against {other}, pHash distance {p.hamming}"
 
 
 def _closest_lookalike(items: list[ImageFacts], pairs: list[Pair], dup_uf: _UnionFind) -> dict[int, Pair]:
