@@ -27,13 +27,14 @@ How it is found, with per-image state limited to the ImageFacts:
    ``policy``), and over all confirmed pairs the look-alike groups.
 
 Both tests have a coarse stage on the 36 x 36 signatures (vectorised over all candidates, no pixels)
-and a pixel stage. A pair whose signatures (without their border, where a shifted copy's fill lands) correlate below
-``DUP_GATE_MIN_CORR`` cannot be a duplicate (copies correlate >= 0.98 there: bench/bench_dedup_sweep.py),
-and one below ``SAME_CELL_COARSE_CORR`` at every shift is not the same cell; only the pairs that pass
-either, and every pair within ``phash_threshold`` bits whatever its correlation, are loaded, once, for the pixel duplicate test and, when that fails, the fine same-cell test on the same
-pixels (~1.5% of the candidates at full scale). The coarse same-cell signature (36 x 36 uint8, 1.3 kB)
-comes with the facts (the decode stage computes it with the centre hash: :func:`cell_features`); it is
-computed here only for facts that lack it. With ``map_fn`` the index searches and every pixel test run
+and a pixel stage. A pair whose signatures, without their border (where a shifted copy's fill lands),
+correlate below ``DUP_GATE_MIN_CORR`` cannot be a duplicate (copies correlate >= 0.975 there:
+bench/bench_dedup_sweep.py), and one below ``SAME_CELL_COARSE_CORR`` at every shift is not the same
+cell. Only the pairs that pass either, and every pair within ``phash_threshold`` bits whatever it
+scores, are loaded, once, for the pixel duplicate test and, when that fails, the fine same-cell test on
+the same pixels (1,565 of 99,044 candidates at full scale: bench/RESULTS.md). The coarse same-cell
+signature (36 x 36 uint8, 1.3 kB) comes with the facts (the decode stage computes it with the centre
+hash: :func:`cell_features`); it is computed here only for facts that lack it. With ``map_fn`` the index searches and every pixel test run
 in parallel; tests are pure functions of their two images, cut into batches from sorted lists, so the
 result is the same for any number of workers. Everything is sorted by relpath first, so the result
 does not depend on the input order.
@@ -117,7 +118,7 @@ SAME_CELL_MIN_CORR = 0.98
 # repeated, white or black) lands: the zero-shift correlation of the two signatures without their outer
 # DUP_GATE_BORDER cells (16 px) is >= DUP_GATE_MIN_CORR for every copy in the robustness sweep
 # (bench/bench_dedup_sweep.py, crops the synth never writes: shifts <= 3 px with any fill, brightness
-# +-8, contrast +-5%, JPEG q >= 80, noise std <= 4 all >= 0.98). Pairs below it, and below the same-cell
+# +-8, contrast +-5%, JPEG q >= 80, noise std <= 4 all >= 0.975). Pairs below it, and below the same-cell
 # prefilter (SAME_CELL_COARSE_CORR), cannot be duplicates, so their pixels are not loaded; the pairs that
 # pass either, and every pair within phash_threshold bits, get the pixel duplicate test (and, when it
 # fails and the coarse stage allows, the fine same-cell test on the same loaded pixels).
@@ -399,11 +400,14 @@ def gate_corr(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
     return float(_gate_corrs({0: sig_a, 1: sig_b}, [(0, 1)])[0])
 
 
-def _gate_corrs(sig: Mapping[int, np.ndarray], pairs: list[tuple[int, int]], chunk: int = 8192) -> np.ndarray:
+def _gate_corrs(sig: Mapping[int, np.ndarray], pairs: list[tuple[int, int]], chunk: int = 2048) -> np.ndarray:
     """Zero-shift normalised correlation of the signatures' interiors (DUP_GATE_BORDER cells cut from each
-    side), for every pair; each interior is centred and scaled once."""
-    if not pairs:
-        return np.zeros(0)
+    side), for every pair. Pairs go in chunks, each centring and scaling just its own images' interiors
+    (the same arithmetic per image whatever the chunk), so memory stays ~30 MB at any scale."""
+    return np.concatenate([np.zeros(0)] + [_gate_chunk(sig, pairs[k : k + chunk]) for k in range(0, len(pairs), chunk)])
+
+
+def _gate_chunk(sig: Mapping[int, np.ndarray], pairs: list[tuple[int, int]]) -> np.ndarray:
     images = sorted({i for pair in pairs for i in pair})
     where = {i: k for k, i in enumerate(images)}
     cut = DUP_GATE_BORDER
@@ -413,7 +417,7 @@ def _gate_corrs(sig: Mapping[int, np.ndarray], pairs: list[tuple[int, int]], chu
     z = np.divide(z, norm, out=np.zeros_like(z), where=norm > 0)  # a flat interior correlates with nothing
     ia = np.array([where[a] for a, _ in pairs], dtype=np.intp)
     ib = np.array([where[b] for _, b in pairs], dtype=np.intp)
-    return np.concatenate([np.einsum("ij,ij->i", z[ia[k : k + chunk]], z[ib[k : k + chunk]]) for k in range(0, len(pairs), chunk)])
+    return np.einsum("ij,ij->i", z[ia], z[ib])
 
 
 def _pixel_tests_of(load_pixels: Callable[[str], np.ndarray], job: tuple[str, str, SameCellTest]) -> PairVerdict:
@@ -657,8 +661,9 @@ def _pair_verdicts(
     counters: Counter,
 ) -> dict[tuple[int, int], PairVerdict]:
     """The verdict on every pair: the coarse stages for all (vectorised, no pixels), then, for the pairs
-    that pass the duplicate gate or the same-cell prefilter and those in ``floor``, one load of both images for the pixel duplicate test
-    and, when it fails and the coarse stage allows, the fine same-cell test (mapped with ``map_fn``)."""
+    that pass the duplicate gate or the same-cell prefilter and those in ``floor``, one load of both
+    images for the pixel duplicate test and, when it fails and the coarse stage allows, the fine
+    same-cell test (mapped with ``map_fn``)."""
     coarse, sig = _coarse_stage(items, tested, load_pixels, map_fn, counters)
     gate = dict(zip(tested, _gate_corrs(sig, tested)))
     pixel_pairs = [
@@ -675,10 +680,10 @@ def _pair_verdicts(
 def _coarse_stage(
     items: list[ImageFacts], tested: list[tuple[int, int]], load_pixels: Callable[[str], np.ndarray], map_fn: Callable, counters: Counter
 ) -> tuple[dict[tuple[int, int], SameCellTest], dict[int, np.ndarray]]:
-    """The coarse same-cell test of every pair (and the signatures it used), in two rounds mapped with ``map_fn``: the signature of each
-    image the facts lack (one load each; the decode stage normally stored them all), then the pairs,
-    vectorised, COARSE_BATCH a task. Batches are cut from the sorted pair list, so results do not depend
-    on the number of workers."""
+    """The coarse same-cell test of every pair, and the signatures it used, in two rounds mapped with
+    ``map_fn``: the signature of each image the facts lack (one load each; the decode stage normally
+    stored them all), then the pairs, vectorised, COARSE_BATCH a task. Batches are cut from the sorted
+    pair list, so results do not depend on the number of workers."""
     involved = sorted({i for pair in tested for i in pair})
     stored = {i: _stored_signature(items[i]) for i in involved}
     missing = [i for i in involved if stored[i] is None]
