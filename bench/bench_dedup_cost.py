@@ -24,6 +24,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -78,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cand = candidates(items, cfg)
     t_search = time.perf_counter() - t0
-    from collections import Counter
-
     t0 = time.perf_counter()
     coarse, sig = dedup._coarse_stage(items, cand, load, map, Counter())
     gate = dict(zip(cand, dedup._gate_corrs(sig, cand)))

@@ -25,7 +25,7 @@ from pipeline.dedup import (
     signature,
 )
 from pipeline.decode import decode_file, load_rgb
-from pipeline.records import ImageFacts, Pair
+from pipeline.records import ImageFacts
 
 try:
     from tests.helpers_images import ORIGINAL_KINDS, SIZE, annotations, archive, centre_hashes_of, config, facts_of, loader, truth
