@@ -551,7 +551,8 @@ def build_release(
     records = run_split(records, config, previous=prev.splits if prev else None)
     moves = run_split_report(records, prev)
     ledger += [
-        LedgerEntry(r.source_file, r.label_name, "kept", "", split=r.split, image_id=r.image_id, sha256=facts[r.source_file].file_sha256)
+        # the reason names the kept copy's duplicate group and look-alike group, with the deciding test's scores
+        LedgerEntry(r.source_file, r.label_name, "kept", dedup.fates[r.source_file][1], split=r.split, image_id=r.image_id, sha256=facts[r.source_file].file_sha256)
         for r in records
     ]
     lap("split")

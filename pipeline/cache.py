@@ -16,8 +16,9 @@ stat key changed, are read and decoded again. ``verify=True`` skips the stat key
 and hashed, and only its sha256 selects the cached facts (slower, but also reuses results for files
 that were copied, touched or renamed).
 
-Dedup's same-cell test results are kept too (``known``/``remember``, dedup.PairMemo): by the two files'
-sha256s and the same context, since a test is a pure function of the two images' pixels.
+Dedup's test results per candidate pair are kept too (``known``/``remember``, dedup.PairMemo: the duplicate
+test where it ran and the same-cell test): by the two files' sha256s and the same context, since both
+tests are pure functions of the two images' pixels.
 
 Every row carries a checksum of its key and content (``row_checksum``); a row that fails it (bit rot, an
 edited file) is ignored and its work is done again, and the build warns about it. So a fact taken from
@@ -48,13 +49,13 @@ import PIL
 import scipy
 
 from pipeline import decode
-from pipeline.dedup import SameCellTest
+from pipeline.dedup import DuplicateTest, PairVerdict, SameCellTest
 from pipeline.records import DecodeFailure, ImageFacts
 
 # Bump to drop every cached result. Not needed for code changes: the context hashes the source of the
 # pipeline modules decode uses (facts_code_digest), so editing them starts a fresh set of results.
-FACTS_VERSION = 2
-DB_NAME = "facts-v2.sqlite3"
+FACTS_VERSION = 3
+DB_NAME = "facts-v3.sqlite3"  # v3: a pair row holds both of dedup's tests (dedup.PairVerdict)
 RACY_SECONDS = 2.0  # FAT keeps mtimes to 2 s; finer file systems are covered with room to spare
 # Commit often: in WAL mode with synchronous=NORMAL a commit is an append without fsync, so cheap.
 COMMIT_EVERY_SECONDS = 0.5
@@ -248,11 +249,11 @@ class FactsCache:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ---- dedup's same-cell tests (dedup.PairMemo) ------------------------------------------------------
+    # ---- dedup's pair tests (dedup.PairMemo) ------------------------------------------------------------
 
-    def known(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], SameCellTest]:
+    def known(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], PairVerdict]:
         wanted = set(pairs)
-        out: dict[tuple[str, str], SameCellTest] = {}
+        out: dict[tuple[str, str], PairVerdict] = {}
         for chunk in _chunks(sorted({a for a, _ in wanted}), _QUERY_CHUNK):
             marks = ",".join("?" * len(chunk))
             for a, b, text, checksum in self._db.execute(
@@ -261,15 +262,15 @@ class FactsCache:
                 if (a, b) not in wanted:
                     continue
                 if checksum == row_checksum(a, b, self.context, text):
-                    out[(a, b)] = SameCellTest(*json.loads(text))
+                    out[(a, b)] = _verdict_from_json(text)
                 else:
                     self.corrupt_rows.append(f"{a}+{b}")
         return out
 
-    def remember(self, results: dict[tuple[str, str], SameCellTest]) -> None:
+    def remember(self, results: dict[tuple[str, str], PairVerdict]) -> None:
         rows = []
-        for (a, b), t in results.items():
-            text = json.dumps(dataclasses.astuple(t))
+        for (a, b), v in results.items():
+            text = _verdict_json(v)
             rows.append((a, b, self.context, text, row_checksum(a, b, self.context, text)))
         self._db.executemany("INSERT OR REPLACE INTO pairs VALUES (?,?,?,?,?)", rows)
         self.commit()
@@ -284,6 +285,16 @@ class FactsCache:
 
     def size(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM facts WHERE context = ?", (self.context,)).fetchone()[0]
+
+
+def _verdict_json(v: PairVerdict) -> str:
+    """[duplicate test fields or null, same-cell test fields or null]; json writes inf/nan as Infinity/NaN."""
+    return json.dumps([None if t is None else dataclasses.astuple(t) for t in (v.duplicate, v.same_cell)])
+
+
+def _verdict_from_json(text: str) -> PairVerdict:
+    dup, cell = json.loads(text)
+    return PairVerdict(None if dup is None else DuplicateTest(*dup), None if cell is None else SameCellTest(*cell))
 
 
 # ImageFacts fields that come from the ingest or the file, not from decoding its content.

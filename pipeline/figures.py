@@ -4,7 +4,8 @@
 - sample_grid.png: a few published crops per class, chosen by smallest image_id (a hash, so an unbiased
   and reproducible pick);
 - dedup_pairs.png: pairs the dedup looked at closely (exact and near duplicates, same-cell look-alikes),
-  with each side's fate, so a maintainer sees at a glance what was merged and what was kept apart.
+  with the test that decided each pair, its scores against the bounds, and each side's fate, so a
+  maintainer sees at a glance what was merged and what was kept apart, borderline pairs first.
 
 No clock, no randomness and no PNG text chunks: the same release gives the same bytes (Pillow writes no
 tIME chunk unless asked).
@@ -30,8 +31,9 @@ THUMB_PX = 64
 PAIR_THUMB_PX = 96
 PAIRS_PER_KIND = 4
 DIFF_GAIN = 4  # the difference tile shows |left - right| times this, so one-level changes stay visible
-# Duplicates are shown hardest first (largest Hamming distance still merged); look-alikes closest first
-# (smallest distance still kept apart): the pairs where a wrong threshold would show first.
+# Near duplicates and look-alikes are shown borderline first (smallest margin to a bound of the tests that
+# decided them: dedup.duplicate_margin / lookalike_margin), then duplicates by largest and look-alikes by
+# smallest pHash distance: the pairs where a wrong threshold would show first.
 KIND_ORDER = ("exact", "near_duplicate", "lookalike")
 KIND_TITLE = {"exact": "identical pixels", "near_duplicate": "near duplicate", "lookalike": "same cell, other focus/crop"}
 BACKGROUND = (255, 255, 255)
@@ -158,8 +160,10 @@ def select_pairs(pairs: Iterable[Pair], per_kind: int) -> list[Pair]:
         by_kind[p.kind].append(p)
     chosen: list[Pair] = []
     for kind in sorted(by_kind, key=_kind_rank):
-        closest_first = kind == "lookalike"
-        ordered = sorted(by_kind[kind], key=lambda p: (p.hamming if closest_first else -p.hamming, p.a, p.b))
+        # at equal margins (or none recorded), duplicates with the largest pHash distance and look-alikes
+        # with the smallest come first
+        sign = 1 if kind == "lookalike" else -1
+        ordered = sorted(by_kind[kind], key=lambda p: (p.margin, sign * p.hamming, p.a, p.b))
         chosen += ordered[:per_kind]
     return chosen
 
@@ -191,8 +195,8 @@ def pair_gallery(
     totals: dict[str, int] = defaultdict(int)
     for p in pairs:
         totals[p.kind] += 1
-    caption_w = 300
-    row_h = size + 2 * PAD
+    caption_w = 420
+    row_h = size + 3 * PAD
     width = PAD + 3 * (size + PAD) + caption_w
     title_h = 44
     img, draw = _canvas(width, title_h + row_h * max(len(shown), 1))
@@ -209,13 +213,23 @@ def pair_gallery(
             img.paste(tile, (PAD + col * (size + PAD), y + PAD))
         x = PAD + 3 * (size + PAD)
         lines = [f"{KIND_TITLE.get(pair.kind, pair.kind)}, pHash distance {pair.hamming}"]
+        lines += [_fit(font, part, caption_w - PAD) for part in _score_lines(pair)]
         for side, rel in (("left", pair.a), ("right", pair.b)):
             fate = fates.get(rel, ("", "", None))[0] or "?"
             lines.append(_fit(font, f"{side}: {fate}", caption_w - PAD))
             lines.append(_fit(font, f"  {rel}", caption_w - PAD))
         for i, line in enumerate(lines):
-            draw.text((x, y + PAD + i * 16), line, fill=INK if i == 0 else MUTED, font=font)
+            draw.text((x, y + PAD + i * 14), line, fill=INK if i == 0 else MUTED, font=font)
     return img
+
+
+def _score_lines(pair: Pair) -> list[str]:
+    """The deciding test and its scores (dedup.describe_*), split at "; " into at most two lines."""
+    if not pair.decided_by or pair.kind == "exact":
+        return [f"decided by: {pair.decided_by or 'not recorded'}"]
+    parts = pair.score.split("; ")
+    head = f"margin {pair.margin:.2f}: {parts[0]}"
+    return [head, "; ".join(parts[1:])] if len(parts) > 1 else [head]
 
 
 # ---- writing and the card section --------------------------------------------------------------------------
@@ -249,8 +263,9 @@ def card_section(figures: list[Figure]) -> str:
 ## Pictures
 
 Class distribution per split, a few crops of every class, and the pairs the dedup compared most closely
-(duplicates it merged and look-alikes of the same cell it kept, each with their pixel difference), drawn from
-this release's data.
+(duplicates it merged and look-alikes of the same cell it kept, each with their pixel difference, the test
+that decided the pair and its scores against the bounds, borderline pairs first), drawn from this release's
+data. `ledger.csv` gives the same test and scores for every duplicate, label conflict and look-alike group.
 
 {links}
 """

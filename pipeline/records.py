@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 # Every raw input ends with exactly one of these fates in ledger.csv.
@@ -68,6 +69,9 @@ class Pair:
     b: str
     kind: str  # "exact", "near_duplicate", "lookalike"
     hamming: int
+    decided_by: str = ""  # the test that confirmed it: "identical pixels", "duplicate test", "same-cell test"
+    score: str = ""  # that test's figures against its bounds, as the ledger and the dedup figure show them
+    margin: float = math.inf  # smallest relative distance to a bound of the tests (0 = on the line)
 
 
 @dataclass

@@ -161,8 +161,9 @@ def test_same_cell_tests_are_remembered_by_file_contents(tmp_path, config):
         filled = dedup(memo, first)
     with FactsCache(tmp_path / "cache", config.image_size) as memo:
         remembered = dedup(memo, second)
-    assert plain["same_cell_tests"] >= 5 and first["same_cell_remembered"] == 0
-    assert second["same_cell_remembered"] == second["same_cell_tests"] == plain["same_cell_tests"]
+    assert plain["same_cell_tests"] >= 5 and first["pairs_remembered"] == 0
+    assert second["pairs_remembered"] == second["same_cell_tests"] + second["pairs_near_duplicate"] == plain["same_cell_tests"] + plain["pairs_near_duplicate"]
+    assert second["duplicate_tests"] == plain["duplicate_tests"] and second.get("duplicate_tests_run", 0) == 0
     assert second.get("pixel_loads", 0) < first["pixel_loads"]
     for result in (filled, remembered):
         assert (result.fates, result.group_of, result.pairs) == (reference.fates, reference.group_of, reference.pairs)
