@@ -22,6 +22,7 @@ from pipeline.exclude import exclusion_reason
 from pipeline.ingest import AnnotationsError, IngestResult, ingest
 from pipeline.overlap import ReadAhead, prefetch
 from pipeline.parquet_writer import write_split
+from pipeline.shards import ShardPlanError, plan_release_split, published_size_bound
 from pipeline.records import FATES, DecodeFailure, DedupResult, ImageFacts, LedgerEntry, RawItem, ReleaseRecord
 from pipeline.split import SplitItem, assign_splits
 from pipeline.validate import record_errors, record_validator
@@ -331,7 +332,6 @@ def write_release(
     split_bytes: dict[str, int] = {}
     shards: dict[str, list[str]] = {}
     tar_shards: dict[str, list[wds_writer.TarShard]] = {}
-    image_suffixes: set[str] = set()
     written: list[dict] = []  # path, size, sha256 of each shard, hashed while it was written
     grid = figures.SampleGrid(records, config.class_names)
 
@@ -348,22 +348,24 @@ def write_release(
         return data
 
     for split in SPLITS:
+        split_records = [r for r in records if r.split == split]
+        plan = shard_plan(raw, split_records, facts, config)
         # One read per image feeds both formats: the tar writer takes each image as the Parquet writer asks for it.
         mtime = wds_writer.release_mtime(config.release_date)
-        with wds_writer.ShardedTarWriter(staging, split, config.max_shard_bytes, mtime, on_shard=checker and checker.tar) as tars:
+        with wds_writer.ShardedTarWriter(staging, split, plan, config.max_shard_bytes, mtime, on_shard=checker and checker.tar) as tars:
             infos = write_split(
                 staging / "data",
                 split,
-                (r for r in records if r.split == split),
+                split_records,
                 lambda r: tars.add(r, read_bytes(r)),
                 config.class_names,
+                shard_rows=plan,
                 max_shard_bytes=config.max_shard_bytes,
                 max_row_group_bytes=config.max_row_group_bytes,
                 image_compression=config.image_compression,
                 on_shard=checker and checker.parquet,
             )
         tar_shards[split] = tars.shards
-        image_suffixes |= tars.suffixes
         shards[split] = [i.path.relative_to(staging).as_posix() for i in infos]
         written += [{"path": rel, "size": i.size, "sha256": i.sha256} for rel, i in zip(shards[split], infos)]
         written += [{"path": t.path, "size": t.size, "sha256": t.sha256} for t in tars.shards]
@@ -375,7 +377,7 @@ def write_release(
         (staging / relpath).parent.mkdir(parents=True, exist_ok=True)
         (staging / relpath).write_text(text, encoding="utf-8")
     entries = write_cards_and_pictures(
-        staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult(), card_sections, written
+        staging, raw, config, counts, split_bytes, tar_shards, grid, dedup or DedupResult(), card_sections, written
     )
     body = dict(manifest_body)
     body["splits"] = {
@@ -385,6 +387,14 @@ def write_release(
     manifest.write_manifest(staging, body, known=entries)
 
 
+def shard_plan(raw: Path, split_records: list[ReleaseRecord], facts: dict[str, ImageFacts], config: ReleaseConfig) -> list[int]:
+    """Rows per shard of one split, the same for both formats (pipeline/shards.py)."""
+    try:
+        return plan_release_split(split_records, [published_size_bound(raw / r.source_file, facts[r.source_file]) for r in split_records], config)
+    except ShardPlanError as exc:
+        raise BuildError(str(exc)) from exc
+
+
 def write_cards_and_pictures(
     staging: Path,
     raw: Path,
@@ -392,18 +402,17 @@ def write_cards_and_pictures(
     counts: dict,
     split_bytes: dict[str, int],
     tar_shards: dict[str, list[wds_writer.TarShard]],
-    image_suffixes: set[str],
     grid: figures.SampleGrid,
     dedup: DedupResult,
     card_sections: list[str] | None = None,
     written: list[dict] = (),
 ) -> list[dict]:
     """The tars' own card, the pictures, the dataset card linking both, then croissant.json, which hashes them all."""
-    wds_writer.write_wds_card(staging, config, tar_shards, image_suffixes)
+    wds_writer.write_wds_card(staging, config, tar_shards)
     pictures = figures.write_figures(
         staging, config, counts, grid, dedup.pairs, dedup.fates, lambda rel: load_rgb(raw / rel, config.image_size)
     )
-    extra_sections = [wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures), *(card_sections or [])]
+    extra_sections = [wds_writer.card_section(tar_shards), figures.card_section(pictures), *(card_sections or [])]
     card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
     entries = manifest.file_entries(staging, known=written)  # shards were hashed as they were written
     croissant.write_croissant(staging, config, counts, entries)

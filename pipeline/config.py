@@ -16,6 +16,7 @@ from pipeline.resources import default_config_path, load_schema
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_MAX_FILE_BYTES = 16_000_000
+DEFAULT_MIN_SHARDS_PER_SPLIT = 16
 
 
 class ConfigError(ValueError):
@@ -108,6 +109,11 @@ class ReleaseConfig:
     @property
     def max_row_group_bytes(self) -> int:
         return self.raw["shards"].get("max_row_group_bytes", 32_000_000)
+
+    @property
+    def min_shards_per_split(self) -> int:
+        """Every split gets at least this many shards of each format (fewer rows: one row per shard)."""
+        return self.raw["shards"].get("min_shards_per_split", DEFAULT_MIN_SHARDS_PER_SPLIT)
 
     @property
     def image_compression(self) -> str:
