@@ -221,6 +221,26 @@ def test_croissant_validates_lists_every_file_and_loads_records(release, manifes
             assert r["images/image"].size == config.image_size
 
 
+def test_mlcroissant_iterates_every_record_without_a_warning(release, manifest, caplog):
+    """No log warning (mlcroissant logs one per record when a transform does not match) and no warning about the
+    data; deprecation warnings raised inside third-party code (pandas via mlcroissant, rdflib) are the libraries'
+    own and do not depend on the release."""
+    import logging
+    import warnings
+
+    import mlcroissant as mlc
+
+    caplog.set_level(logging.WARNING)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = list(mlc.Dataset(jsonld=str(release / CROISSANT)).records("images"))
+    assert len(records) == manifest["counts"]["ledger"]["kept"]
+    assert {s: sum(1 for r in records if r["images/split"] == s.encode()) for s in SPLITS} == {s: manifest["splits"][s]["num_examples"] for s in SPLITS}
+    assert [r.getMessage()[:200] for r in caplog.records if r.levelno >= logging.WARNING] == []
+    ours = [w for w in caught if not (issubclass(w.category, DeprecationWarning) and "site-packages" in w.filename)]
+    assert [f"{w.category.__name__}: {w.message}" for w in ours] == []
+
+
 # ---- pictures ----------------------------------------------------------------------------------------------
 
 
