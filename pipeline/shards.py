@@ -129,11 +129,11 @@ def plan_split(costs: Sequence[RowCost], budget: ShardBudget, *, describe_row=la
     return balanced_counts(n, shards)
 
 
-def release_budget(config: ReleaseConfig, records: Sequence[ReleaseRecord]) -> ShardBudget:
+def release_budget(config: ReleaseConfig, records: Sequence[ReleaseRecord], min_shards: int | None = None) -> ShardBudget:
     longest = max((len(t.encode("utf-8")) for r in records for t in parquet_writer.string_values(r).values() if t), default=0)
     return ShardBudget(
         max_shard_bytes=config.max_shard_bytes,
-        min_shards=config.min_shards_per_split,
+        min_shards=config.min_shards_per_split if min_shards is None else min_shards,
         max_row_group_bytes=config.max_row_group_bytes,
         parquet_file_overhead=parquet_writer.file_overhead_bound(config.class_names),
         parquet_row_group_overhead=parquet_writer.row_group_overhead_bound(longest, config.max_row_group_bytes),
@@ -145,8 +145,10 @@ def row_cost(record: ReleaseRecord, image_bytes: int) -> RowCost:
     return RowCost(parquet_writer.row_bytes_bound(record, image_bytes), wds_writer.sample_bytes(record, image_bytes), image_bytes)
 
 
-def plan_release_split(records: Sequence[ReleaseRecord], image_bytes: Sequence[int], config: ReleaseConfig) -> list[int]:
+def plan_release_split(
+    records: Sequence[ReleaseRecord], image_bytes: Sequence[int], config: ReleaseConfig, *, min_shards: int | None = None
+) -> list[int]:
     """Rows per shard for one split's records (in publishing order), whose images take ``image_bytes``
-    (exact or an upper bound: ``published_size_bound``)."""
+    (exact or an upper bound: ``published_size_bound``); ``min_shards`` overrides the config's minimum."""
     costs = [row_cost(r, n) for r, n in zip(records, image_bytes, strict=True)]
-    return plan_split(costs, release_budget(config, records), describe_row=lambda i: records[i].source_file)
+    return plan_split(costs, release_budget(config, records, min_shards), describe_row=lambda i: records[i].source_file)

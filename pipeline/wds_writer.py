@@ -24,9 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.overlap import HashingWriter
 from pipeline.parquet_writer import check_shard_size
 from pipeline.records import ReleaseRecord
@@ -164,98 +161,3 @@ def manifest_entry(split: str, shards: list[TarShard]) -> dict:
         "pattern": brace_pattern(split, len(shards)),
         "shards": [{"path": s.path, "num_examples": s.num_examples} for s in shards],
     }
-
-
-def hf_features(class_names: list[str]) -> list[dict]:
-    """The card's `dataset_info.features` for the tar columns, the same in every release: `png` as Image,
-    `cls` as ClassLabel with the release's class names, `json` as a JSON object."""
-    names = {str(i): name for i, name in enumerate(class_names)}
-    return [
-        {"name": IMAGE_FIELD, "dtype": "image"},
-        {"name": "cls", "dtype": {"class_label": {"names": names}}},
-        {"name": "json", "dtype": "json"},
-    ]
-
-
-def render_wds_card(config: ReleaseConfig, shards: dict[str, list[TarShard]], split_bytes: dict[str, int]) -> str:
-    """wds/README.md: a card of its own, so `datasets` builds the WebDataset variant with declared features.
-
-    The release's root card keeps only Parquet configs: `datasets` picks one builder for all configs from the
-    first config's files (huggingface/datasets#7101), so a tar config there would be read as Parquet.
-    """
-    present = [s for s in SPLITS if shards.get(s)]
-    header = {
-        "license": config.raw["license"],
-        "pretty_name": f"{config.raw['pretty_name']} (WebDataset shards)",
-        "task_categories": ["image-classification"],
-        "configs": [
-            {
-                "config_name": "default",
-                "default": True,
-                "data_files": [{"split": s, "path": f"{s}-*.tar"} for s in present],
-            }
-        ],
-        "dataset_info": {
-            "features": hf_features(config.class_names),
-            "splits": [
-                {"name": s, "num_bytes": split_bytes.get(s, 0), "num_examples": sum(x.num_examples for x in shards[s])} for s in present
-            ],
-        },
-    }
-    yaml_text = yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000)
-    body = f"""# {config.raw['pretty_name']} {config.version}: WebDataset shards
-
-The same images, labels and metadata as the Parquet shards in `../data/`, as tar shards for streaming
-training. Each sample has the key `image_id` and three members: the image (`png`), `cls` (label index
-into the {len(config.class_names)} class names declared above) and `json` (the record's metadata).
-
-```python
-from datasets import load_dataset
-ds = load_dataset("<release directory>/wds")                 # Image + ClassLabel, as declared above
-```
-
-See `../manifest.json` (`splits.<split>.webdataset.pattern`) for the shard pattern to give `webdataset.WebDataset`.
-"""
-    return f"---\n{yaml_text}---\n\n{body}"
-
-
-def write_wds_card(release_dir: Path, config: ReleaseConfig, shards: dict[str, list[TarShard]]) -> None:
-    if not any(shards.values()):
-        return  # nothing to describe: a release without images has no WebDataset variant
-    split_bytes = {s: sum((release_dir / x.path).stat().st_size for x in shards[s]) for s in SPLITS}
-    text = render_wds_card(config, shards, split_bytes)
-    (release_dir / WDS_DIR / "README.md").write_text(text, encoding="utf-8")
-
-
-def card_section(shards: dict[str, list[TarShard]]) -> str:
-    """The dataset card's section on the WebDataset variant and the Croissant metadata."""
-    croissant = """```python
-import mlcroissant as mlc                                    # Croissant 1.1 metadata with every file's sha256
-records = mlc.Dataset(jsonld="croissant.json").records("images")
-```"""
-    patterns = [(s, brace_pattern(s, len(shards.get(s, [])))) for s in SPLITS]
-    if not any(p for _, p in patterns):
-        return f"\n## Croissant metadata\n\nNo image was published, so there are no WebDataset shards.\n\n{croissant}\n"
-    rows = "\n".join(f"| {s} | {sum(x.num_examples for x in shards[s]):,} | `{p}` |" for s, p in patterns if p)
-    first = next(p for _, p in patterns if p)
-    return f"""
-## WebDataset shards and Croissant metadata
-
-The same records are also published as WebDataset tar shards in `{WDS_DIR}/`: one sample per image, key
-`image_id`, members `<key>.cls` (label index), `<key>.json` (the record's metadata) and the image
-(`<key>.{IMAGE_FIELD}`: the same bytes as the Parquet `image` column). Shard lists and counts are in `manifest.json`.
-
-| split | samples | shard pattern |
-| --- | --- | --- |
-{rows}
-
-```python
-import webdataset as wds                                     # streaming training
-ds = wds.WebDataset("{first}", shardshuffle=False).decode("pil").to_tuple("{IMAGE_FIELD}", "cls", "json")
-
-from datasets import load_dataset                            # the same tars through `datasets`:
-ds = load_dataset("<downloaded release>/{WDS_DIR}")               # their own card declares Image + ClassLabel
-```
-
-{croissant}
-"""

@@ -151,3 +151,13 @@ def test_an_image_larger_than_a_shard_stops_the_build_naming_it(tmp_path, config
     with pytest.raises(BuildError, match=r"monocyte/big.tif: one row alone exceeds \[shards\] max_shard_bytes = 1,000,000"):
         build_release(raw, tmp_path / "rel", _config(config, max_shard_bytes=1_000_000), workers=1)
     assert not (tmp_path / "rel").exists()
+
+
+def test_min_shards_per_split_is_validated_naming_the_key(config):
+    from pipeline.config import ConfigError
+
+    doc = copy.deepcopy(config.raw)
+    doc["shards"]["min_shards_per_split"] = 0
+    with pytest.raises(ConfigError, match=r"key 'shards.min_shards_per_split'"):
+        validate_config(doc, "test config")
+    assert config.min_shards_per_split == 16
