@@ -22,7 +22,9 @@ from pipeline.executor import Executor, batch_size, batched, make_executor
 from pipeline.exclude import exclusion_reason
 from pipeline.ingest import AnnotationsError, IngestResult, ingest
 from pipeline.overlap import ReadAhead, prefetch
-from pipeline.parquet_writer import write_split
+from pipeline.parquet_writer import ShardInfo, write_split
+from pipeline.sample import SAMPLE_DIR, sample_ids
+from pipeline.shards import ShardPlanError, plan_release_split, published_size_bound
 from pipeline.records import FATES, DecodeFailure, DedupResult, ImageFacts, LedgerEntry, RawItem, ReleaseRecord
 from pipeline.split import SplitItem, assign_splits
 from pipeline.validate import record_errors, record_validator
@@ -396,9 +398,13 @@ def write_release(
     split_bytes: dict[str, int] = {}
     shards: dict[str, list[str]] = {}
     tar_shards: dict[str, list[wds_writer.TarShard]] = {}
-    image_suffixes: set[str] = set()
     written: list[dict] = []  # path, size, sha256 of each shard, hashed while it was written
     grid = figures.SampleGrid(records, config.class_names)
+    picked = sample_ids(records, config.sample_fraction)
+    # the sample rows' bytes, from the same read as their full-split rows, until the split's sample is written
+    sample_bytes: dict[str, bytes] = {}
+    sample_rows: dict[str, int] = {}
+    sample_shards: dict[str, list[str]] = {}
 
     # Images are read (and the few lossy inputs re-encoded) ahead by threads, in the order the writers ask
     # for them: split by split, each in publishing order.
@@ -410,29 +416,37 @@ def write_release(
         if expected is not record:
             raise BuildError(f"write stage asked for {record.source_file} out of order (expected {expected.source_file})")
         grid.offer(record, data)
+        if record.image_id in picked:
+            sample_bytes[record.image_id] = data
         return data
 
     for split in SPLITS:
+        split_records = [r for r in records if r.split == split]
+        plan = shard_plan(split_records, [published_size_bound(raw / r.source_file, facts[r.source_file]) for r in split_records], config)
         # One read per image feeds both formats: the tar writer takes each image as the Parquet writer asks for it.
         mtime = wds_writer.release_mtime(config.release_date)
-        with wds_writer.ShardedTarWriter(staging, split, config.max_shard_bytes, mtime, on_shard=checker and checker.tar) as tars:
+        with wds_writer.ShardedTarWriter(staging, split, plan, config.max_shard_bytes, mtime, on_shard=checker and checker.tar) as tars:
             infos = write_split(
                 staging / "data",
                 split,
-                (r for r in records if r.split == split),
+                split_records,
                 lambda r: tars.add(r, read_bytes(r)),
                 config.class_names,
+                shard_rows=plan,
                 max_shard_bytes=config.max_shard_bytes,
                 max_row_group_bytes=config.max_row_group_bytes,
                 image_compression=config.image_compression,
                 on_shard=checker and checker.parquet,
             )
         tar_shards[split] = tars.shards
-        image_suffixes |= tars.suffixes
         shards[split] = [i.path.relative_to(staging).as_posix() for i in infos]
         written += [{"path": rel, "size": i.size, "sha256": i.sha256} for rel, i in zip(shards[split], infos)]
         written += [{"path": t.path, "size": t.size, "sha256": t.sha256} for t in tars.shards]
         split_bytes[split] = sum(i.path.stat().st_size for i in infos)
+        sample_infos = write_sample_split(staging, split, [r for r in split_records if r.image_id in picked], sample_bytes, config)
+        sample_rows[split] = sum(i.rows for i in sample_infos)
+        sample_shards[split] = [i.path.relative_to(staging).as_posix() for i in sample_infos]
+        written += [{"path": i.path.relative_to(staging).as_posix(), "size": i.size, "sha256": i.sha256} for i in sample_infos]
     ahead.close()
     progress.finish("write")
     (staging / manifest.LEDGER).write_text(manifest.ledger_text(ledger), encoding="utf-8")
@@ -440,14 +454,43 @@ def write_release(
         (staging / relpath).parent.mkdir(parents=True, exist_ok=True)
         (staging / relpath).write_text(text, encoding="utf-8")
     entries = write_cards_and_pictures(
-        staging, raw, config, counts, split_bytes, tar_shards, image_suffixes, grid, dedup or DedupResult(), card_sections, written
+        staging, raw, config, counts, split_bytes, tar_shards, sample_rows, grid, dedup or DedupResult(), card_sections, written
     )
     body = dict(manifest_body)
     body["splits"] = {
         s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s], "webdataset": wds_writer.manifest_entry(s, tar_shards[s])}
         for s in SPLITS
     }
+    body["sample"] = {
+        "fraction": config.sample_fraction,
+        "splits": {s: {"num_examples": sample_rows[s], "parquet": sample_shards[s]} for s in SPLITS},
+    }
     manifest.write_manifest(staging, body, known=entries)
+
+
+def shard_plan(split_records: list[ReleaseRecord], sizes: list[int], config: ReleaseConfig, min_shards: int | None = None) -> list[int]:
+    """Rows per shard of one split, the same for both formats (pipeline/shards.py); ``sizes``: each image's
+    published bytes, exact or an upper bound."""
+    try:
+        return plan_release_split(split_records, sizes, config, min_shards=min_shards)
+    except ShardPlanError as exc:
+        raise BuildError(str(exc)) from exc
+
+
+def write_sample_split(staging: Path, split: str, picked: list[ReleaseRecord], images: dict[str, bytes], config: ReleaseConfig) -> list[ShardInfo]:
+    """The card's `sample` config for one split (pipeline/sample.py): Parquet only, as few shards as the byte
+    bound allows, the very bytes of the full split's rows (taken out of ``images``)."""
+    return write_split(
+        staging / SAMPLE_DIR,
+        split,
+        picked,
+        lambda r: images.pop(r.image_id),
+        config.class_names,
+        shard_rows=shard_plan(picked, [len(images[r.image_id]) for r in picked], config, min_shards=1),
+        max_shard_bytes=config.max_shard_bytes,
+        max_row_group_bytes=config.max_row_group_bytes,
+        image_compression=config.image_compression,
+    )
 
 
 def write_cards_and_pictures(
@@ -457,21 +500,20 @@ def write_cards_and_pictures(
     counts: dict,
     split_bytes: dict[str, int],
     tar_shards: dict[str, list[wds_writer.TarShard]],
-    image_suffixes: set[str],
+    sample_rows: dict[str, int],
     grid: figures.SampleGrid,
     dedup: DedupResult,
     card_sections: list[str] | None = None,
     written: list[dict] = (),
 ) -> list[dict]:
     """The tars' own card, the pictures, the dataset card linking both, then croissant.json, which hashes them all."""
-    wds_writer.write_wds_card(staging, config, tar_shards, image_suffixes)
+    card.write_wds_card(staging, config, tar_shards)
     pictures = figures.write_figures(
         staging, config, counts, grid, dedup.pairs, dedup.fates, lambda rel: load_rgb(raw / rel, config.image_size)
     )
-    extra_sections = [
-        wds_writer.card_section(tar_shards, image_suffixes), figures.card_section(pictures), card.loading_safely_section(config), *(card_sections or [])
-    ]
-    card.write_card(staging, card.render_card(config, counts, split_bytes, extra_sections=extra_sections))
+    extra_sections = [card.wds_and_croissant_section(config, tar_shards), figures.card_section(pictures), card.loading_safely_section(config), *(card_sections or [])]
+    layout = card.Layout({s: len(tar_shards[s]) for s in SPLITS}, sample_rows)
+    card.write_card(staging, card.render_card(config, counts, split_bytes, layout, extra_sections=extra_sections))
     entries = manifest.file_entries(staging, known=written)  # shards were hashed as they were written
     croissant.write_croissant(staging, config, counts, entries)
     return entries  # the manifest reuses these digests instead of hashing every shard again

@@ -5,12 +5,31 @@ Prose comes from the config's [datasheet] table; every figure comes from the bui
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from pipeline import snippets
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.dedup import CENTRE_RADIUS
+from pipeline.sample import SAMPLE_DIR
+from pipeline.snippets import fence
+from pipeline.wds_writer import IMAGE_FIELD, WDS_DIR, TarShard, brace_pattern
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The files the card's snippets and prose refer to: shards per split (the same number in both formats)
+    and rows per split of the `sample` config."""
+
+    shards: dict[str, int]
+    sample_rows: dict[str, int]
+
+    @property
+    def first_split(self) -> str | None:
+        """The split the snippets read: train, or the first split with images."""
+        return next((s for s in SPLITS if self.shards.get(s)), None)
 
 
 def size_category(n: int) -> str:
@@ -20,7 +39,7 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def card_header(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int]) -> dict:
+def card_header(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int], layout: Layout) -> dict:
     names = {str(i): name for i, name in enumerate(config.class_names)}
     splits = counts["splits"]
     return {
@@ -35,7 +54,12 @@ def card_header(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int]
                 "default": True,
                 # an empty split has no shard and is left out: `datasets` cannot read a Parquet file of no rows
                 "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in SPLITS if splits[s]["total"]],
-            }
+            },
+            *(
+                [{"config_name": "sample", "data_files": [{"split": s, "path": f"{SAMPLE_DIR}/{s}-*.parquet"} for s in SPLITS if layout.sample_rows.get(s)]}]
+                if any(layout.sample_rows.values())
+                else []
+            ),
         ],
         "dataset_info": {
             "features": [
@@ -74,9 +98,83 @@ def cleaning_table(counts: dict) -> str:
     return _table(["fate", "images"], rows)
 
 
-def render_card(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int], extra_sections: list[str] | None = None) -> str:
+def class_order(config: ReleaseConfig) -> str:
+    return ", ".join(f"{i} `{name}`" for i, name in enumerate(config.class_names))
+
+
+def rare_classes(config: ReleaseConfig, counts: dict) -> str:
+    """The classes with fewer than the config's minimum of images in some split, with their measured counts."""
+    floor = config.rare_class_min_images
+    present = [s for s in SPLITS if counts["splits"][s]["total"]]
+    lines = []
+    for c in config.class_names:
+        per_split = {s: counts["splits"][s]["per_class"].get(c, 0) for s in present}
+        short = [s for s, n in per_split.items() if n < floor]
+        if short:
+            where = ", ".join(f"{s} {n:,}" for s, n in per_split.items())
+            lines.append(f"- `{c}`: {where} (under {floor} in {', '.join(short)})")
+    if not lines:
+        return f"Every class has at least {floor} images in every split."
+    return (
+        f"**Rare classes.** These classes have fewer than {floor} images in a split, too few for reliable "
+        f"per-class metrics there (a class with 0 images in a split cannot be evaluated on it):\n\n" + "\n".join(lines)
+    )
+
+
+def sample_text(config: ReleaseConfig, layout: Layout) -> str:
+    rows = layout.sample_rows
+    split_counts = ", ".join(f"{rows.get(s, 0):,} {s}" for s in SPLITS if layout.shards.get(s))
+    return (
+        f"The `sample` config holds {sum(rows.values()):,} images ({split_counts}): {config.sample_fraction * 100:g}% of each "
+        f"class in each split, at least one image of every class a split has (those with the smallest `image_id`), "
+        f"for quick tries and the Hub's dataset viewer."
+    )
+
+
+def how_to_load(config: ReleaseConfig, layout: Layout) -> str:
+    """The card's loading section: the Hub repository (when the config or `--repo` names one) and a local copy."""
+    split = layout.first_split
+    if split is None:
+        return "## How to load\n\nThis release has no images.\n"
+    local = snippets.Source(snippets.local_dir(config))
+    hub = snippets.hub_source(config)
+    sample = any(layout.sample_rows.values())
+    parts = [
+        "## How to load",
+        f"Label `i` is the `i`-th class name (`features[\"label\"].names`), in the config's order, which is the order of "
+        f"the class table below and not alphabetical: {class_order(config)}.",
+    ]
+    if hub is not None:
+        parts += [
+            f"From the Hub repository `{config.repo_id}` at this release's tag `{hub.revision}`:",
+            fence(snippets.datasets_block(hub, split, sample=sample)),
+            f"A local copy of the whole release, in the directory `{local.path}` that the blocks below read:",
+            fence(snippets.download_block(config)),
+        ]
+    parts += [
+        f"From a local copy of this release, the directory `{local.path}`:",
+        fence(snippets.datasets_block(local, split, sample=sample)),
+    ]
+    if sample:
+        parts.append(sample_text(config, layout))
+    torch_source = hub or local
+    shards = layout.shards[split]
+    parts += [
+        "### PyTorch",
+        f"Each split has at least {config.min_shards_per_split} shards in each format (one row per shard when it has fewer rows), "
+        f"with rows balanced to within one, so DataLoader workers share the work: "
+        f"{', '.join(f'{s} {n}' for s, n in layout.shards.items() if n)} shards. "
+        "Parquet through `datasets`, map-style and streaming:",
+        fence(snippets.torch_parquet_block(torch_source, split, shards)),
+        f"The WebDataset tars (`{WDS_DIR}/`) through the `webdataset` library:",
+        fence(snippets.torch_wds_block(snippets.tar_dir_code(torch_source, split, in_subfolder=True), split, shards)),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def render_card(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int], layout: Layout, extra_sections: list[str] | None = None) -> str:
     ds = config.datasheet
-    header = yaml.safe_dump(card_header(config, counts, split_bytes), sort_keys=False, allow_unicode=True, width=1000)
+    header = yaml.safe_dump(card_header(config, counts, split_bytes, layout), sort_keys=False, allow_unicode=True, width=1000)
     size = config.image_size
     body = f"""# {config.raw['pretty_name']}
 
@@ -84,14 +182,7 @@ Version **{config.version}**, released {config.release_date}. License: `{config.
 {counts['ledger']['kept']:,} images of single nucleated cells in {len(config.class_names)} classes, split into
 train / validation / test ({', '.join(f"{counts['splits'][s]['total']:,}" for s in SPLITS)}).
 
-## How to load
-
-```python
-from datasets import load_dataset
-ds = load_dataset("<this repository or directory>")          # add revision="v{config.version}" on the Hub
-ds["train"].features["label"].names                         # the {len(config.class_names)} class names
-```
-
+{how_to_load(config, layout)}
 Every file of this release is listed with its size and sha256 in `manifest.json`; `ledger.csv` gives the
 fate of every raw input image (kept, duplicate, label_conflict, excluded, invalid) and the reason.
 
@@ -103,15 +194,19 @@ fate of every raw input image (kept, duplicate, label_conflict, excluded, invali
 
 {ds.get('image_description', f'Images are {size[0]} x {size[1]} RGB.')}
 
-Each record has `image` (the lossless image), `label` (class index; names below), `image_id` (first 16 hex
-digits of the sha256 of the decoded RGB pixels, stable across releases), `source_file` (path in the raw
-archive), `patient_id` (pseudonymous, where known), `annotator`, `group_id` (images of the same cell at
-another focus or crop share it), `pixel_sha256` and `phash`. Splits are stratified by label and grouped:
-all images of one patient and of one look-alike group are in the same split.
+Each record has `image` (the published image bytes: the source file when lossless, else a PNG of its pixels),
+`label` (class index; names below), `image_id` (first 16 hex digits of the sha256 of the decoded RGB pixels,
+stable across releases), `source_file` (path in the raw archive), `patient_id` (pseudonymous, where known),
+`annotator`, `group_id` (images of the same cell at another focus or crop share it), `pixel_sha256`, `phash` and
+`extra` (further annotation columns as a JSON object, `{{}}` when none). The WebDataset tars hold the same
+record as `<image_id>.{IMAGE_FIELD}` (the image), `.cls` (the label) and `.json` (the metadata). Splits are
+stratified by label and grouped: all images of one patient and of one look-alike group are in the same split.
 
 {class_table(config, counts)}
 
 Classes are strongly imbalanced; this reflects how often the cell types occur.
+
+{rare_classes(config, counts)}
 
 ## Collection process
 
@@ -150,7 +245,8 @@ Cleaning, as the dataset's paper describes it, reproduced by this release's buil
 
 ## Distribution
 
-Published as Parquet shards (`data/`) readable by `datasets.load_dataset`; license `{config.raw['license']}`.
+Published as Parquet shards (`data/`, and the `sample` config in `{SAMPLE_DIR}/`) readable by `datasets.load_dataset`, and
+as WebDataset tar shards (`{WDS_DIR}/`) of the same records; license `{config.raw['license']}`.
 {('Homepage: ' + config.raw['homepage']) if config.raw.get('homepage') else ''}
 
 ## Maintenance
@@ -184,7 +280,7 @@ A copy of this release that you did not build yourself is untrusted input: treat
   `Image(decode=False)`: otherwise the card chooses the files and every Pillow format is tried (an EPS image
   starts Ghostscript).
 - With `webdataset`, never call `.decode(...)`: its default handlers unpickle `.pyd` and `.pickle` members.
-  Pick the members first, `.to_tuple("tif;png", "cls", "json")`, and decode them yourself.
+  Pick the members first, `.to_tuple("png", "cls", "json")`, and decode them yourself.
 - Build shard lists from the file names in `manifest.json`, each checked against `wds/<split>-NNNNNN.tar`;
   never hand webdataset a URL or brace pattern read from a file (`pipe:` runs a command).
 - Give `croissant.json` to mlcroissant only after checking that it names no URL, archive or path outside
@@ -196,3 +292,101 @@ The mll23-pipeline README ("Loading a release") has the complete code, tested on
 
 def write_card(release_dir: Path, text: str) -> None:
     (release_dir / "README.md").write_text(text, encoding="utf-8")
+
+
+def wds_features(class_names: list[str]) -> list[dict]:
+    """The tars' card `dataset_info.features`, the same in every release: `png` as Image, `cls` as ClassLabel
+    with the release's class names, `json` as a JSON object."""
+    names = {str(i): name for i, name in enumerate(class_names)}
+    return [
+        {"name": IMAGE_FIELD, "dtype": "image"},
+        {"name": "cls", "dtype": {"class_label": {"names": names}}},
+        {"name": "json", "dtype": "json"},
+    ]
+
+
+def wds_loading(config: ReleaseConfig, shards: dict[str, list[TarShard]]) -> str:
+    """The tars' card's snippets: the webdataset branch of the Hub repository (its root is this folder) and
+    the folder of a local copy."""
+    split = next(s for s in SPLITS if shards.get(s))
+    local = snippets.Source(f"{snippets.local_dir(config)}/{WDS_DIR}")
+    hub = snippets.hub_source(config, snippets.WDS_TAG_SUFFIX)
+    parts = []
+    if hub is not None:
+        parts += [
+            f"From the Hub repository `{config.repo_id}` at tag `{hub.revision}` (branch `webdataset`, whose root is this folder):",
+            fence(snippets.datasets_block(hub, split, sample=False, tars=True)),
+        ]
+    parts += [f"From a local copy of the release, the folder `{local.path}`:", fence(snippets.datasets_block(local, split, sample=False, tars=True))]
+    source = hub or local
+    parts += [
+        f"Through the `webdataset` library and PyTorch ({split} has {len(shards[split])} shards):",
+        fence(snippets.torch_wds_block(snippets.tar_dir_code(source, split, in_subfolder=False), split, len(shards[split]))),
+    ]
+    return "\n\n".join(parts)
+
+
+def render_wds_card(config: ReleaseConfig, shards: dict[str, list[TarShard]], split_bytes: dict[str, int]) -> str:
+    """wds/README.md: a card of its own, so `datasets` builds the WebDataset variant with declared features.
+
+    The release's root card keeps only Parquet configs: `datasets` picks one builder for all configs from the
+    first config's files (huggingface/datasets#7101), so a tar config there would be read as Parquet.
+    """
+    present = [s for s in SPLITS if shards.get(s)]
+    header = {
+        "license": config.raw["license"],
+        "pretty_name": f"{config.raw['pretty_name']} (WebDataset shards)",
+        "task_categories": ["image-classification"],
+        "configs": [{"config_name": "default", "default": True, "data_files": [{"split": s, "path": f"{s}-*.tar"} for s in present]}],
+        "dataset_info": {
+            "features": wds_features(config.class_names),
+            "splits": [{"name": s, "num_bytes": split_bytes.get(s, 0), "num_examples": sum(x.num_examples for x in shards[s])} for s in present],
+        },
+    }
+    yaml_text = yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000)
+    body = f"""# {config.raw['pretty_name']} {config.version}: WebDataset shards
+
+The same images, labels and metadata as the Parquet shards in `../data/`, as tar shards for streaming
+training. Each sample has the key `image_id` and three members: `{IMAGE_FIELD}` (the image bytes, the same as the
+Parquet `image` column, whatever their format: Pillow opens them by content), `cls` (label index into the
+{len(config.class_names)} class names declared above, in the config's order: {class_order(config)}) and `json` (the
+record's metadata).
+
+{wds_loading(config, shards)}
+
+`../manifest.json` lists each split's shards (`splits.<split>.webdataset`).
+"""
+    return f"---\n{yaml_text}---\n\n{body}"
+
+
+def write_wds_card(release_dir: Path, config: ReleaseConfig, shards: dict[str, list[TarShard]]) -> None:
+    if not any(shards.values()):
+        return  # nothing to describe: a release without images has no WebDataset variant
+    split_bytes = {s: sum((release_dir / x.path).stat().st_size for x in shards[s]) for s in SPLITS}
+    (release_dir / WDS_DIR / "README.md").write_text(render_wds_card(config, shards, split_bytes), encoding="utf-8")
+
+
+def wds_and_croissant_section(config: ReleaseConfig, shards: dict[str, list[TarShard]]) -> str:
+    """The dataset card's section on the WebDataset variant and the Croissant metadata."""
+    croissant = fence(snippets.croissant_block(snippets.local_dir(config)))
+    patterns = [(s, brace_pattern(s, len(shards.get(s, [])))) for s in SPLITS]
+    if not any(p for _, p in patterns):
+        return f"\n## Croissant metadata\n\nNo image was published, so there are no WebDataset shards.\n\n{croissant}\n"
+    rows = "\n".join(f"| {s} | {sum(x.num_examples for x in shards[s]):,} | {len(shards[s])} | `{p}` |" for s, p in patterns if p)
+    return f"""
+## WebDataset shards and Croissant metadata
+
+The same records are also published as WebDataset tar shards in `{WDS_DIR}/`: one sample per image, key
+`image_id`, members `<key>.cls` (label index), `<key>.json` (the record's metadata) and `<key>.{IMAGE_FIELD}` (the same
+bytes as the Parquet `image` column). Shard `i` of a split holds the same rows in both formats; shard lists and
+counts are in `manifest.json`. `{WDS_DIR}/README.md` is their own card (on the Hub: branch `webdataset`).
+
+| split | samples | shards | shard pattern |
+| --- | --- | --- | --- |
+{rows}
+
+`croissant.json` describes the release in Croissant 1.1 (every file with its sha256, the classes, one record per
+image), read here from a local copy:
+
+{croissant}
+"""

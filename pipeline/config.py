@@ -16,6 +16,9 @@ from pipeline.resources import default_config_path, load_schema
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_MAX_FILE_BYTES = 16_000_000
+DEFAULT_MIN_SHARDS_PER_SPLIT = 16
+DEFAULT_SAMPLE_FRACTION = 0.01
+DEFAULT_RARE_CLASS_MIN_IMAGES = 30
 
 
 class ConfigError(ValueError):
@@ -110,8 +113,28 @@ class ReleaseConfig:
         return self.raw["shards"].get("max_row_group_bytes", 32_000_000)
 
     @property
+    def min_shards_per_split(self) -> int:
+        """Every split gets at least this many shards of each format (fewer rows: one row per shard)."""
+        return self.raw["shards"].get("min_shards_per_split", DEFAULT_MIN_SHARDS_PER_SPLIT)
+
+    @property
     def image_compression(self) -> str:
         return self.raw["shards"].get("image_compression", "none")
+
+    @property
+    def repo_id(self) -> str | None:
+        """The Hub repository the card's snippets load from (config [card] repo_id, or `mll23 build --repo`)."""
+        return self.raw.get("card", {}).get("repo_id")
+
+    @property
+    def sample_fraction(self) -> float:
+        """Share of each class of each split in the card's `sample` config."""
+        return float(self.raw.get("card", {}).get("sample_fraction", DEFAULT_SAMPLE_FRACTION))
+
+    @property
+    def rare_class_min_images(self) -> int:
+        """The card flags a class with fewer images than this in a split."""
+        return self.raw.get("card", {}).get("rare_class_min_images", DEFAULT_RARE_CLASS_MIN_IMAGES)
 
     @property
     def datasheet(self) -> dict[str, str]:
@@ -161,8 +184,9 @@ def validate_config(doc: dict[str, Any], source: str) -> ReleaseConfig:
     return ReleaseConfig(raw=doc, source=source)
 
 
-def load_config(path: Path | None = None, *, version: str | None = None) -> ReleaseConfig:
-    """Load and validate a release config; the shipped MLL23 config when path is None."""
+def load_config(path: Path | None = None, *, version: str | None = None, repo_id: str | None = None) -> ReleaseConfig:
+    """Load and validate a release config; the shipped MLL23 config when path is None. ``version`` and
+    ``repo_id`` override the config's (and are validated with it)."""
     path = Path(path) if path is not None else default_config_path()
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -172,4 +196,6 @@ def load_config(path: Path | None = None, *, version: str | None = None) -> Rele
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     if version is not None:
         doc["version"] = version
+    if repo_id is not None:
+        doc.setdefault("card", {})["repo_id"] = repo_id
     return validate_config(doc, str(path))

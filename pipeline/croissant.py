@@ -154,7 +154,9 @@ def classes_record_set(config: ReleaseConfig) -> dict:
 
 def images_record_set(config: ReleaseConfig) -> dict:
     # mlcroissant matches from the start of the path and keeps the first group: the split in the shard name.
-    split_regex = r"^(?:.*/)?(" + "|".join(SPLITS) + r")-[0-9]{5}-of-[0-9]{5}\.parquet$"
+    # It applies the transform again to the value it extracted (the bare split name, when it joins the
+    # `references`), and logs a warning per record when that does not match: the shard-name part is optional.
+    split_regex = r"^(?:.*/)?(" + "|".join(SPLITS) + r")(?:-[0-9]{5}-of-[0-9]{5}\.parquet)?$"
     fields = [
         _field(
             "images",

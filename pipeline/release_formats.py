@@ -30,8 +30,8 @@ from pipeline.release_files import show
 # The members of a WebDataset sample: `<key>.<suffix>` with these suffixes only (wds_writer.sample_members).
 # Both `webdataset` and `datasets` decode a member by its suffix (pickle for .pyd, torch for .pth, gunzip
 # for .gz), so any other suffix fails the release before either library sees the tar.
-WDS_MEMBER_SUFFIXES = ("cls", "json", "png", "tif")
-WDS_IMAGE_SUFFIXES = ("png", "tif")
+WDS_MEMBER_SUFFIXES = ("cls", "json", "png")
+WDS_IMAGE_SUFFIXES = ("png",)  # one image member whatever the source format (Pillow reads the format from the bytes)
 _WDS_MEMBER = re.compile(r"^([0-9A-Za-z_-]{1,100})\.([0-9A-Za-z_.-]{1,32})$")
 _COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 MAX_LISTED_MEMBERS = 20  # refused members of one tar listed before the scan stops naming them
@@ -40,7 +40,7 @@ MAX_LISTED_MEMBERS = 20  # refused members of one tar listed before the scan sto
 @dataclass(frozen=True)
 class TarLimits:
     members: int = 1_000_000
-    member_bytes: tuple[tuple[str, int], ...] = (("cls", 64), ("json", 1 << 20), ("png", 64 << 20), ("tif", 64 << 20))
+    member_bytes: tuple[tuple[str, int], ...] = (("cls", 64), ("json", 1 << 20), ("png", 64 << 20))
 
     def member_cap(self, suffix: str) -> int:
         return dict(self.member_bytes)[suffix]

@@ -82,6 +82,7 @@ _LAYOUT = re.compile(
     r"^(README\.md|croissant\.json|ledger\.csv"
     r"|data/(train|validation|test)-\d{5}-of-\d{5}\.parquet"
     r"|wds/README\.md|wds/(train|validation|test)-\d{6}\.tar"
+    r"|sample/(train|validation|test)-\d{5}-of-\d{5}\.parquet"
     r"|figures/[A-Za-z0-9_-]{1,100}\.png"
     r"|release_notes/v[0-9A-Za-z.-]{1,100}\.md)$"
 )

@@ -45,7 +45,8 @@ def test_build_writes_a_release_whose_ledger_accounts_for_every_input(raw, tmp_p
     parquet = [p for s in manifest["splits"].values() for p in s["parquet"]]
     tars = [t["path"] for s in manifest["splits"].values() for t in s["webdataset"]["shards"]]
     pictures = [f"figures/{name}.png" for name in ("class_distribution_train", "class_distribution_validation", "class_distribution_test", "sample_grid", "dedup_pairs")]
-    assert set(listed) == {"README.md", "ledger.csv", "croissant.json", "wds/README.md", manifest["release_notes"], *parquet, *tars, *pictures}
+    sample = [p for s in manifest["sample"]["splits"].values() for p in s["parquet"]]  # the card's `sample` config
+    assert set(listed) == {"README.md", "ledger.csv", "croissant.json", "wds/README.md", manifest["release_notes"], *parquet, *sample, *tars, *pictures}
     for path, entry in listed.items():
         assert sha256_file(tmp_path / "rel" / path) == entry["sha256"]
     assert sum(s["num_examples"] for s in manifest["splits"].values()) == 23

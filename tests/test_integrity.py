@@ -175,7 +175,7 @@ def _config_text() -> str:
 
 
 CONFIG_CASES = [
-    ("unknown key", lambda t: 'colour = "red"\n' + t, r"key 'colour': unknown key; allowed here: citation, classes"),
+    ("unknown key", lambda t: 'colour = "red"\n' + t, r"key 'colour': unknown key; allowed here: card, citation, classes"),
     ("unknown nested key", lambda t: t.replace("[dedup]\n", "[dedup]\nthreshold = 3\n"), r"key 'dedup.threshold': unknown key; allowed here: conflict_policy, lookalike_threshold, phash_threshold"),
     ("wrong type", lambda t: t.replace("phash_threshold = 4", 'phash_threshold = "4"'), r"key 'dedup.phash_threshold': '4' is not of type 'integer'"),
     ("wrong type (size limit)", lambda t: t.replace("max_file_bytes = 16_000_000", 'max_file_bytes = "16MB"'), r"key 'image.max_file_bytes': '16MB' is not of type 'integer'"),

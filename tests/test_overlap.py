@@ -70,10 +70,10 @@ def test_image_column_codec_and_round_trip(tmp_path, config, codec, expected):
     payload = {r.source_file: bytes([k % 256]) * (3000 + k) for k, r in enumerate(records)}
     infos = write_split(
         tmp_path, "train", records, lambda r: payload[r.source_file], config.class_names,
-        max_shard_bytes=60_000, max_row_group_bytes=20_000, image_compression=codec,
+        shard_rows=[14, 13, 13], max_shard_bytes=60_000, max_row_group_bytes=20_000, image_compression=codec,
     )
-    assert len(infos) == 3 and sum(i.rows for i in infos) == 40
-    assert pq.ParquetFile(infos[0].path).metadata.num_row_groups == 4  # 19 rows, 6 of ~3 kB per 20 kB row group
+    assert [i.rows for i in infos] == [14, 13, 13]
+    assert pq.ParquetFile(infos[0].path).metadata.num_row_groups == 3  # 14 rows, 6 of ~3 kB per 20 kB row group
     back = {}
     for info in infos:
         meta = pq.ParquetFile(info.path).metadata

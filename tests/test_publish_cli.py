@@ -27,7 +27,8 @@ def test_cli_publish_dry_run_then_publish_then_load_by_tag(hub, token, built_rel
     runner = CliRunner()
     dry = runner.invoke(app, ["publish", str(built_release), "--repo", REPO, "--dry-run", "--endpoint", hub.url])
     assert dry.exit_code == 0, dry.output
-    assert "data/train-00000-of-00001.parquet" in dry.output and "nothing was changed" in dry.output
+    first_shard = json.loads((built_release / "manifest.json").read_text())["splits"]["train"]["parquet"][0]
+    assert first_shard in dry.output and "nothing was changed" in dry.output
     assert ("dataset", REPO) not in hub.repos  # a dry run creates nothing
     assert token not in dry.output
 
@@ -51,13 +52,13 @@ def test_cli_publish_dry_run_then_publish_then_load_by_tag(hub, token, built_rel
 
 def test_cli_publish_refuses_a_tampered_release(hub, token, built_release, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", token)
-    shard = built_release / "data" / "train-00000-of-00001.parquet"
+    shard = built_release / json.loads((built_release / "manifest.json").read_text())["splits"]["train"]["parquet"][0]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     result = CliRunner().invoke(app, ["publish", str(built_release), "--repo", REPO, "--endpoint", hub.url])
     assert result.exit_code == 1
-    assert "failed verification" in result.output and "train-00000-of-00001.parquet" in result.output
+    assert "failed verification" in result.output and shard.name in result.output
     assert ("dataset", REPO) not in hub.repos
 
 

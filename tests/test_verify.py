@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import pipeline
 from pipeline.build import build_release
 from pipeline.cli import app
-from pipeline.config import load_config
+from pipeline.config import load_config, validate_config
 from pipeline.manifest import file_entries, read_manifest
 from pipeline.resources import ci_workflow_text
 from pipeline.verify import CHECKS, HubLimits, run_checks, verify_release
@@ -33,7 +33,10 @@ FAST = ("load-datasets",)  # tampered copies: the integrity checks are what is t
 def built(tmp_path_factory):
     base = tmp_path_factory.mktemp("verify")
     simple_raw(base / "raw", LABELS, per_class=6)
-    build_release(base / "raw", base / "releases" / "v1.0.0", load_config(version="1.0.0"), workers=1, notes_dir=base / "release_notes")
+    shipped = load_config(version="1.0.0")
+    # one shard per split: the tampering tests below edit "the" shard of a split
+    config = validate_config({**shipped.raw, "shards": {**shipped.raw["shards"], "min_shards_per_split": 1}}, "test config")
+    build_release(base / "raw", base / "releases" / "v1.0.0", config, workers=1, notes_dir=base / "release_notes")
     return base
 
 

@@ -109,8 +109,8 @@ def test_killed_build_leaves_nothing_partial_and_rerun_is_identical(seed: int, r
 
 
 def test_full_disk_leaves_no_release_and_no_staging(raw: Path, tmp_path: Path):
-    def small_disk() -> None:  # files may not grow past 1 MB: writes then fail as on a full disk
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+    def small_disk() -> None:  # files may not grow past 400 kB (under a shard of two crops): writes then fail as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     out = tmp_path / "rel"
