@@ -76,6 +76,9 @@ WDS_CARD = f"{WDS_DIR}/{CARD}"
 CROISSANT = "croissant.json"
 _SHARD = re.compile(r"^data/(train|validation|test)-\d{5}-of-\d{5}\.parquet$")
 _TAR = re.compile(r"^wds/(train|validation|test)-\d{6}\.tar$")
+# the card's `sample` config: a stratified subset of each split's rows, the very same bytes (pipeline/sample.py)
+_SAMPLE = re.compile(r"^sample/(train|validation|test)-\d{5}-of-\d{5}\.parquet$")
+_CARD_SHARD = re.compile(f"{_SHARD.pattern}|{_SAMPLE.pattern}")
 # The files a release holds (README: Output layout); verify refuses any other name, so no file a loader would
 # treat specially (a loading script, dataset_infos.json, a pickle) can ride along in a release.
 _LAYOUT = re.compile(
@@ -230,6 +233,10 @@ class ReleaseView:
         return [p for p in self.present if _SHARD.match(p)]
 
     @cached_property
+    def sample_paths(self) -> list[str]:
+        return [p for p in self.present if _SAMPLE.match(p)]
+
+    @cached_property
     def tar_paths(self) -> list[str]:
         return [p for p in self.present if _TAR.match(p)]
 
@@ -355,7 +362,7 @@ def check_card(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
             yield error
             continue
         if rel == CARD:
-            yield from _config_problems(rel, header, "", _SHARD, view.present)
+            yield from _config_problems(rel, header, "", _CARD_SHARD, view.present)
         else:
             yield from _config_problems(rel, header, f"{WDS_DIR}/", _TAR, view.present)
         yield from _card_feature_problems(rel, header)
@@ -513,17 +520,28 @@ def check_records(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """Every row against schemas/record.schema.json, and its image: decodes, and has the pixels it claims."""
     validator = record_validator()
     names = view.class_names
-    for shard in view.shard_paths:
-        split = _SHARD.match(shard).group(1)
+    published = {(r.image_id, r.split, r.label) for r in view.rows}
+    for shard in view.shard_paths + view.sample_paths:
+        split = (_SHARD.match(shard) or _SAMPLE.match(shard)).group(1)
         try:
             with view.open(shard) as fh:
                 parquet = open_parquet(fh, shard, opts.read)
                 yield from _parquet_feature_problems(shard, parquet)
                 yield from _shard_records(parquet, shard, split, names, validator)
+                if _SAMPLE.match(shard):
+                    yield from _sample_problems(parquet, shard, split, published)
         except (ReleaseFileError, Refused) as exc:
             yield str(exc)
         except Exception as exc:
             yield f"{shard}: cannot be read as Parquet ({type(exc).__name__}: {exc})"
+
+
+def _sample_problems(parquet: pq.ParquetFile, shard: str, split: str, published: set[tuple[str, str, int]]) -> Iterator[str]:
+    """A sample row is a published row of the same split with the same label (its image was checked above)."""
+    table = parquet.read(columns=["image_id", "label"])
+    for i, (image_id, label) in enumerate(zip(table["image_id"].to_pylist(), table["label"].to_pylist())):
+        if (image_id, split, label) not in published:
+            yield f"{shard} row {i}: image {show(image_id)} with label {show(label)} is not a published {split} row"
 
 
 def _shard_records(parquet: pq.ParquetFile, shard: str, split: str, names: list[str], validator) -> Iterator[str]:
@@ -1106,9 +1124,9 @@ CHECKS: tuple[Check, ...] = (
           check_files, safety=True),
     Check("card", "the cards' YAML loads without aliases or tags; configs name only the release's shards; features of the release's types",
           check_card, safety=True),
-    Check("records", "every Parquet row valid against schemas/record.schema.json; images decode to their pixel_sha256",
+    Check("records", "every Parquet row (sample/ too) valid against schemas/record.schema.json; images decode to their pixel_sha256; sample rows are published rows",
           check_records, safety=True),
-    Check("wds-tars", "the tars are the manifest's, uncompressed, with members <key>.cls/.json/.png/.tif within their size limits",
+    Check("wds-tars", "the tars are the manifest's, uncompressed, with members <key>.cls/.json/.png within their size limits",
           check_webdataset_tars, lambda view: bool(view.tar_paths), safety=True),
     Check("croissant", "croissant.json: this version, every file with its sha256, what mlcroissant runs as the build writes it",
           check_croissant, lambda view: view.has(CROISSANT), safety=True),

@@ -398,11 +398,11 @@ def tar_pax_header(s: Scene) -> Expect:
 
 
 @case
-def tar_member_eps_as_tif(s: Scene) -> Expect:
+def tar_member_eps_as_png(s: Scene) -> Expect:
     tar = kit.first(s.release, "wds/test-*.tar")
-    kit.rewrite_tar(tar, [kit.member("eeeeeeeeeeeeeeee.tif", kit.eps_bytes())])
+    kit.rewrite_tar(tar, [kit.member("eeeeeeeeeeeeeeee.png", kit.eps_bytes())])
     kit.resign(s.release)
-    return Expect(f"{kit.rel(s.release, tar)}: member eeeeeeeeeeeeeeee.tif", "not a TIFF, PNG or JPEG image")
+    return Expect(f"{kit.rel(s.release, tar)}: member eeeeeeeeeeeeeeee.png", "not a TIFF, PNG or JPEG image")
 
 
 @case
@@ -424,7 +424,8 @@ def tar_not_a_tar(s: Scene) -> Expect:
 def _pattern(pattern: str) -> Callable[[Scene], Expect]:
     def corrupt(s: Scene) -> Expect:
         kit.edit_manifest(s.release, lambda d: d["splits"]["train"]["webdataset"].update(pattern=pattern))
-        return Expect("manifest.json: splits.train.webdataset.pattern", "expected wds/train-{000000..000000}.tar")
+        last = len(json.loads((s.release / "manifest.json").read_text())["splits"]["train"]["webdataset"]["shards"]) - 1
+        return Expect("manifest.json: splits.train.webdataset.pattern", f"expected wds/train-{{000000..{last:06d}}}.tar")
 
     return corrupt
 
