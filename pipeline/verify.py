@@ -615,7 +615,7 @@ def check_load_webdataset(view: ReleaseView, opts: VerifyOptions) -> Iterator[st
             continue
         samples: dict[str, list[int]] = defaultdict(list)
         try:
-            pipeline_ = wds.WebDataset(str(view.dir / pattern), shardshuffle=False).decode("pil").to_tuple("__key__", "tif;png", "cls")
+            pipeline_ = wds.WebDataset(str(view.dir / pattern), shardshuffle=False).decode("pil").to_tuple("__key__", "tif;png;jpg", "cls")
             for key, image, cls in pipeline_:
                 image.load()
                 samples[key].append(cls)
