@@ -85,7 +85,7 @@ def synth(
     scale: Annotated[float, typer.Option(help="1.0 gives the 41,906 raw crops of MLL23; 0.01 about 420")] = 0.01,
     seed: Annotated[int, typer.Option(help="Random seed; same seed and scale give identical files")] = 0,
     workers: Annotated[int, typer.Option(help="Processes (0: all cores)")] = 0,
-    config: Annotated[Path | None, typer.Option(help="Release config TOML (default: the shipped MLL23 config)")] = None,
+    config: Annotated[Path | None, typer.Option(help="Release config TOML, or a shipped config by name: mll23 (default), matek19, acevedo20")] = None,
 ) -> None:
     """Write realistic synthetic raw crops with planted duplicates, conflicts, dysplastic cells and look-alikes."""
     from pipeline.synth import synthesize
