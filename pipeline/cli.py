@@ -279,3 +279,26 @@ def publish(
 
 def main() -> None:  # pragma: no cover - console entry
     app()
+
+
+@app.command()
+def harmonise(
+    releases: Annotated[list[Path], typer.Argument(help="Source release directories (built with `mll23 build`), e.g. MLL23, Matek 2019, Acevedo 2020")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Harmonised release directory to create")],
+    map_path: Annotated[Path | None, typer.Option("--map", help="Label map CSV: harmonised,<source>_label,... (default: the shipped map of the 11 shared classes)")] = None,
+    name: Annotated[str, typer.Option(help="Dataset name of the harmonised release")] = "blood-cells-harmonised",
+    version: Annotated[str, typer.Option(help="Version X.Y.Z of the harmonised release")] = "1.0.0",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing release directory")] = False,
+) -> None:
+    """One release of several releases' shared classes: a `source` column, per-source and leave-one-source-out configs."""
+    from pipeline.harmonise import HarmoniseError, iter_report_lines
+    from pipeline.harmonise import harmonise as harmonise_releases
+
+    out, _ = _consoles()
+    try:
+        report = harmonise_releases(releases, out_dir, map_path=map_path, name=name, version=version, overwrite=overwrite)
+    except HarmoniseError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    for line in iter_report_lines(report):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    out.print(f"wrote {report.counts['ledger']['kept']:,} images in {len(report.counts['per_class'])} classes to {out_dir}", highlight=False, soft_wrap=True)
