@@ -51,7 +51,7 @@ from pipeline.croissant import CROISSANT, croissant_document
 from pipeline.decode import open_rgb
 from pipeline.dedup import compare_duplicate
 from pipeline.imagecheck import ImageRejected
-from pipeline.parquet_writer import IMAGE_TYPE, SCHEMA_FIELDS, STRING_COLUMNS, hf_features
+from pipeline.parquet_writer import SCHEMA_FIELDS, STRING_COLUMNS, hf_features
 from pipeline.records import FATES, LedgerEntry
 from pipeline.resources import harmonised_map_path
 
@@ -136,9 +136,13 @@ class HarmoniseReport:
 
 
 def _source_problems(path: Path) -> list[str]:
-    from pipeline.verify import run_checks  # verify imports many readers; load it only when harmonising
+    from pipeline.verify import CHECKS, run_checks  # verify imports many readers; load it only when harmonising
 
-    skip = [c for c in ("version", "counts", "splits", "hub-limits", "load-datasets", "load-webdataset", "load-croissant") if c not in _CHECKS_OF_SOURCES]
+    linked = [p.relative_to(path).as_posix() for p in sorted(path.rglob("*")) if p.is_symlink()]
+    if linked:
+        # a release that links elsewhere could carry any local file into a public harmonised release
+        return [f"symbolic link {p}: a release holds its own files; copy the target in or rebuild" for p in linked]
+    skip = [c.name for c in CHECKS if c.name not in _CHECKS_OF_SOURCES]
     return [f"{r.name}: {f.message}" for r in run_checks(path, skip=skip) for f in r.failures]
 
 
@@ -232,8 +236,8 @@ def read_items(source: Source, label_map: LabelMap) -> list[Item]:
     items = []
     for split in SPLITS:
         for shard in source.shards[split]:
-            table = pq.read_table(source.dir / shard, columns=_META + ["image"])
-            paths = table.column("image").combine_chunks().field("path").to_pylist()
+            table = pq.read_table(source.dir / shard, columns=[*_META, "image.path"])  # not the image bytes
+            paths = table.column("path").to_pylist()
             for index, (row, image_path) in enumerate(zip(table.select(_META).to_pylist(), paths)):
                 label = source.class_names[row["label"]]
                 own = source.own_name[label]
@@ -270,8 +274,15 @@ def _preference(item: Item, order: dict[str, int]) -> tuple:
 
 
 def _image_bytes(source_dirs: dict[str, Path], item: Item) -> bytes:
-    table = pq.read_table(source_dirs[item.source] / item.shard, columns=["image"])
-    return table.column("image")[item.index].as_py()["bytes"]
+    """One image's bytes, reading only the row group that holds it (a shard may be hundreds of MB)."""
+    parquet = pq.ParquetFile(source_dirs[item.source] / item.shard)
+    first_row = 0
+    for g in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(g).num_rows
+        if item.index < first_row + rows:
+            return parquet.read_row_group(g, columns=["image"]).column("image")[item.index - first_row].as_py()["bytes"]
+        first_row += rows
+    raise HarmoniseError(f"{item.source}: {item.shard} has no row {item.index}")
 
 
 def _pixels(source_dirs: dict[str, Path], sizes: dict[str, tuple[int, int]], item: Item) -> np.ndarray | None:
@@ -281,61 +292,85 @@ def _pixels(source_dirs: dict[str, Path], sizes: dict[str, tuple[int, int]], ite
         return None
 
 
-def find_cross_source_duplicates(items: list[Item], sources: list[Source], phash_threshold: int = PHASH_THRESHOLD) -> list[CrossDuplicate]:
-    """The same image in two sources: identical pixels, or a pHash near-duplicate confirmed on the pixels.
-    Marks every copy but the preferred one as a duplicate of it; returns the pairs found."""
-    order = {s.name: i for i, s in enumerate(sources)}
-    dirs = {s.name: s.dir for s in sources}
-    sizes = {s.name: s.image_size for s in sources}
-    live = [i for i in items if i.fate == "kept"]
-    parent = list(range(len(live)))
+class _Groups:
+    """Union-find over item indices: images found to be one image end in one group."""
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
         return x
 
-    kinds: dict[tuple[int, int], tuple[str, int]] = {}
-    by_pixels: dict[str, list[int]] = defaultdict(list)
+    def join(self, a: int, b: int) -> None:
+        self.parent[self.find(b)] = self.find(a)
+
+    def members(self) -> list[list[int]]:
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i in range(len(self.parent)):
+            groups[self.find(i)].append(i)
+        return list(groups.values())
+
+
+def _exact_pairs(live: list[Item]) -> Iterator[tuple[int, int]]:
+    first_of: dict[str, int] = {}
     for i, item in enumerate(live):
-        by_pixels[item.pixel_sha256].append(i)
-    for members in by_pixels.values():
-        for j in members[1:]:
-            if live[j].source != live[members[0]].source:
-                parent[find(j)] = find(members[0])
-                kinds[(members[0], j)] = ("exact", 0)
+        j = first_of.setdefault(item.pixel_sha256, i)
+        if j != i and live[j].source != item.source:
+            yield j, i
+
+
+def _near_pairs(live: list[Item], sources: list[Source], phash_threshold: int) -> Iterator[tuple[int, int]]:
+    """(a, b) of images of two sources with the same size whose pixels confirm one scan."""
+    dirs = {s.name: s.dir for s in sources}
+    sizes = {s.name: s.image_size for s in sources}
     hashes = [int(item.phash, 16) for item in live]
     for a, b in neardup.near_pairs(hashes, phash_threshold).tolist():
         ia, ib = live[a], live[b]
         if ia.source == ib.source or ia.pixel_sha256 == ib.pixel_sha256 or sizes[ia.source] != sizes[ib.source]:
-            continue  # same source: its own build decided; different sizes: not the same scan
-        pa_, pb_ = _pixels(dirs, sizes, ia), _pixels(dirs, sizes, ib)
-        if pa_ is not None and pb_ is not None and compare_duplicate(pa_, pb_).duplicate:
-            parent[find(b)] = find(a)
-            kinds[(a, b)] = ("near_duplicate", (hashes[a] ^ hashes[b]).bit_count())
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(live)):
-        groups[find(i)].append(i)
+            continue  # same source: its own build decided; same pixels: found exactly; other size: not one scan
+        pixels_a, pixels_b = _pixels(dirs, sizes, ia), _pixels(dirs, sizes, ib)
+        if pixels_a is not None and pixels_b is not None and compare_duplicate(pixels_a, pixels_b).duplicate:
+            yield a, b
+
+
+def _phash_distance(a: Item, b: Item) -> int:
+    return (int(a.phash, 16) ^ int(b.phash, 16)).bit_count()
+
+
+def _mark_copies(live: list[Item], members: list[int], order: dict[str, int]) -> list[CrossDuplicate]:
+    """Keep the preferred copy of one image found in several sources; the others become its duplicates."""
+    winner = min(members, key=lambda i: _preference(live[i], order))
+    kept = live[winner]
     found = []
-    for members in groups.values():
-        if len({live[i].source for i in members}) < 2:
-            continue
-        winner = min(members, key=lambda i: _preference(live[i], order))
-        for i in sorted(members, key=lambda i: live[i].path):
-            if i == winner:
-                continue
-            kind, distance = kinds.get((min(i, winner), max(i, winner)), ("near_duplicate" if live[i].pixel_sha256 != live[winner].pixel_sha256 else "exact", 0))
-            if live[i].source == live[winner].source:
-                continue  # a source's own look-alikes stay as its build left them
-            what = "the same pixels as" if kind == "exact" else f"a near-duplicate (pHash distance {distance}, confirmed on pixels) of"
-            live[i].fate = "duplicate"
-            live[i].duplicate_of = live[winner].path
-            live[i].reason = (
-                f"cross-source duplicate: {what} {live[winner].path} (image {live[winner].image_id}), which is kept: "
-                "lossless copies first, then the source given first"
-            )
-            found.append(CrossDuplicate(live[winner].path, live[i].path, kind, distance))
+    for i in sorted(members, key=lambda i: live[i].path):
+        if live[i].source == kept.source:
+            continue  # a source's own look-alikes stay as its build left them
+        exact = live[i].pixel_sha256 == kept.pixel_sha256
+        distance = _phash_distance(live[i], kept)
+        what = "the same pixels as" if exact else f"a near-duplicate (pHash distance {distance}, confirmed on pixels) of"
+        live[i].fate, live[i].duplicate_of = "duplicate", kept.path
+        live[i].reason = (
+            f"cross-source duplicate: {what} {kept.path} (image {kept.image_id}), which is kept: "
+            "lossless copies first, then the source given first"
+        )
+        found.append(CrossDuplicate(kept.path, live[i].path, "exact" if exact else "near_duplicate", distance))
+    return found
+
+
+def find_cross_source_duplicates(items: list[Item], sources: list[Source], phash_threshold: int = PHASH_THRESHOLD) -> list[CrossDuplicate]:
+    """The same image in two sources: identical pixels, or a pHash near-duplicate confirmed on the pixels
+    (dedup.compare_duplicate). Every copy but the preferred one becomes a duplicate of it; returns those."""
+    live = [i for i in items if i.fate == "kept"]
+    groups = _Groups(len(live))
+    for a, b in _exact_pairs(live):
+        groups.join(a, b)
+    for a, b in _near_pairs(live, sources, phash_threshold):
+        groups.join(a, b)
+    order = {s.name: i for i, s in enumerate(sources)}
+    found = [d for members in groups.members() if len({live[i].source for i in members}) > 1 for d in _mark_copies(live, members, order)]
     return sorted(found, key=lambda d: d.dropped)
 
 
