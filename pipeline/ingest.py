@@ -95,7 +95,7 @@ def unknown_folder_reason(folder: str, label_of_folder: dict[str, str]) -> str:
     folder_of_label = {label: name for name, label in label_of_folder.items()}
     hint = closest(folder, sorted(label_of_folder)) or _transposed(folder, sorted(label_of_folder))
     if folder in folder_of_label:
-        hint = f" (it is the label of folder {folder_of_label[folder]!r} in the config: rename the folder, or drop that class's `folder` alias)"
+        hint = f" (it is the label of folder {folder_of_label[folder]!r} in the config: rename the folder, or drop that class's folder alias)"
     elif not hint:
         hint = " (add it to the config: a class with this label, or folder = " + repr(folder) + " on the class it holds)"
     return f"unknown label folder {folder!r}{hint}"
