@@ -49,6 +49,7 @@ from pipeline.card import size_category
 from pipeline.config import LABEL_PATTERN, SPLITS, ReleaseConfig
 from pipeline.croissant import CROISSANT, croissant_document
 from pipeline.decode import open_rgb
+from pipeline.diff import markdown_table
 from pipeline.dedup import compare_duplicate
 from pipeline.imagecheck import ImageRejected
 from pipeline.parquet_writer import SCHEMA_FIELDS, STRING_COLUMNS, hf_features
@@ -146,6 +147,38 @@ def _source_problems(path: Path) -> list[str]:
     return [f"{r.name}: {f.message}" for r in run_checks(path, skip=skip) for f in r.failures]
 
 
+def _own_names(doc: dict, where: Path) -> dict[str, str]:
+    """label -> the dataset's own name for it, from the config the source release records (folder aliases)."""
+    classes = (doc.get("config") or {}).get("classes") or []
+    try:
+        alias = {str(c["label"]): str(c.get("folder", c["label"])) for c in classes}
+    except (TypeError, KeyError):
+        raise HarmoniseError(f"{where}: config.classes is not a list of tables with a label; rebuild the release") from None
+    own = {label: alias.get(label, label) for label in doc["class_names"]}
+    unprintable = sorted(n for n in own.values() if not n.isprintable() or not n.strip())
+    if unprintable:
+        raise HarmoniseError(f"{where}: class names {[repr(n) for n in unprintable]} are empty or hold control characters; rebuild the release")
+    clashing = sorted({n for n in own.values() if list(own.values()).count(n) > 1})
+    if clashing:
+        raise HarmoniseError(f"{where}: the class names {clashing} stand for more than one class; rebuild the release with distinct folder names")
+    return own
+
+
+def _image_size(doc: dict, where: Path) -> tuple[int, int]:
+    image = (doc.get("config") or {}).get("image") or {}
+    try:
+        return int(image.get("width", 0)), int(image.get("height", 0))
+    except (TypeError, ValueError):
+        raise HarmoniseError(f"{where}: config.image width/height are not integers; rebuild the release") from None
+
+
+def _shards(doc: dict) -> dict[str, list[str]]:
+    """split -> the Parquet shards the release holds: every listed data file (the verified file list, so no
+    shard is left out even where splits.*.parquet would omit it)."""
+    paths = sorted(str(f.get("path", "")) for f in doc["files"])
+    return {s: [p for p in paths if _SHARD.match(p) and p.startswith(f"data/{s}-")] for s in SPLITS}
+
+
 def open_source(path: Path) -> Source:
     """A source release, checked; HarmoniseError saying what is wrong with it."""
     path = Path(path)
@@ -155,34 +188,25 @@ def open_source(path: Path) -> Source:
     if problems:
         listed = "\n  ".join(problems[:20])
         raise HarmoniseError(f"{path}: the release does not verify, so it cannot be a source (run `mll23 verify {path}`):\n  {listed}")
+    where = path / manifest_mod.MANIFEST
     doc = manifest_mod.read_manifest(path)
     name = str(doc.get("name", ""))
     if not _SOURCE_NAME.match(name):
-        raise HarmoniseError(f"{path / manifest_mod.MANIFEST}: name {name!r} is not a dataset name (lower-case letters, digits, '_', '.', '-')")
-    config = doc.get("config") or {}
-    classes = config.get("classes") or [{"label": c} for c in doc["class_names"]]
-    own_name = {c["label"]: str(c.get("folder", c["label"])) for c in classes}
-    image = config.get("image") or {}
-    shards = {s: list((doc["splits"].get(s) or {}).get("parquet") or []) for s in SPLITS}
-    for s, paths in shards.items():
-        for p in paths:
-            if not _SHARD.match(p) or not p.startswith(f"data/{s}-"):
-                raise HarmoniseError(f"{path / manifest_mod.MANIFEST}: splits.{s}.parquet lists {p!r}, not a {s} shard of data/")
+        raise HarmoniseError(f"{where}: name {name!r} is not a dataset name (lower-case letters, digits, '_', '.', '-')")
     return Source(
         name=name,
         dir=path,
         version=str(doc["version"]),
         class_names=list(doc["class_names"]),
-        own_name={label: own_name.get(label, label) for label in doc["class_names"]},
-        license=str(config.get("license", "other")),
-        image_size=(int(image.get("width", 0)), int(image.get("height", 0))),
-        shards=shards,
+        own_name=_own_names(doc, where),
+        license=str((doc.get("config") or {}).get("license", "other")),
+        image_size=_image_size(doc, where),
+        shards=_shards(doc),
     )
 
 
-def read_map(path: Path, sources: list[Source]) -> LabelMap:
-    """The harmonised label map; every error names the file, the row or column and what to change."""
-    path = Path(path)
+def _read_map_rows(path: Path) -> tuple[list[dict[str, str]], str]:
+    """The map's rows and the sha256 of its bytes; refuses what is not a small UTF-8 CSV."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -193,9 +217,27 @@ def read_map(path: Path, sources: list[Source]) -> LabelMap:
         rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise HarmoniseError(f"--map {path}: not a UTF-8 CSV file ({exc})") from None
+    return rows, hashlib.sha256(data).hexdigest()
+
+
+def _map_source_cell(path: Path, line: int, source: Source, own: str, target: str, mapped: dict[str, str]) -> None:
+    known = sorted(source.own_name.values())
+    if own not in known:
+        raise HarmoniseError(
+            f"--map {path} line {line}: {source.name}_label {own!r} is not a class of release {source.name} "
+            f"(its classes, by the dataset's own names: {', '.join(known)})"
+        )
+    if own in mapped:
+        raise HarmoniseError(f"--map {path} line {line}: {source.name}_label {own!r} is mapped twice ({mapped[own]!r} and {target!r})")
+    mapped[own] = target
+
+
+def read_map(path: Path, sources: list[Source]) -> LabelMap:
+    """The harmonised label map; every error names the file, the row or column and what to change."""
+    path = Path(path)
+    rows, digest = _read_map_rows(path)
     header = list(rows[0]) if rows else []
-    needed = ["harmonised"] + [f"{s.name}_label" for s in sources]
-    missing = [c for c in needed if c not in header]
+    missing = [c for c in ["harmonised"] + [f"{s.name}_label" for s in sources] if c not in header]
     if missing:
         raise HarmoniseError(
             f"--map {path}: missing column(s) {missing}; the map needs 'harmonised' and '<source>_label' for every source "
@@ -210,22 +252,13 @@ def read_map(path: Path, sources: list[Source]) -> LabelMap:
         if target in classes:
             raise HarmoniseError(f"--map {path} line {line}: harmonised class {target!r} is listed twice; one row per class")
         classes.append(target)
-        for s in sources:
-            own = (row.get(f"{s.name}_label") or "").strip()
-            if not own:
-                continue
-            known = sorted(s.own_name.values())
-            if own not in known:
-                raise HarmoniseError(
-                    f"--map {path} line {line}: {s.name}_label {own!r} is not a class of release {s.name} "
-                    f"(its classes, by the dataset's own names: {', '.join(known)})"
-                )
-            if own in by_source[s.name]:
-                raise HarmoniseError(f"--map {path} line {line}: {s.name}_label {own!r} is mapped twice ({by_source[s.name][own]!r} and {target!r})")
-            by_source[s.name][own] = target
+        for source in sources:
+            own = (row.get(f"{source.name}_label") or "").strip()
+            if own:
+                _map_source_cell(path, line, source, own, target, by_source[source.name])
     if len(classes) < 2:
         raise HarmoniseError(f"--map {path}: {len(classes)} harmonised class(es); a classification dataset needs at least 2")
-    return LabelMap(classes, by_source, hashlib.sha256(data).hexdigest())
+    return LabelMap(classes, by_source, digest)
 
 
 # ---- what each source holds ---------------------------------------------------------------------------
@@ -529,18 +562,16 @@ def _configs(named: dict[str, list[tuple[str, _ShardOut]]], sources: list[Source
     return configs
 
 
-def _table(header: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+def pretty_name(sources: list[Source]) -> str:
+    return f"Harmonised single-cell blood images ({', '.join(s.name for s in sources)})"
 
 
-def render_card(name: str, version: str, release_date: str, sources: list[Source], label_map: LabelMap, counts: dict, configs: list[dict], split_bytes: dict[str, int], duplicates: list[CrossDuplicate]) -> str:
-    classes = label_map.classes
+def card_header(sources: list[Source], classes: list[str], counts: dict, configs: list[dict], split_bytes: dict[str, int]) -> dict:
+    """The card's YAML: the sources' licences, the configs, and the features and split sizes `datasets` checks."""
     licenses = sorted({s.license for s in sources})
-    header = {
+    return {
         "license": licenses[0] if len(licenses) == 1 else licenses,
-        "pretty_name": f"Harmonised single-cell blood images ({', '.join(s.name for s in sources)})",
+        "pretty_name": pretty_name(sources),
         "task_categories": ["image-classification"],
         "size_categories": [size_category(counts["ledger"]["kept"])],
         "tags": ["biology", "medical", "hematology", "microscopy", "blood-smear", "single-cell", "domain-generalization"],
@@ -556,15 +587,29 @@ def render_card(name: str, version: str, release_date: str, sources: list[Source
             "dataset_size": sum(split_bytes.values()),
         },
     }
-    splits = counts["splits"]
+
+
+def card_tables(sources: list[Source], label_map: LabelMap, counts: dict) -> dict[str, str]:
+    """The card's tables: classes per source, per split (the table `mll23 verify` checks), the map, the fates."""
+    classes, splits, per_source, fates = label_map.classes, counts["splits"], counts["per_source"], counts["ledger"]
     class_rows = [[c, *(splits[s]["per_class"].get(c, 0) for s in SPLITS), counts["per_class"][c]["kept"]] for c in classes]
-    class_rows.append(["**total**", *(splits[s]["total"] for s in SPLITS), counts["ledger"]["kept"]])
-    per_source = counts["per_source"]
+    class_rows.append(["**total**", *(splits[s]["total"] for s in SPLITS), fates["kept"]])
     source_rows = [[c, *(per_source[s.name][c] for s in sources), counts["per_class"][c]["kept"]] for c in classes]
-    source_rows.append(["**total**", *(sum(per_source[s.name].values()) for s in sources), counts["ledger"]["kept"]])
+    source_rows.append(["**total**", *(sum(per_source[s.name].values()) for s in sources), fates["kept"]])
     map_rows = [[c, *(", ".join(sorted(o for o, h in label_map.by_source[s.name].items() if h == c)) or "-" for s in sources)] for c in classes]
-    fates = counts["ledger"]
     fate_rows = [[f, fates[f]] for f in ("kept", "duplicate", "excluded")] + [["**raw inputs**", counts["ledger_total"]]]
+    return {
+        "per_source": markdown_table(["harmonised class", *(s.name for s in sources), "total"], source_rows),
+        "per_split": markdown_table(["label", *SPLITS, "published"], class_rows),
+        "map": markdown_table(["harmonised class", *(s.name for s in sources)], map_rows),
+        "fates": markdown_table(["fate", "images"], fate_rows),
+    }
+
+
+def render_card(name: str, version: str, release_date: str, sources: list[Source], label_map: LabelMap, counts: dict, configs: list[dict], split_bytes: dict[str, int], duplicates: list[CrossDuplicate]) -> str:
+    classes = label_map.classes
+    header = card_header(sources, classes, counts, configs, split_bytes)
+    tables = card_tables(sources, label_map, counts)
     source_list = "\n".join(f"- `{s.name}` v{s.version} ({s.image_size[0]} x {s.image_size[1]} px, licence {s.license})" for s in sources)
     loso = ", ".join(f"`loso_{s.name}`" for s in sources)
     dup_text = (
@@ -600,15 +645,15 @@ and the source release's `image_id`, `pixel_sha256`, `phash`, `annotator` and `e
 
 ## Classes per source
 
-{_table(["harmonised class", *(s.name for s in sources), "total"], source_rows)}
+{tables["per_source"]}
 
 ## Classes per split
 
-{_table(["label", *SPLITS, "published"], class_rows)}
+{tables["per_split"]}
 
 ## The label map
 
-{_table(["harmonised class", *(s.name for s in sources)], map_rows)}
+{tables["map"]}
 
 Images of classes outside the map (for example a source's own rare classes) are left out, each with an
 `excluded` row in `ledger.csv`; they stay in their source's own release.
@@ -618,7 +663,7 @@ Images of classes outside the map (for example a source's own rare classes) are 
 {dup_text} A copy is kept over another by lossless format first, then by the order the sources were given,
 so a leave-one-source-out evaluation never tests on an image it trained on.
 
-{_table(["fate", "images"], fate_rows)}
+{tables["fates"]}
 
 ## Limitations
 
@@ -635,7 +680,7 @@ def _croissant_config(name: str, version: str, release_date: str, sources: list[
     licenses = sorted({s.license for s in sources})
     doc = {
         "name": name,
-        "pretty_name": f"Harmonised single-cell blood images ({', '.join(s.name for s in sources)})",
+        "pretty_name": pretty_name(sources),
         "version": version,
         "release_date": release_date,
         "license": licenses[0] if len(licenses) == 1 else "other",
