@@ -299,6 +299,8 @@ def harmonise(
         report = harmonise_releases(releases, out_dir, map_path=map_path, name=name, version=version, overwrite=overwrite)
     except HarmoniseError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
+    except OSError as exc:  # a full disk, a vanished directory: the staging copy is removed, nothing is published
+        raise _fail(f"cannot write the harmonised release: {exc}; nothing was written to {out_dir}", EXIT_CHECK_FAILED) from None
     for line in iter_report_lines(report):
         out.print(line, highlight=False, markup=False, soft_wrap=True)
     out.print(f"wrote {report.counts['ledger']['kept']:,} images in {len(report.counts['per_class'])} classes to {out_dir}", highlight=False, soft_wrap=True)

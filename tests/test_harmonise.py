@@ -235,3 +235,11 @@ def test_a_source_release_with_a_symbolic_link_is_refused(three, tmp_path):
     (copy_dir / "elsewhere.txt").symlink_to("/etc/hostname")
     with pytest.raises(HarmoniseError, match=r"symbolic link elsewhere.txt: a release holds its own files"):
         harmonise([releases["mll23"], copy_dir], tmp_path / "x")
+
+
+def test_cli_refuses_a_raw_archive_as_a_source_with_exit_code_2(three, tmp_path):
+    root, releases = three
+    result = CliRunner().invoke(app, ["harmonise", str(root / "matek19-raw"), str(releases["mll23"]), "--out", str(tmp_path / "h")])
+    assert result.exit_code == 2
+    assert "give release directories (built with `mll23 build`), not raw archives" in result.output
+    assert not (tmp_path / "h").exists()
