@@ -5,6 +5,7 @@ duplicates kept once."""
 from __future__ import annotations
 
 import copy
+import json
 import csv
 import shutil
 from collections import Counter
@@ -243,3 +244,38 @@ def test_cli_refuses_a_raw_archive_as_a_source_with_exit_code_2(three, tmp_path)
     assert result.exit_code == 2
     assert "give release directories (built with `mll23 build`), not raw archives" in result.output
     assert not (tmp_path / "h").exists()
+
+
+_HUB_CONSUMER = r"""
+import json, sys
+import datasets
+
+out = {}
+for config in ("default", "loso_matek19", "acevedo20"):
+    ds = datasets.load_dataset(sys.argv[1], config, revision="v1.0.0")
+    out[config] = {s: {"rows": len(ds[s]), "sources": sorted(set(ds[s]["source"])), "names": ds[s].features["label"].names} for s in ds}
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+def test_published_harmonised_release_loads_its_configs_from_the_hub(harmonised, hub, token, tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.publish import publish
+    from tests.consumerkit import consumer_env
+
+    publish(harmonised, "org/harmonised", token=token, endpoint=hub.url, log=lambda _: None)
+    proc = subprocess.run([sys.executable, "-c", _HUB_CONSUMER, "org/harmonised"], env=consumer_env(hub.url, tmp_path / "consumer"),
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    loaded = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    names = [r["harmonised"] for r in _shipped_map()]
+    splits = read_manifest(harmonised)["splits"]
+    assert {s: v["rows"] for s, v in loaded["default"].items()} == {s: v["num_examples"] for s, v in splits.items() if v["num_examples"]}
+    assert all(v["names"] == names for config in loaded.values() for v in config.values())
+    assert loaded["loso_matek19"]["test"]["sources"] == ["matek19"]
+    assert loaded["loso_matek19"]["test"]["rows"] == sum(_expected_per_source("matek19").values())
+    assert "matek19" not in loaded["loso_matek19"]["train"]["sources"]
+    assert {s for v in loaded["acevedo20"].values() for s in v["sources"]} == {"acevedo20"}
