@@ -175,3 +175,11 @@ def test_a_jpeg_archive_with_planted_duplicates_gets_every_expected_fate(tmp_pat
     ledger = {e["source_file"]: e for e in read_ledger(tmp_path / "rel" / "ledger.csv")}
     wrong = [(t["image"], t["kind"], t["expected_fate"], ledger[t["image"]]["fate"]) for t in truth if ledger[t["image"]]["fate"] != t["expected_fate"]]
     assert wrong == []
+
+
+@pytest.mark.parametrize("folder", ["../NGS", "NGS/sub", ".hidden", "a\\b"])
+def test_a_folder_alias_cannot_leave_raw_or_hide(folder):
+    doc = _doc("matek19")
+    doc["classes"][0]["folder"] = folder
+    with pytest.raises(ConfigError, match=r"key 'classes.0.folder'"):
+        validate_config(doc, "lab.toml")
