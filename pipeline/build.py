@@ -105,7 +105,7 @@ def _record(item: RawItem, facts: ImageFacts, config: ReleaseConfig, group_id: s
         phash=f"{facts.phash:016x}",
         width=facts.width,
         height=facts.height,
-        lossless=facts.lossless,
+        lossless=facts.published_as_is,
         file_format=facts.file_format,
         extra=item.extra,
     )
@@ -293,7 +293,7 @@ def shard_checker(records: list[ReleaseRecord], facts: dict[str, ImageFacts], co
     expected = {}
     for r in records:
         f = facts[r.source_file]
-        expected[r.source_file] = integrity.Expected(f.pixel_sha256, f.file_sha256 if f.lossless else None)
+        expected[r.source_file] = integrity.Expected(f.pixel_sha256, f.file_sha256 if f.published_as_is else None)
     return integrity.ShardChecker(expected, config.image_size, threads)
 
 

@@ -275,7 +275,7 @@ A copy of this release that you did not build yourself is untrusted input: treat
 - Check it first with `mll23 verify <directory>` (from `mll23-pipeline`): it bounds memory and time by the
   declared sizes and refuses anything the release format does not define.
 - Decode images only as the formats this release uses, and check their size:
-  `PIL.Image.open(io.BytesIO(data), formats=["PNG", "TIFF"])`, expecting {width} x {height}. With `datasets`,
+  `PIL.Image.open(io.BytesIO(data), formats=["PNG", "TIFF", "JPEG"])`, expecting {width} x {height}. With `datasets`,
   load the Parquet files by name (`load_dataset("parquet", data_files=...)`) with declared features and
   `Image(decode=False)`: otherwise the card chooses the files and every Pillow format is tried (an EPS image
   starts Ghostscript).

@@ -106,7 +106,7 @@ def synth(
     scale: Annotated[float, typer.Option(help="1.0 gives the 41,906 raw crops of MLL23; 0.01 about 420")] = 0.01,
     seed: Annotated[int, typer.Option(help="Random seed; same seed and scale give identical files")] = 0,
     workers: Annotated[int, typer.Option(help="Processes (0: all cores)")] = 0,
-    config: Annotated[Path | None, typer.Option(help="Release config TOML (default: the shipped MLL23 config)")] = None,
+    config: Annotated[Path | None, typer.Option(help="Release config TOML, or a shipped config by name: mll23 (default), matek19, acevedo20")] = None,
 ) -> None:
     """Write realistic synthetic raw crops with planted duplicates, conflicts, dysplastic cells and look-alikes."""
     from pipeline.synth import synthesize
@@ -313,3 +313,28 @@ def publish(
 
 def main() -> None:  # pragma: no cover - console entry
     app()
+
+
+@app.command()
+def harmonise(
+    releases: Annotated[list[Path], typer.Argument(help="Source release directories (built with `mll23 build`), e.g. MLL23, Matek 2019, Acevedo 2020")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Harmonised release directory to create")],
+    map_path: Annotated[Path | None, typer.Option("--map", help="Label map CSV: harmonised,<source>_label,... (default: the shipped map of the 11 shared classes)")] = None,
+    name: Annotated[str, typer.Option(help="Dataset name of the harmonised release")] = "blood-cells-harmonised",
+    version: Annotated[str, typer.Option(help="Version X.Y.Z of the harmonised release")] = "1.0.0",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing release directory")] = False,
+) -> None:
+    """One release of several releases' shared classes: a `source` column, per-source and leave-one-source-out configs."""
+    from pipeline.harmonise import HarmoniseError, iter_report_lines
+    from pipeline.harmonise import harmonise as harmonise_releases
+
+    out, _ = _consoles()
+    try:
+        report = harmonise_releases(releases, out_dir, map_path=map_path, name=name, version=version, overwrite=overwrite)
+    except HarmoniseError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except OSError as exc:  # a full disk, a vanished directory: the staging copy is removed, nothing is published
+        raise _fail(f"cannot write the harmonised release: {exc}; nothing was written to {out_dir}", EXIT_CHECK_FAILED) from None
+    for line in iter_report_lines(report):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    out.print(f"wrote {report.counts['ledger']['kept']:,} images in {len(report.counts['per_class'])} classes to {out_dir}", highlight=False, soft_wrap=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import jsonschema
 
-from pipeline.resources import default_config_path, load_schema
+from pipeline.resources import default_config_path, load_schema, shipped_config_names, shipped_config_path
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_MAX_FILE_BYTES = 16_000_000
@@ -25,6 +26,9 @@ class ConfigError(ValueError):
     """A configuration problem, naming the key at fault."""
 
 
+LABEL_PATTERN = "^[a-z0-9_]+$"
+
+
 @dataclass(frozen=True)
 class ClassInfo:
     label: str
@@ -32,6 +36,7 @@ class ClassInfo:
     full_name: str
     raw_count: int | None
     published_count: int | None
+    folder: str = ""  # the dataset's own name for the class (its folder under RAW)
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,10 @@ class ReleaseConfig:
             ClassInfo(
                 label=c["label"],
                 lineage=c.get("lineage", ""),
-                full_name=c.get("full_name", c["label"]),
+                full_name=c.get("full_name", c.get("folder", c["label"])),
                 raw_count=c.get("raw_count"),
                 published_count=c.get("published_count"),
+                folder=c.get("folder", c["label"]),
             )
             for c in self.raw["classes"]
         )
@@ -67,6 +73,15 @@ class ReleaseConfig:
     @property
     def class_names(self) -> list[str]:
         return [c["label"] for c in self.raw["classes"]]
+
+    @property
+    def label_of_folder(self) -> dict[str, str]:
+        """Folder name under RAW (the dataset's own class name) -> label; a class without `folder` uses its label."""
+        return {c.get("folder", c["label"]): c["label"] for c in self.raw["classes"]}
+
+    @property
+    def image_format(self) -> str:
+        return self.raw["image"].get("format", "TIFF")
 
     def label_index(self, label: str) -> int:
         return self.class_names.index(label)
@@ -151,9 +166,27 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(parts) if parts else "(top level)"
 
 
+def suggested_label(name: str) -> str:
+    """A label of the required pattern made from a dataset's own class name ("NGS" -> "ngs")."""
+    return re.sub(r"_+", "_", re.sub(r"[^a-z0-9_]", "_", name.lower())).strip("_") or "label"
+
+
+def _label_pattern_message(name: object) -> str:
+    # Labels become ClassLabel names, ledger values and card anchors, so they stay plain; a lab's own names
+    # (abbreviations, capitals, spaces) belong in `folder`, which maps that folder to the label.
+    shown = str(name)
+    return (
+        f"label {shown!r} does not match {LABEL_PATTERN} (labels are lower-case letters, digits and underscores, so "
+        f"every tool can use them as class names); keep the dataset's own name as the folder alias: "
+        f'label = "{suggested_label(shown)}", folder = {json.dumps(shown, ensure_ascii=False)}'
+    )
+
+
 def _error_lines(error: jsonschema.ValidationError) -> list[tuple[str, str]]:
     """(key, message) for one schema error; an unknown or missing key is named itself, not its parent table."""
     parent = [str(p) for p in error.absolute_path]
+    if error.validator == "pattern" and parent[:1] == ["classes"] and parent[-1:] == ["label"]:
+        return [(_key_path(error), _label_pattern_message(error.instance))]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))
@@ -175,6 +208,10 @@ def validate_config(doc: dict[str, Any], source: str) -> ReleaseConfig:
     dupes = sorted({label for label in labels if labels.count(label) > 1})
     if dupes:
         raise ConfigError(f"{source}: key 'classes': duplicate labels {dupes}")
+    folders = [c.get("folder", c["label"]) for c in doc["classes"]]
+    clashing = sorted({f for f in folders if folders.count(f) > 1})
+    if clashing:
+        raise ConfigError(f"{source}: key 'classes': folder names {clashing} are used by more than one class (each folder maps to one label)")
     unknown_excluded = sorted(set(doc.get("exclude_labels", [])) - set(labels))
     if unknown_excluded:
         raise ConfigError(f"{source}: key 'exclude_labels': not in classes: {unknown_excluded}")
@@ -185,13 +222,15 @@ def validate_config(doc: dict[str, Any], source: str) -> ReleaseConfig:
 
 
 def load_config(path: Path | None = None, *, version: str | None = None, repo_id: str | None = None) -> ReleaseConfig:
-    """Load and validate a release config; the shipped MLL23 config when path is None. ``version`` and
-    ``repo_id`` override the config's (and are validated with it)."""
+    """Load and validate a release config: a TOML file, or a shipped config by name ("matek19"); MLL23's when None.
+    ``version`` and ``repo_id`` override the config's (and are validated with it)."""
     path = Path(path) if path is not None else default_config_path()
+    if not path.exists() and shipped_config_path(str(path)) is not None:
+        path = shipped_config_path(str(path))
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {path}") from exc
+        raise ConfigError(f"config file not found: {path} (shipped configs, usable by name: {', '.join(shipped_config_names())})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     if version is not None:

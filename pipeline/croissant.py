@@ -69,6 +69,7 @@ ENCODING_FORMATS = {
     ".parquet": "application/x-parquet",
     ".tar": "application/x-tar",
     ".png": "image/png",
+    ".jpg": "image/jpeg",
     ".md": "text/markdown",
     ".csv": "text/csv",
     ".json": "application/json",

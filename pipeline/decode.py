@@ -17,6 +17,9 @@ from pipeline.records import DecodeFailure, ImageFacts
 
 # TIFF compressions that give back the scanned pixels exactly; anything else is re-encoded as PNG.
 _LOSSLESS_TIFF = {"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits", None}
+# Lossy formats whose RGB files are published as they came: re-encoding a JPEG losslessly inflates it about
+# tenfold and adds nothing, since its decoded pixels (what pixel_sha256 and image_id hash) are the same either way.
+_PUBLISHED_AS_LOSSY_ORIGINAL = {"JPEG"}
 
 
 def phash_int(img: Image.Image) -> int:
@@ -29,14 +32,22 @@ def pixel_sha256(rgb: np.ndarray) -> str:
 
 
 def open_rgb(data: bytes, expected_size: tuple[int, int]) -> tuple[Image.Image, np.ndarray, bool, str]:
-    """Decode image bytes into RGB pixels; raise ImageRejected with the reason when unusable (rules: imagecheck)."""
+    """Decode image bytes into RGB pixels; raise ImageRejected with the reason when unusable (rules: imagecheck).
+    The flag: the file is lossless 8-bit RGB (its bytes are the scanned pixels exactly)."""
     rgb_img, unchanged, fmt = decode_checked(data, expected_size)
-    lossless_format = fmt == "PNG" or (fmt == "TIFF" and rgb_img.info.get("compression") in _LOSSLESS_TIFF)
-    return rgb_img, np.asarray(rgb_img, dtype=np.uint8), unchanged and lossless_format, fmt
+    return rgb_img, np.asarray(rgb_img, dtype=np.uint8), unchanged and _lossless_format(rgb_img, fmt), fmt
+
+
+def _lossless_format(img: Image.Image, fmt: str) -> bool:
+    return fmt == "PNG" or (fmt == "TIFF" and img.info.get("compression") in _LOSSLESS_TIFF)
 
 
 def decode_image(data: bytes, relpath: str, label: str, expected_size: tuple[int, int]) -> tuple[ImageFacts, np.ndarray]:
-    rgb_img, rgb, lossless, fmt = open_rgb(data, expected_size)
+    rgb_img, unchanged, fmt = decode_checked(data, expected_size)
+    rgb = np.asarray(rgb_img, dtype=np.uint8)
+    lossless = unchanged and _lossless_format(rgb_img, fmt)
+    # Only a file that is RGB already: a grey JPEG would not decode to the RGB pixels its pixel_sha256 names.
+    as_is = unchanged and (lossless or fmt in _PUBLISHED_AS_LOSSY_ORIGINAL)
     grey = np.asarray(rgb_img.convert("L"))  # imagehash's grey conversion, for a bit-identical pHash
     centre, sig = cell_features(rgb)
     facts = ImageFacts(
@@ -48,6 +59,7 @@ def decode_image(data: bytes, relpath: str, label: str, expected_size: tuple[int
         height=rgb.shape[0],
         lossless=lossless,
         file_format=fmt,
+        published_as_is=as_is,
         centre_hash=centre,
         signature=sig,
     )
@@ -74,9 +86,9 @@ def load_rgb(path: Path, expected_size: tuple[int, int]) -> np.ndarray:
 
 
 def publishable_bytes(path: Path, facts: ImageFacts) -> bytes:
-    """The bytes a release stores: the file as it is when lossless RGB, else a PNG of the decoded pixels."""
+    """The bytes a release stores: the file as it is when lossless RGB or an RGB JPEG, else a PNG of the decoded pixels."""
     data = path.read_bytes()
-    if facts.lossless:
+    if facts.published_as_is:
         return data
     rgb_img, _, _, _ = open_rgb(data, (facts.width, facts.height))
     buf = io.BytesIO()

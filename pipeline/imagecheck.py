@@ -71,13 +71,21 @@ def bits_per_sample(img: Image.Image, data: bytes) -> int:
     return 8  # Pillow decodes baseline JPEG only, which is 8-bit
 
 
+def wrong_size_reason(size: tuple[int, int], expected: tuple[int, int]) -> str:
+    """The refusal for a size other than the config's; a transposed size is far likelier a config slip than bad data."""
+    reason = f"wrong size {size[0]}x{size[1]}, expected {expected[0]}x{expected[1]}"
+    if size == (expected[1], expected[0]):
+        reason += f"; width and height look swapped in the config (set image.width = {size[0]}, image.height = {size[1]})"
+    return reason
+
+
 def check_header(img: Image.Image, data: bytes, expected_size: tuple[int, int]) -> None:
     """Refusals decided from the header alone, before any pixel is decoded."""
     frames = getattr(img, "n_frames", 1)
     if frames > 1:
         raise ImageRejected(f"multi-page image ({frames} frames): expected one image per file")
     if img.size != expected_size:
-        raise ImageRejected(f"wrong size {img.size[0]}x{img.size[1]}, expected {expected_size[0]}x{expected_size[1]}")
+        raise ImageRejected(wrong_size_reason(img.size, expected_size))
     bits = bits_per_sample(img, data)
     if bits > 8:
         raise ImageRejected(f"{bits} bits per sample ({img.format}, mode {img.mode}): expected 8-bit; converting would lose precision")

@@ -18,6 +18,7 @@ annotations.csv line and the reason; only a table that is unusable as a whole st
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import unicodedata
@@ -82,11 +83,30 @@ def _within(path: Path, root: Path) -> bool:
     return True
 
 
+def _transposed(folder: str, names: list[str]) -> str:
+    """' (did you mean ...?)' for a name with the same letters in another order: abbreviations such as Matek's
+    NGS are too short for a similarity ratio to catch 'NSG'."""
+    match = [n for n in names if sorted(n.casefold()) == sorted(folder.casefold())]
+    return f" (did you mean {match[0]!r}?)" if len(match) == 1 else ""
+
+
+def unknown_folder_reason(folder: str, label_of_folder: dict[str, str]) -> str:
+    """Why a folder's files are invalid, with the near miss among the config's folder names, or how to map it."""
+    folder_of_label = {label: name for name, label in label_of_folder.items()}
+    hint = closest(folder, sorted(label_of_folder)) or _transposed(folder, sorted(label_of_folder))
+    if folder in folder_of_label:
+        hint = f" (it is the label of folder {folder_of_label[folder]!r} in the config: rename the folder, or drop that class's folder alias)"
+    elif not hint:
+        hint = " (add it to the config: a class with this label, or folder = " + repr(folder) + " on the class it holds)"
+    return f"unknown label folder {folder!r}{hint}"
+
+
 @dataclass(frozen=True)
 class _Found:
     relpath: str
     folder: str
     size: int
+    label: str  # the config label the folder maps to (the folder name itself unless the config gives an alias)
 
 
 class _Walker:
@@ -94,7 +114,7 @@ class _Walker:
 
     def __init__(self, raw: Path, config: ReleaseConfig, result: IngestResult) -> None:
         self.raw, self.root, self.result = raw, raw.resolve(), result
-        self.classes = config.class_names
+        self.label_of_folder = config.label_of_folder
         self.max_bytes = config.max_file_bytes
         self.found: list[_Found] = []
 
@@ -151,8 +171,8 @@ class _Walker:
             return self.invalid(rel, folder, "symbolic link pointing outside RAW: not read")
         if not path.is_file():
             return self.invalid(rel, folder, "not a regular file (broken link, FIFO or device): not read")
-        if folder not in self.classes:
-            return self.invalid(rel, folder, f"unknown label folder {folder!r}{closest(folder, self.classes)}")
+        if folder not in self.label_of_folder:
+            return self.invalid(rel, folder, unknown_folder_reason(folder, self.label_of_folder))
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             return self.invalid(rel, folder, f"not an image file name (suffix {path.suffix!r}; expected one of {', '.join(sorted(IMAGE_SUFFIXES))})")
         try:
@@ -162,7 +182,7 @@ class _Walker:
         if size > self.max_bytes:
             return self.invalid(rel, folder, f"file is {size:,} bytes, above the limit of {self.max_bytes:,} (config image.max_file_bytes): not read")
         self.result.raw_files.append(rel)
-        self.found.append(_Found(rel, folder, size))
+        self.found.append(_Found(rel, folder, size, self.label_of_folder[folder]))
 
 
 class _PathIndex:
@@ -201,20 +221,28 @@ def _differences(values: list[dict]) -> str:
     return "; ".join(f"{k}: " + " vs ".join(dict.fromkeys(repr(v[k]) for v in values)) for k in keys)
 
 
-def _match_file(found: _Found, rows: list[AnnotationRow], class_names: list[str]) -> RawItem | Invalid:
+def _row_with_label(row: AnnotationRow, label_of_folder: dict[str, str]) -> AnnotationRow:
+    """The row with a folder alias in its label column read as the label it stands for ("NGS" -> neutrophil_segmented)."""
+    given = row.fields.get("label", "")
+    if given in label_of_folder and label_of_folder[given] != given:
+        return dataclasses.replace(row, fields={**row.fields, "label": label_of_folder[given]})
+    return row
+
+
+def _match_file(found: _Found, rows: list[AnnotationRow], class_names: list[str], label_of_folder: dict[str, str]) -> RawItem | Invalid:
     """One file and the rows that name it: a RawItem, or an Invalid naming the lines and the reason."""
     if not rows:
         return Invalid(found.relpath, found.folder, f"no row for this file in {ANNOTATIONS}")
     parsed = []
     for row in rows:
-        values, problem = parse_row(row, class_names)
+        values, problem = parse_row(_row_with_label(row, label_of_folder), class_names)
         if problem is not None:
             return Invalid(found.relpath, found.folder, f"{_lines([row])}: {problem}")
         parsed.append(values)
     if any(p != parsed[0] for p in parsed):
         return Invalid(found.relpath, found.folder, f"{_lines(rows)} list this file with different values ({_differences(parsed)})")
     first = parsed[0]
-    if first["label"] != found.folder:
+    if first["label"] != found.label:
         return Invalid(found.relpath, found.folder, f"{_lines(rows)}: label {first['label']!r} disagrees with folder {found.folder!r}")
     return RawItem(found.relpath, first["label"], found.size, first["patient_id"], first["annotator"], first["dysplastic"], first["extra"])
 
@@ -240,7 +268,7 @@ def _apply_annotations(rows: list[AnnotationRow], found: list[_Found], config: R
         reason = f"{_lines(its_rows)}: no such image file under RAW{index.near_miss(rel)}"
         result.invalid.append(Invalid(shown, readable_name(its_rows[0].fields.get("label", "")), reason, "annotation_row"))
     for f in found:
-        outcome = _match_file(f, rows_of.get(f.relpath, []), config.class_names)
+        outcome = _match_file(f, rows_of.get(f.relpath, []), config.class_names, config.label_of_folder)
         (result.items if isinstance(outcome, RawItem) else result.invalid).append(outcome)
 
 
@@ -266,7 +294,7 @@ def ingest(raw: Path, config: ReleaseConfig) -> IngestResult:
         result.annotations_sha256 = hashlib.sha256(annotations.read_bytes()).hexdigest()
         _apply_annotations(read_annotations(annotations), found, config, result)
     else:
-        result.items = [RawItem(f.relpath, f.folder, f.size) for f in found]
+        result.items = [RawItem(f.relpath, f.label, f.size) for f in found]
     result.items.sort(key=lambda i: i.relpath)
     result.invalid.sort(key=lambda i: (i.relpath, i.input_kind))
     result.raw_files.sort()

@@ -31,7 +31,7 @@ SCHEMA_FIELDS = [
     ("extra", pa.string()),
 ]
 STRING_COLUMNS = [name for name, typ in SCHEMA_FIELDS if typ == pa.string()]
-IMAGE_SUFFIX = {"TIFF": "tif", "PNG": "png"}
+IMAGE_SUFFIX = {"TIFF": "tif", "PNG": "png", "JPEG": "jpg"}
 
 
 def hf_features(class_names: list[str]) -> dict:

@@ -38,6 +38,8 @@ class ImageFacts:
     centre_hash: int | None = None  # pHash of a window centred on the cell: finds re-crops of the same cell
     # dedup's coarse same-cell signature (uint8, (height // 8) x (width // 8), row-major; 1.3 kB at 288 px)
     signature: bytes | None = None
+    # the file bytes are what the release stores: lossless RGB, or an RGB JPEG kept as the lab published it
+    published_as_is: bool = False
 
 
 @dataclass(frozen=True)

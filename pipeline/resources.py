@@ -27,6 +27,21 @@ def default_config_path() -> Path:
     return _PACKAGE_DIR / "configs" / "mll23.toml"
 
 
+def shipped_config_names() -> list[str]:
+    """The configs that ship with the package (MLL23 and its sibling archives), by name."""
+    return sorted(p.stem for p in (_PACKAGE_DIR / "configs").glob("*.toml"))
+
+
+def shipped_config_path(name: str) -> Path | None:
+    """The shipped config of that name ("matek19"), or None; only names listed by shipped_config_names count."""
+    return _PACKAGE_DIR / "configs" / f"{name}.toml" if name in shipped_config_names() else None
+
+
+def harmonised_map_path() -> Path:
+    """The default label map of `mll23 harmonise` (the paper's 11 shared classes, FACTS.md "Sibling datasets")."""
+    return _PACKAGE_DIR / "configs" / "harmonised_labels.csv"
+
+
 def ci_workflow_path() -> Path:
     """The GitHub Actions workflow for maintainers' repositories (shipped inside the package)."""
     return _PACKAGE_DIR / "templates" / "verify-release.yml"

@@ -8,6 +8,11 @@ the public archive's layout and the paper's clean-up (FACTS.md):
     out/annotations.csv        image, label, patient_id, annotator, dysplastic
     out/synth_truth.csv        image, kind, source, expected_fate, detail  (one row per image)
 
+Any other config is drawn the same way at its own size (width x height, square or not), with its classes'
+counts, its folder names (``folder`` aliases such as Matek's NGS; the annotations' label column uses them
+too) and its file format: with ``image.format = "JPEG"`` (Acevedo 2020) originals and look-alikes are JPEG
+files and the planted duplicates are byte copies or JPEG re-compressions only, as such archives hold.
+
 Every image is rendered from a "field": a sharp transmittance canvas (Beer-Lambert mix of stains:
 pale pink plasma, red cells with a central pallor, one centred nucleated cell whose nucleus shape,
 chromatin, cytoplasm colour and granules depend on the class), then cropped, blurred to a focal
@@ -73,9 +78,21 @@ _LOOKALIKES_AT_1 = {"refocus_samehash": 49, "refocus_blur": 40, "refocus_sharp":
 _LOOKALIKES_MIN = {"refocus_samehash": 2, "refocus_blur": 1, "refocus_sharp": 1, "recrop": 2}
 _PATIENT_SIZE = (10, 60)
 
-_SIZE = 288
 _MARGIN = 32  # canvas margin around the crop: room for re-crops (<= 20 px) plus the blur kernel
-_CANVAS = _SIZE + 2 * _MARGIN
+# Kinds that would be lossless copies of a lossy original: in an archive of JPEG files a lossless copy would be
+# preferred over the original it came from, which is not what such archives hold, so they become these instead.
+_LOSSY_ARCHIVE_KINDS = {"reencode_png": "exact_copy", "reencode_lzw": "jpeg", "shift": "exact_copy", "brighter": "jpeg"}
+# Classes of the sibling datasets drawn like the MLL23 class they resemble most.
+_STYLE_OF = {
+    "erythroblast": "normoblast",
+    "monoblast": "myeloblast",
+    "promyelocyte_bizarre": "promyelocyte_atypical",
+    "lymphocyte_atypical": "lymphocyte_reactive",
+    "neutrophil": "neutrophil_segmented",
+    "immature_granulocyte": "myelocyte",
+}
+_SUFFIX = {"TIFF": "tif", "PNG": "png", "JPEG": "jpg"}
+_ORIGINAL_JPEG_QUALITY = 95
 
 
 def _round(x: float) -> int:
@@ -154,6 +171,9 @@ def _pair_conflicts(counts: dict[str, int], order: list[str], lineage: dict[str,
 
 
 def _plan(config: ReleaseConfig, scale: float, seed: int) -> list[_Cell]:
+    lossy = config.image_format == "JPEG"
+    folder_of = {label: folder for folder, label in config.label_of_folder.items()}
+    original_suffix = _SUFFIX[config.image_format]
     counts = expected_counts(config, scale)
     labels = [c.label for c in config.classes]
     lineage = {c.label: c.lineage for c in config.classes}
@@ -185,7 +205,7 @@ def _plan(config: ReleaseConfig, scale: float, seed: int) -> list[_Cell]:
             elif kind == "dysplastic":
                 n_dysplastic[lab] += 1
             else:
-                dup_kinds[lab].append(kind)
+                dup_kinds[lab].append(_LOSSY_ARCHIVE_KINDS.get(kind, kind) if lossy else kind)
 
     # Look-alikes: per kind a total, spread over classes in proportion to what they keep, at most a
     # third of a class's kept images so every look-alike has its own twin.
@@ -255,10 +275,10 @@ def _plan(config: ReleaseConfig, scale: float, seed: int) -> list[_Cell]:
         same = [o for o in cell.outputs if o.label == cell.label]
         rest = [o for o in cell.outputs if o.label != cell.label]
         for o, n in zip(same + rest, nums):
-            ext = {"reencode_png": "png", "jpeg": "jpg"}.get(o.kind, "tif")
+            ext = {"reencode_png": "png", "reencode_lzw": "tif", "jpeg": "jpg"}.get(o.kind, original_suffix)
             if o.kind == "conflict_copy" and o.variant == "jpeg":
                 ext = "jpg"
-            o.relpath = f"{o.label}/cell_{n:06d}.{ext}"
+            o.relpath = f"{folder_of[o.label]}/cell_{n:06d}.{ext}"
         orig = cell.outputs[0]
         for o in cell.outputs:
             a = int(rng.integers(len(ANNOTATORS)))
@@ -316,6 +336,7 @@ _STYLES: dict[str, dict] = {
 
 
 def _style(label: str) -> dict:
+    label = _STYLE_OF.get(label, label)
     if label in _STYLES:
         return _STYLES[label]
     # Labels outside MLL23 (custom configs) borrow a style chosen by a stable hash of the name.
@@ -472,16 +493,17 @@ def _noise(rng: np.random.Generator, shape: tuple[int, ...], sd: float) -> np.nd
 class _Field:
     """A scanned field around one nucleated cell: a sharp transmittance canvas plus focus and noise levels."""
 
-    def __init__(self, label: str, rng: np.random.Generator, dysplastic: bool = False):
+    def __init__(self, label: str, rng: np.random.Generator, dysplastic: bool = False, size: tuple[int, int] = (288, 288)):
         style = _style(label)
-        C = _CANVAS
-        od = np.zeros((3, C, C), dtype=np.float32)  # channel-first: 2D planes are much faster than HxWx3
-        plasma = 1.0 + 0.3 * _smooth_noise(rng, (C, C), 48.0)
+        self.width, self.height = size
+        CH, CW = self.height + 2 * _MARGIN, self.width + 2 * _MARGIN
+        od = np.zeros((3, CH, CW), dtype=np.float32)  # channel-first: 2D planes are much faster than HxWx3
+        plasma = 1.0 + 0.3 * _smooth_noise(rng, (CH, CW), 48.0)
         _add(od, plasma, "plasma")
 
         # The nucleated cell, centred (a few px of jitter).
         R = float(rng.uniform(*style["radius"]))
-        cy, cx = C / 2 + rng.uniform(-6, 6), C / 2 + rng.uniform(-6, 6)
+        cy, cx = CH / 2 + rng.uniform(-6, 6), CW / 2 + rng.uniform(-6, 6)
         half = int(R * 1.25) + 8
         y0, x0 = int(cy) - half, int(cx) - half
         sl = (slice(y0, y0 + 2 * half), slice(x0, x0 + 2 * half))
@@ -555,21 +577,21 @@ class _Field:
             _add(cell_od, 0.9 * _capsules(Y, X, pts, np.array([1.2, 1.2])) * cyto, "auer")
 
         # Red cells around it (about 7.5 um across), partly under the white cell's edge.
-        rbc = np.zeros((C, C), dtype=np.float32)
+        rbc = np.zeros((CH, CW), dtype=np.float32)
         placed: list[tuple[float, float, float]] = []
         target = int(rng.integers(2, 11))  # sparse to crowded smear regions, never empty
         for _ in range(80):
             if len(placed) >= target:
                 break
             r = float(rng.uniform(38, 48))
-            py, px = rng.uniform(_MARGIN - r / 2, C - _MARGIN + r / 2, 2)  # at least half inside the crop
+            py, px = rng.uniform(_MARGIN - r / 2, np.array([CH, CW]) - _MARGIN + r / 2, 2)  # at least half inside the crop
             if math.hypot(py - cy, px - cx) < R + 0.55 * r:
                 continue
             if any(math.hypot(py - qy, px - qx) < 0.8 * (r + qr) for qy, qx, qr in placed):
                 continue
             placed.append((py, px, r))
             ry0, rx0 = max(0, int(py - r) - 3), max(0, int(px - r) - 3)
-            ry1, rx1 = min(C, int(py + r) + 4), min(C, int(px + r) + 4)
+            ry1, rx1 = min(CH, int(py + r) + 4), min(CW, int(px + r) + 4)
             if ry1 <= ry0 or rx1 <= rx0:
                 continue
             RY, RX = _grid(ry0, ry1, rx0, rx1)
@@ -588,9 +610,9 @@ class _Field:
         np.exp(od, out=od)
         od *= light[:, None, None]
         # Uneven illumination / smear thickness: a gentle brightness ramp of up to +-7% across the field.
-        gy, gx = rng.uniform(-0.07, 0.07, 2) / C
-        od *= (1.0 + gy * (np.arange(C, dtype=np.float32)[:, None] - C / 2) + gx * (np.arange(C, dtype=np.float32)[None, :] - C / 2))[None]
-        self.T = od  # (3, C, C) transmitted light
+        gy, gx = rng.uniform(-0.07, 0.07, 2) / np.array([CH, CW])
+        od *= (1.0 + gy * (np.arange(CH, dtype=np.float32)[:, None] - CH / 2) + gx * (np.arange(CW, dtype=np.float32)[None, :] - CW / 2))[None]
+        self.T = od  # (3, CH, CW) transmitted light
         self.sigma0 = float(rng.uniform(0.7, 1.1))
         self.noise = float(rng.uniform(0.8, 1.3))
         # A few crops lie at the edge of the scanned field: a white bar, fixed in field coordinates.
@@ -605,10 +627,11 @@ class _Field:
         oy, ox = offset
         y0, x0 = _MARGIN + oy, _MARGIN + ox
         m = int(math.ceil(3.5 * s)) + 1
-        noise = _noise(rng, (3, _SIZE, _SIZE), self.noise)
+        H, W = self.height, self.width
+        noise = _noise(rng, (3, H, W), self.noise)
         for c in range(3):
-            region = self.T[c, y0 - m : y0 + _SIZE + m, x0 - m : x0 + _SIZE + m]
-            noise[c] += ndimage.gaussian_filter(region, s, truncate=3.5)[m : m + _SIZE, m : m + _SIZE]
+            region = self.T[c, y0 - m : y0 + H + m, x0 - m : x0 + W + m]
+            noise[c] += ndimage.gaussian_filter(region, s, truncate=3.5)[m : m + H, m : m + W]
         np.clip(noise, 0.0, 255.0, out=noise)
         noise += 0.5
         out = np.ascontiguousarray(noise.astype(np.uint8).transpose(1, 2, 0))
@@ -618,11 +641,11 @@ class _Field:
             if side == "top":
                 out[: max(0, width - oy)] = 255
             elif side == "bottom":
-                out[min(_SIZE, _SIZE - width - oy) :] = 255
+                out[min(H, H - width - oy) :] = 255
             elif side == "left":
                 out[:, : max(0, width - ox)] = 255
             else:
-                out[:, min(_SIZE, _SIZE - width - ox) :] = 255
+                out[:, min(W, W - width - ox) :] = 255
         return out
 
 
@@ -634,6 +657,15 @@ def _encode(arr: np.ndarray, fmt: str, **kw) -> bytes:
 
 def _tiff(arr: np.ndarray, compression: str | None = None) -> bytes:
     return _encode(arr, "TIFF", compression=compression) if compression else _encode(arr, "TIFF")
+
+
+def _original_bytes(arr: np.ndarray, file_format: str) -> bytes:
+    """An image as the archive stores its originals (the config's image.format)."""
+    if file_format == "JPEG":
+        return _encode(arr, "JPEG", quality=_ORIGINAL_JPEG_QUALITY)
+    if file_format == "PNG":
+        return _encode(arr, "PNG", compress_level=6)
+    return _tiff(arr)
 
 
 def _phash(arr: np.ndarray) -> int:
@@ -654,12 +686,14 @@ def _shift(arr: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 def _render_cell(args: tuple) -> list[tuple[str, str]]:
     """Render one field and write its original and everything derived from it; returns (relpath, detail)."""
-    cell, out_dir, seed, phash_threshold = args
+    cell, out_dir, seed, phash_threshold, size, file_format = args
     out = Path(out_dir)
     rng = np.random.default_rng([seed, 0xF1E1D, cell.index])
-    fld = _Field(cell.label, rng, dysplastic=cell.kind == "dysplastic")
+    fld = _Field(cell.label, rng, dysplastic=cell.kind == "dysplastic", size=size)
     orig = fld.render(rng)
-    orig_bytes = _tiff(orig)
+    orig_bytes = _original_bytes(orig, file_format)
+    if file_format == "JPEG":
+        orig = np.asarray(Image.open(io.BytesIO(orig_bytes)).convert("RGB"))  # what is published, and what copies derive from
     needs_hash = any(o.kind not in ("original", "dysplastic", "conflict_original", "exact_copy", "reencode_png", "reencode_lzw") for o in cell.outputs)
     ph0 = _phash(orig) if needs_hash else 0  # only derived images are compared with it
     details = []
@@ -728,7 +762,7 @@ def _render_cell(args: tuple) -> list[tuple[str, str]]:
                 arr = fld.render(rng, offset=(oy, ox))
                 # the cell moves the other way in the crop
                 detail = f"dy={-oy};dx={-ox};phash_distance={_ham(_phash(arr), ph0)}"
-            data = _tiff(arr)
+            data = _original_bytes(arr, file_format)
         else:
             raise ValueError(o.kind)
         (out / o.relpath).write_bytes(data)
@@ -741,13 +775,11 @@ def synthesize(out: Path, *, config: ReleaseConfig, scale: float = 0.01, seed: i
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty")
-    if tuple(config.image_size) != (_SIZE, _SIZE):
-        raise ValueError(f"the synthesiser draws {_SIZE}x{_SIZE} crops; config asks for {config.image_size}")
     cells = _plan(config, scale, seed)
     out.mkdir(parents=True, exist_ok=True)
-    for lab in config.class_names:
-        (out / lab).mkdir(exist_ok=True)
-    jobs = [(cell, str(out), seed, config.phash_threshold) for cell in cells]
+    for folder in config.label_of_folder:
+        (out / folder).mkdir(exist_ok=True)
+    jobs = [(cell, str(out), seed, config.phash_threshold, config.image_size, config.image_format) for cell in cells]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             results = list(pool.map(_render_cell, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8) or 1))))
@@ -756,11 +788,13 @@ def synthesize(out: Path, *, config: ReleaseConfig, scale: float = 0.01, seed: i
     detail = {rel: d for res in results for rel, d in res}
 
     outputs = sorted((o for cell in cells for o in cell.outputs), key=lambda o: o.relpath)
+    folder_of = {label: folder for folder, label in config.label_of_folder.items()}
     with open(out / "annotations.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["image", "label", "patient_id", "annotator", "dysplastic"])
         for o in outputs:
-            w.writerow([o.relpath, o.label, o.patient, o.annotator, "true" if o.dysplastic else "false"])
+            # the label column in the archive's own words (the folder name), as a lab's table would have it
+            w.writerow([o.relpath, folder_of[o.label], o.patient, o.annotator, "true" if o.dysplastic else "false"])
     with open(out / "synth_truth.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["image", "kind", "source", "expected_fate", "detail"])

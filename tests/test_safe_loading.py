@@ -236,5 +236,5 @@ def test_the_card_says_how_to_load_safely(good, config):
     card = (good / "README.md").read_text(encoding="utf-8")
     section = loading_safely_section(config)
     assert section in card
-    for advice in ("mll23 verify", 'formats=["PNG", "TIFF"]', "never call `.decode(...)`", "unpickle", "pipe:", "Image(decode=False)", "croissant.json"):
+    for advice in ("mll23 verify", 'formats=["PNG", "TIFF", "JPEG"]', "never call `.decode(...)`", "unpickle", "pipe:", "Image(decode=False)", "croissant.json"):
         assert advice in section, advice
