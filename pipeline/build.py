@@ -341,13 +341,13 @@ def _commonest_reasons(entries: list[LedgerEntry]) -> str:
 
 def _one_wrong_size(entries: list[LedgerEntry], expected: tuple[int, int]) -> str | None:
     """'all 80 images are 360x363; ...' when every input was refused for the same wrong size."""
-    sizes = {m.groups() if (m := _WRONG_SIZE.fullmatch(e.reason)) else None for e in entries}
+    sizes = {m.groups() if (m := _WRONG_SIZE.match(e.reason)) else None for e in entries}
     if len(sizes) != 1 or None in sizes:
         return None
     width, height = (int(x) for x in sizes.pop())
     said = f"all {len(entries)} images are {width}x{height}; the config expects {expected[0]}x{expected[1]}"
     if (height, width) == tuple(expected):
-        said += ": width and height look swapped in the config's image size ([image] width and height)"
+        said += f": width and height look swapped in the config's image size (set [image] width = {width}, height = {height})"
     return said
 
 

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,7 +47,7 @@ import pipeline
 from pipeline import manifest as manifest_mod
 from pipeline import neardup, notes
 from pipeline.card import size_category
-from pipeline.config import LABEL_PATTERN, SPLITS, ReleaseConfig
+from pipeline.config import LABEL_PATTERN, SPLITS, ConfigError, ReleaseConfig
 from pipeline.croissant import CROISSANT, croissant_document
 from pipeline.decode import open_rgb
 from pipeline.diff import markdown_table
@@ -698,6 +699,37 @@ def _croissant_config(name: str, version: str, release_date: str, sources: list[
     return ReleaseConfig(raw=doc, source="harmonise")
 
 
+_TEXT = {"type": "string", "maxLength": 100_000}
+# The config-shaped description a harmonised manifest records (what _croissant_config writes, nothing more): verify
+# reads it from an untrusted manifest, so its shape is checked before the Croissant writer sees it.
+_CROISSANT_CONFIG_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "pretty_name", "version", "release_date", "license", "classes", "image", "dedup", "datasheet"],
+    "properties": {
+        "name": _TEXT, "pretty_name": _TEXT, "version": _TEXT, "release_date": _TEXT, "license": _TEXT,
+        "classes": {"type": "array", "maxItems": 1000, "items": {
+            "type": "object", "additionalProperties": False, "required": ["label", "full_name"],
+            "properties": {"label": {"type": "string", "pattern": LABEL_PATTERN}, "full_name": _TEXT}}},
+        "image": {"type": "object", "additionalProperties": False, "required": ["width", "height", "mode"],
+                  "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}, "mode": {"const": "RGB"}}},
+        "dedup": {"type": "object", "additionalProperties": False, "required": ["phash_threshold", "conflict_policy"],
+                  "properties": {"phash_threshold": {"type": "integer"}, "conflict_policy": {"const": "drop_all"}}},
+        "datasheet": {"type": "object", "maxProperties": 20, "additionalProperties": _TEXT},
+    },
+}
+
+
+def croissant_config_of(manifest: dict) -> ReleaseConfig:
+    """The Croissant description a harmonised release's manifest records, checked (ConfigError names the key)."""
+    doc = manifest.get("config")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_CROISSANT_CONFIG_SCHEMA).iter_errors(doc))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top)"
+        raise ConfigError(f"manifest.json (config) of a harmonised release: key {where}: {error.message[:200]}")
+    return ReleaseConfig(raw=doc, source="manifest.json (config)")
+
+
 def _write_croissant(staging: Path, config: ReleaseConfig, counts: dict, sources: list[Source]) -> None:
     files = [e for e in manifest_mod.file_entries(staging) if e["path"] not in (CROISSANT, manifest_mod.MANIFEST)]
     doc = croissant_document(config, counts, files)
@@ -707,12 +739,22 @@ def _write_croissant(staging: Path, config: ReleaseConfig, counts: dict, sources
         f"source images: {counts['ledger']['kept']:,} kept, {counts['ledger']['duplicate']:,} cross-source duplicates, "
         f"{counts['ledger']['excluded']:,} excluded (ledger.csv gives each image's fate and reason)."
     )
-    images = next(r for r in doc["recordSet"] if r["@id"] == "images")
+    add_source_fields(next(r for r in doc["recordSet"] if r["@id"] == "images"))
+    (staging / CROISSANT).write_text(manifest_mod.dumps_json(doc), encoding="utf-8")
+
+
+_SOURCE_FIELDS = (("source", "The source dataset."), ("original_label", "The class in the source release."),
+                  ("original_name", "The source dataset's own name for the class."))
+
+
+def add_source_fields(images: dict) -> dict:
+    """The harmonised release's Croissant `images` record set: the shared one plus the per-source columns
+    (also what `mll23 verify` expects of a harmonised release's croissant.json)."""
     images["description"] = "One record per published image (sizes differ between sources), read from the Parquet shards."
-    for name, what in (("source", "The source dataset."), ("original_label", "The class in the source release."), ("original_name", "The source dataset's own name for the class.")):
+    for name, what in _SOURCE_FIELDS:
         images["field"].append({"@type": "cr:Field", "@id": f"images/{name}", "name": name, "description": what, "dataType": "sc:Text",
                                 "source": {"fileSet": {"@id": "parquet-files"}, "extract": {"column": name}}})
-    (staging / CROISSANT).write_text(manifest_mod.dumps_json(doc), encoding="utf-8")
+    return images
 
 
 # ---- the command --------------------------------------------------------------------------------------
@@ -782,7 +824,9 @@ def harmonise(
         notes_path.write_text(notes.notes_for_build(body, ledger_text, None, notes.maintainer_words(out / notes.notes_relpath(version))), encoding="utf-8")
         card = render_card(name, version, release_date, sources, label_map, counts, _configs(named, sources), split_bytes, duplicates)
         (staging / CARD).write_text(card, encoding="utf-8")
-        _write_croissant(staging, _croissant_config(name, version, release_date, sources, label_map), counts, sources)
+        croissant_config = _croissant_config(name, version, release_date, sources, label_map)
+        body["config"] = croissant_config.raw  # what verify rebuilds croissant.json's record and file sets from
+        _write_croissant(staging, croissant_config, counts, sources)
         manifest_mod.write_manifest(staging, body)
         if out.exists():
             shutil.rmtree(out)

@@ -1020,10 +1020,17 @@ def _croissant_build_parts(view: ReleaseView) -> dict:
 
     if not isinstance(view.manifest.get("config"), dict):
         raise ConfigError(f"{MANIFEST} records no config")
-    config = validate_config(view.manifest["config"], f"{MANIFEST} (config)")
+    if "harmonised_from" in view.manifest:  # `mll23 harmonise`: per-source columns, a config of its own shape
+        from pipeline.harmonise import add_source_fields, croissant_config_of
+
+        config = croissant_config_of(view.manifest)
+        images = add_source_fields(croissant.images_record_set(config))
+    else:
+        config = validate_config(view.manifest["config"], f"{MANIFEST} (config)")
+        images = croissant.images_record_set(config)
     return {
         "@context": croissant.CONTEXT,
-        "recordSet": [croissant.splits_record_set(), croissant.classes_record_set(config), croissant.images_record_set(config)],
+        "recordSet": [croissant.splits_record_set(), croissant.classes_record_set(config), images],
         "fileSets": [d for d in croissant.croissant_document(config, view.manifest["counts"], [])["distribution"] if d.get("@type") == "cr:FileSet"],
     }
 

@@ -279,3 +279,18 @@ def test_published_harmonised_release_loads_its_configs_from_the_hub(harmonised,
     assert loaded["loso_matek19"]["test"]["rows"] == sum(_expected_per_source("matek19").values())
     assert "matek19" not in loaded["loso_matek19"]["train"]["sources"]
     assert {s for v in loaded["acevedo20"].values() for s in v["sources"]} == {"acevedo20"}
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda c: c["classes"][0].update(label="../x"), "key classes/0/label"),
+    (lambda c: c.update(image=None), "key image"),
+    (lambda c: c.update(extra_key="x"), "key (top)"),
+])
+def test_a_tampered_croissant_description_in_a_harmonised_manifest_is_named(harmonised, tmp_path, edit, named):
+    from tests import hostile_release_kit as kit
+
+    copy_dir = tmp_path / "h"
+    shutil.copytree(harmonised, copy_dir)
+    kit.edit_manifest(copy_dir, lambda d: edit(d["config"]))
+    messages = verify_messages(copy_dir)
+    assert any(m.startswith("[croissant]") and "harmonised release" in m and named in m for m in messages), messages
