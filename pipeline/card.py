@@ -218,10 +218,11 @@ Classes are strongly imbalanced; this reflects how often the cell types occur.
 
 Cleaning, as the dataset's paper describes it, reproduced by this release's build:
 - duplicate images are removed: identical pixels, and copies of one scan up to re-encoding, lossy
-  compression, a shift by a few pixels or a brightness change, confirmed by a pixel comparison that
-  every candidate pair gets (candidates: pHash within {config.lookalike_threshold} bits, or a hash of the
-  window centred on the cell within {CENTRE_RADIUS} bits); one copy is kept;
-- duplicates whose labels disagree are all dropped (policy `{config.conflict_policy}`);
+  compression, a shift by a few pixels or a brightness change, confirmed by a pixel comparison of the
+  candidate pairs (pHash within {config.lookalike_threshold} bits, or a hash of the window centred on the
+  cell within {CENTRE_RADIUS} bits) that pass a correlation gate on stored thumbnails, and of every pair
+  within {config.phash_threshold} bits; one copy is kept;
+- duplicates whose labels disagree {'keep the strict majority label, ties dropped' if config.conflict_policy == 'majority' else 'are all dropped'} (policy `{config.conflict_policy}`);
 - dysplastic cells are excluded{', and the labels ' + ', '.join(sorted(config.exclude_labels)) if config.exclude_labels else ''};
 - images of the same cell at another focus or crop are not duplicates: they are kept and grouped;
 - `ledger.csv` names, for every duplicate, label conflict and look-alike group, the test that decided it

@@ -193,7 +193,8 @@ def preprocessing_text(config: ReleaseConfig, counts: dict) -> str:
     excluded = f" and the labels {', '.join(sorted(config.exclude_labels))}" if config.exclude_labels else ""
     return (
         f"Duplicate images removed: identical pixels, and copies of one scan (shifted, brighter, re-compressed) found by a "
-        f"pixel duplicate test of every candidate pair (pHash within {config.lookalike_threshold} bits, or the same centre); one copy kept. Duplicates with disagreeing labels handled by the policy "
+        f"pixel duplicate test of the candidate pairs (pHash within {config.lookalike_threshold} bits, or the same centre) "
+        f"that pass a thumbnail correlation gate, and of every pair within {config.phash_threshold} bits; one copy kept. Duplicates with disagreeing labels handled by the policy "
         f"'{config.conflict_policy}'. Dysplastic cells excluded{excluded}. Images of the same cell at another focus or crop "
         f"are kept and grouped. Every record validated against a JSON schema. Of {counts['ledger_total']:,} raw inputs: "
         f"{led['kept']:,} kept, {led['duplicate']:,} duplicates, {led['label_conflict']:,} label conflicts, "
