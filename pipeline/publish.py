@@ -302,7 +302,7 @@ def choose_branch(version: str, tags: dict[str, str]) -> str:
     if all(version_key(v) < key for v in others):
         return DEFAULT_BRANCH
     newer_in_line = [v for v in others if version_key(v)[:2] == key[:2] and version_key(v) > key]
-    if newer_in_line:
+    if newer_in_line and f"v{version}" not in tags:
         raise PublishError(
             f"{version} is older than {newer_in_line[-1]}, already published in the same {key[0]}.{key[1]} line;"
             " a line only moves forward: publish the fix as a newer patch version"
