@@ -31,7 +31,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
+from huggingface_hub import CommitOperationAdd, CommitOperationCopy, CommitOperationDelete, HfApi, constants
 from huggingface_hub.utils import (
     are_progress_bars_disabled,
     build_hf_headers,
@@ -174,6 +174,7 @@ class BranchUpdate:
     parent: str | None  # the head the plan was made against: the commit fails if someone moved the branch
     additions: list[Addition]
     deletions: list[str]
+    copies: list[tuple[str, str, str]]  # (path, commit, path there) of objects the repo's store already holds
     title: str
     description: str
 
@@ -192,7 +193,11 @@ def commit_atomically(api: HfApi, update: BranchUpdate, *, xet: bool, stage: Cal
         stage(f"committing to branch {update.branch}")
         info = api.create_commit(
             update.repo_id,
-            operations=[*operations, *(CommitOperationDelete(p) for p in update.deletions)],
+            operations=[
+                *operations,
+                *(CommitOperationCopy(src, path, src_revision=rev) for path, rev, src in update.copies),
+                *(CommitOperationDelete(p) for p in update.deletions),
+            ],
             commit_message=update.title,
             commit_description=update.description,
             repo_type=REPO_TYPE,

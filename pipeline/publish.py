@@ -44,7 +44,7 @@ from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from pipeline import __version__
+from pipeline import __version__, verify_stamp
 from pipeline.hub_upload import (
     Addition,
     BranchUpdate,
@@ -89,12 +89,21 @@ class PlannedFile:
     sha256: str
     on_hub: bool  # the target branch already has exactly this content at this path
     replaces: bool = False  # the branch has this path with other content
+    # (revision, path) of a large file with this sha256 elsewhere in the repo: committed as a copy, nothing sent
+    copy_from: tuple[str, str] | None = None
 
     @property
     def status(self) -> str:
         if self.on_hub:
             return "already on Hub"
+        if self.copy_from is not None:
+            return "stored (copy)"
         return "new (changed)" if self.replaces else "new"
+
+    @property
+    def cost(self) -> int:
+        """Bytes this file sends: none when the Hub has it, here or elsewhere in the repo."""
+        return 0 if self.on_hub or self.copy_from is not None else self.size
 
 
 @dataclass(frozen=True)
@@ -150,8 +159,13 @@ class PublishPlan:
         return [f for f in self.files if f.on_hub]
 
     @property
+    def to_send(self) -> list[PlannedFile]:
+        """Files whose bytes go up (the others on the branch already, or copied from elsewhere in the repo)."""
+        return [f for f in self.to_upload if f.copy_from is None]
+
+    @property
     def upload_bytes(self) -> int:
-        return sum(f.size for f in self.to_upload)
+        return sum(f.cost for f in self.files)
 
     @property
     def branch_matches(self) -> bool:
@@ -172,12 +186,13 @@ class PublishPlan:
             out.append(f"  tag {self.tag} already exists at {self.tag_commit[:12]} ({state})")
         width = max((len(f.status) for f in self.files), default=0)
         for f in self.files:
-            out.append(f"  {f.status:<{width}}  {_human(f.size):>9}  {f.path}")
+            out.append(f"  {f.status:<{width}}  {_human(f.cost):>9}  {f.path}")
         for path in self.deletions:
             out.append(f"  {'delete':<{width}}  {'':>9}  {path}")
         out.append(
-            f"  {len(self.to_upload)} to upload ({_human(self.upload_bytes)}), {len(self.already_on_hub)} already on"
-            f" Hub, {len(self.deletions)} to delete"
+            f"  {len(self.to_send)} to upload ({_human(self.upload_bytes)}), {len(self.to_upload) - len(self.to_send)}"
+            f" stored elsewhere in the repo (copied, 0 B), {len(self.already_on_hub)} already on Hub,"
+            f" {len(self.deletions)} to delete"
         )
         return out
 
@@ -347,6 +362,22 @@ def _remote_tree(api: HfApi, repo_id: str, revision: str) -> dict[str, RepoFile]
     }
 
 
+def _stored_objects(api: HfApi, repo_id: str, commits: list[str], read: dict[str, dict[str, RepoFile]]
+                    ) -> dict[str, tuple[str, str]]:
+    """sha256 -> (commit, path) of every large (LFS/Xet) file in the trees of `commits` (the repo's branch heads
+    and tags): objects the repo's store holds, which a commit can name without sending a byte. Objects uploaded
+    by a killed run but never committed are not in any tree; the upload itself finds those (see hub_upload)."""
+    stored: dict[str, tuple[str, str]] = {}
+    for commit in dict.fromkeys(commits):
+        tree = read.get(commit)
+        if tree is None:
+            tree = _remote_tree(api, repo_id, commit)
+        for path, entry in sorted(tree.items()):
+            if entry.lfs is not None and entry.lfs.sha256 not in stored:
+                stored[entry.lfs.sha256] = (commit, path)
+    return stored
+
+
 def _same_content(source: FileSource, path: str, remote: RepoFile | None) -> bool:
     size, sha256 = source.files[path]
     if remote is None or remote.size != size:
@@ -388,10 +419,12 @@ def plan_publish(release_dir: Path, repo_id: str, *, api: HfApi, branch: str = D
     tags = {ref.name: ref.target_commit for ref in refs.tags}
     head = heads.get(branch)
     remote = _remote_tree(api, repo_id, head) if head else {}
+    stored = _stored_objects(api, repo_id, [*heads.values(), *tags.values()], {head: remote} if head else {})
     files = []
     for path, (size, sha) in local.items():
         on_hub = _same_content(source, path, remote.get(path))
-        files.append(PlannedFile(path, size, sha, on_hub=on_hub, replaces=not on_hub and path in remote))
+        files.append(PlannedFile(path, size, sha, on_hub=on_hub, replaces=not on_hub and path in remote,
+                                 copy_from=None if on_hub else stored.get(sha)))
     deletions = sorted(set(remote) - set(local) - HUB_MANAGED)
 
     tag_commit = tags.get(target.tag)
@@ -434,9 +467,18 @@ def _describe(err: BaseException, token: str | None) -> str:
     return _redact(" <- ".join(parts), token)
 
 
-def _check_release(release_dir: Path, verify: Callable[[Path], list[str]] | None, token: str | None) -> dict:
-    """manifest.json, once the release passed the self-check and `verify`; PublishError naming the failures."""
+def _check_release(release_dir: Path, verify: Callable[[Path], list[str]] | None, verify_name: str | None,
+                   token: str | None, say: Callable[[str], None]) -> dict:
+    """manifest.json, once the release passed the self-check and `verify`; PublishError naming the failures.
+    A release unchanged since it last passed the same checks on this machine (pipeline.verify_stamp) is not
+    checked again; `verify` without a `verify_name` is always run (an anonymous check cannot be stamped)."""
     manifest = read_manifest(release_dir)
+    checks = "self-check" if verify is None else (f"self-check + {verify_name}" if verify_name else None)
+    key = verify_stamp.release_key(release_dir, checks) if checks else None
+    if verify_stamp.is_stamped(key):
+        say(f"{release_dir} is unchanged since it passed {checks} (files' stat and manifest.json's sha256 as"
+            " then): not verified again")
+        return manifest
     failures = self_check(release_dir)
     if verify is not None and not failures:  # the verifier's loaders run only on files that passed the check
         try:
@@ -446,6 +488,7 @@ def _check_release(release_dir: Path, verify: Callable[[Path], list[str]] | None
     if failures:
         shown = "\n  ".join(failures[:20]) + (f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else "")
         raise PublishError(_redact(f"release {release_dir} failed verification; not publishing:\n  {shown}", token))
+    verify_stamp.stamp(key)  # the key of the files as they were before the checks began
     return manifest
 
 
@@ -466,6 +509,7 @@ def publish(
     dry_run: bool = False,
     token: str | None = None,
     verify: Callable[[Path], list[str]] | None = None,
+    verify_name: str | None = None,
     endpoint: str | None = None,
     log: Callable[[str], None] = print,
 ) -> PublishResult:
@@ -475,7 +519,8 @@ def publish(
 
     - The version is manifest.json's. Before anything else the release is checked: `verify(release_dir)` (a list
       of failure messages, e.g. `mll23 verify`) and a self-check of the manifest against the files; any failure
-      refuses the publish.
+      refuses the publish. When `verify_name` names the checks `verify` makes, a release unchanged since it
+      passed them on this machine is not verified again (a stamp in the user's cache, `pipeline.verify_stamp`).
     - Branch: ``main`` when the version is newer than every version tagged in the repo (main only moves
       forward); an older version (a patch of an old line, e.g. 1.0.1 after 1.2.0) goes to its line branch
       ``v1.0.x`` (WebDataset: ``v1.0.x-webdataset``), created from the line's newest tag.
@@ -500,7 +545,7 @@ def publish(
     def say(message: str) -> None:
         log(_redact(message, token))
 
-    manifest = _check_release(release_dir, verify, token)
+    manifest = _check_release(release_dir, verify, verify_name, token, say)
     if not dry_run and not token:
         raise PublishError("no Hugging Face token: pass one, set HF_TOKEN, or run `hf auth login`")
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
@@ -641,14 +686,16 @@ def _commit_branch(api: HfApi, manifest: dict, target: PublishTarget, plan: Publ
     """The one commit that moves the branch from the old release to the new one; returns its id."""
     progress.stage = f"asking whether the Hub offers Xet for branch {target.branch}"
     xet = _use_xet(api, plan.repo_id, target.branch, token, say)
-    say(f"publishing {target.tag} to {plan.repo_id} (branch {plan.branch}): {len(plan.to_upload)} files to upload"
-        f" ({_human(plan.upload_bytes)}), {len(plan.already_on_hub)} already on the Hub,"
+    say(f"publishing {target.tag} to {plan.repo_id} (branch {plan.branch}): {len(plan.to_send)} files to upload"
+        f" ({_human(plan.upload_bytes)}), {len(plan.to_upload) - len(plan.to_send)} copied from elsewhere in the"
+        f" repo, {len(plan.already_on_hub)} already on the branch,"
         f" {len(plan.deletions)} to delete, in one commit")
     source = target.source
-    additions = [Addition(f.path, f.size, f.sha256, lambda f=f: source.open(f.path)) for f in plan.to_upload]
+    additions = [Addition(f.path, f.size, f.sha256, lambda f=f: source.open(f.path)) for f in plan.to_send]
+    copies = [(f.path, *f.copy_from) for f in plan.to_upload if f.copy_from is not None]
     name = manifest.get("name", "release")
     update = BranchUpdate(
-        plan.repo_id, plan.branch, plan.head, additions, plan.deletions,
+        plan.repo_id, plan.branch, plan.head, additions, plan.deletions, copies,
         title=printable(f"{name} {target.tag}", limit=200),
         description=f"{len(additions)} files added or updated, {len(plan.deletions)} deleted.",
     )
@@ -660,7 +707,7 @@ def _commit_branch(api: HfApi, manifest: dict, target: PublishTarget, plan: Publ
         head = commit_atomically(api, update, xet=xet, stage=stage)
     except UploadError as err:
         raise PublishError(f"publishing {target.tag} to {plan.repo_id}: {err}") from None
-    say(f"committed {len(additions)} files ({_human(plan.upload_bytes)}), {len(plan.deletions)} deletions to"
+    say(f"committed {len(plan.to_upload)} files ({_human(plan.upload_bytes)} sent), {len(plan.deletions)} deletions to"
         f" branch {plan.branch} in one commit -> {head[:12]}")
     return head
 

@@ -296,3 +296,46 @@ def test_plan_compares_sha256_for_lfs_and_git_blob_ids_for_small_files(hub, toke
     assert not by_path["README.md"].on_hub and by_path["README.md"].replaces
     assert plan.deletions == ["images/mll23_00002.png"]
     assert plan.tag_commit is None and plan.repo_exists and plan.private is False
+
+
+def test_an_unchanged_release_is_not_verified_again(hub, token, release_v1, tmp_path):
+    import os
+
+    from pipeline import verify_stamp
+
+    calls: list[Path] = []
+
+    def verify(path: Path) -> list[str]:
+        calls.append(path)
+        return []
+
+    def run(**kwargs) -> list[str]:
+        lines: list[str] = []
+        publish(release_v1, REPO, token=token, endpoint=hub.url, log=lines.append, verify=verify, **kwargs)
+        return lines
+
+    run(verify_name="checks")
+    lines = run(verify_name="checks")  # the no-op publish: nothing changed since the verify
+    assert len(calls) == 1 and any("not verified again" in line for line in lines)
+    stamps = list(verify_stamp.stamp_dir().iterdir())
+    assert len(stamps) == 1 and not any(release_v1.rglob("*stamp*"))  # kept outside the release
+    run()  # an anonymous verifier is never skipped
+    assert len(calls) == 2
+    run(verify_name="other checks")  # nor one stamped under another name
+    assert len(calls) == 3
+
+    shard = release_v1 / "data" / "test-00000-of-00001.parquet"
+    os.utime(shard)  # the same bytes, touched: its stat changed, so verify runs again
+    run(verify_name="checks")
+    assert len(calls) == 4
+    (release_v1 / "extra").mkdir()
+    os.link(release_v1 / "README.md", release_v1 / "extra" / "README.md")
+    with pytest.raises(PublishError, match="hard link"):  # a new name for a file: refused, not skipped
+        run(verify_name="checks")
+    (release_v1 / "extra" / "README.md").unlink()
+    (release_v1 / "extra").rmdir()
+    data = bytearray(shard.read_bytes())
+    data[200] ^= 1
+    shard.write_bytes(bytes(data))  # changed in place (same inode, same size)
+    with pytest.raises(PublishError, match="test-00000-of-00001.parquet: sha256"):
+        run(verify_name="checks")

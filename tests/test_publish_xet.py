@@ -172,3 +172,44 @@ def test_progress_bars_off_in_ci(monkeypatch):
         assert are_progress_bars_disabled()
     assert not are_progress_bars_disabled()  # restored
 
+
+
+@pytest.mark.parametrize("xet", [True, False])
+def test_objects_stored_elsewhere_in_the_repo_cost_nothing(hub, token, release_v1, tmp_path, monkeypatch, xet):
+    """A file whose bytes the repo already stores (another path, another branch or tag) is committed as a copy:
+    the dry run prices it at 0 B and the publish sends none of its bytes, even from a fresh machine."""
+    import json
+    import shutil
+
+    if not xet:
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    publish(release_v1, REPO, token=token, endpoint=hub.url, log=lambda _: None)
+    moved = tmp_path / "release-1.0.1"
+    shutil.copytree(release_v1, moved)
+    (moved / "data" / "train-00000-of-00001.parquet").rename(moved / "data" / "train-renamed.parquet")
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["version"] = "1.0.1"
+    for item in manifest["files"]:
+        if item["path"] == "data/train-00000-of-00001.parquet":
+            item["path"] = "data/train-renamed.parquet"
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    size = (moved / "manifest.json").stat().st_size
+    hub.cas.forget_clients()  # a fresh machine: no client cache to dedup against
+    hub.clear_log()
+    lines: list[str] = []
+
+    publish(moved, REPO, token=token, endpoint=hub.url, log=lines.append, dry_run=True)
+
+    status = {line.rsplit(None, 1)[-1]: line for line in lines if line.startswith("  ")}
+    assert status["data/train-renamed.parquet"].split() == ["stored", "(copy)", "0", "B", "data/train-renamed.parquet"]
+    assert status["data/train-00000-of-00001.parquet"].split()[0] == "delete"
+    assert f"  1 to upload ({size / 1000:.1f} kB), 1 stored elsewhere in the repo (copied, 0 B), 9 already on Hub," \
+        " 1 to delete" in lines  # manifest.json is the one file sent
+    assert hub.writes() == []
+
+    before = hub.store_usage()
+    publish(moved, REPO, token=token, endpoint=hub.url, log=lambda _: None)
+
+    assert (hub.store_usage() - before).xorb_bytes == 0 and (hub.store_usage() - before).lfs_bytes == 0
+    assert hub.requests("lfs_put") == []
+    assert hub_tree(hub, "v1.0.1") == release_tree(moved)
