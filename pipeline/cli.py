@@ -224,18 +224,25 @@ def diff(
 
 @app.command()
 def verify(
-    release: Annotated[Path, typer.Argument(help="The release directory to check")],
+    release_arg: Annotated[str, typer.Argument(metavar="RELEASE", help="The release directory to check, or a published release hf://datasets/ORG/NAME@vX.Y.Z")],
     rebuild: Annotated[Path | None, typer.Option(help="RAW directory: also rebuild and compare byte for byte")] = None,
     previous: Annotated[
         Path | None, typer.Option(help="With --rebuild: the release this one was built on (default: found beside it by hash)")
     ] = None,
     workers: Annotated[int, typer.Option(help="Processes for the rebuild (0: all cores)")] = 0,
     notes_dir: Annotated[Path | None, typer.Option(help="Also check that the release's notes equal the editable copy here")] = None,
+    sample: Annotated[str, typer.Option(help="hf:// only: images decoded against pixel_sha256 (a number, or 'all')")] = "300",
+    endpoint: Annotated[str | None, typer.Option(help="hf:// only: Hub URL (default: HF_ENDPOINT, else huggingface.co)")] = None,
 ) -> None:
-    """Check a release for CI: exit 0 only when every check holds; each failure is named."""
+    """Check a release for CI: exit 0 only when every check holds; each failure is named. An hf:// release is
+    checked on the Hub without downloading it (pipeline.remote_verify)."""
     from pipeline.verify import run_checks
 
     out, err = _consoles()
+    if release_arg.startswith("hf://"):
+        _verify_remote(release_arg, sample, endpoint, out)
+        return
+    release = Path(release_arg)
     if not release.is_dir():
         raise _fail(f"release directory not found: {printable(release)}", EXIT_USAGE)
     if rebuild is not None and not rebuild.is_dir():
@@ -255,6 +262,34 @@ def verify(
         out.print(f"{printable(release)}: {len(failed)} of {len(results)} checks failed ({n} problem(s))", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_CHECK_FAILED)
     out.print(f"{printable(release)}: all {len(results)} checks passed", highlight=False, markup=False, soft_wrap=True)
+
+
+def _verify_remote(url: str, sample: str, endpoint: str | None, out) -> None:
+    import os
+
+    from huggingface_hub import get_token
+
+    from pipeline.remote_verify import RemoteError, verify_remote
+
+    if sample != "all" and not (sample.isdigit() and int(sample) > 0):
+        raise _fail(f"--sample must be a positive number or 'all', got {printable(sample)}", EXIT_USAGE)
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT")
+    say = lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+    try:
+        report = verify_remote(url, endpoint=endpoint, token=get_token(), log=say,
+                               sample=None if sample == "all" else int(sample))
+    except RemoteError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except Exception as exc:  # the Hub unreachable or refusing: a failed check, named
+        raise _fail(printable(f"{url}: could not be read from the Hub: {type(exc).__name__}: {exc}", limit=600),
+                    EXIT_CHECK_FAILED) from None
+    for failure in report.failures:
+        say(f"     - {failure}")
+    if report.failures:
+        say(f"{printable(url)}: {len(report.failures)} problem(s)")
+        raise typer.Exit(EXIT_CHECK_FAILED)
+    say(f"{printable(url)}: passed ({report.checked_by_metadata} large files by the Hub's sha256,"
+        f" {len(report.downloaded)} small files, {report.images_checked} images)")
 
 
 @app.command("ci-workflow")
