@@ -269,27 +269,34 @@ def _verify_remote(url: str, sample: str, endpoint: str | None, out) -> None:
 
     from huggingface_hub import get_token
 
-    from pipeline.remote_verify import RemoteError, verify_remote
+    from pipeline.remote_verify import RemoteError, release_urls, verify_remote
 
     if sample != "all" and not (sample.isdigit() and int(sample) > 0):
         raise _fail(f"--sample must be a positive number or 'all', got {printable(sample)}", EXIT_USAGE)
     endpoint = endpoint or os.environ.get("HF_ENDPOINT")
     say = lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+    failed = 0
     try:
-        report = verify_remote(url, endpoint=endpoint, token=get_token(), log=say,
-                               sample=None if sample == "all" else int(sample))
+        urls = [url] if "@" in url else release_urls(url, endpoint=endpoint, token=get_token())
+        for one in urls:
+            say(f"verifying {one}")
+            report = verify_remote(one, endpoint=endpoint, token=get_token(), log=say,
+                                   sample=None if sample == "all" else int(sample))
+            for failure in report.failures:
+                say(f"     - {failure}")
+            if report.failures:
+                failed += 1
+                say(f"{printable(one)}: {len(report.failures)} problem(s)")
+            else:
+                say(f"{printable(one)}: passed ({report.checked_by_metadata} large files by the Hub's sha256,"
+                    f" {len(report.downloaded)} small files, {report.images_checked} images)")
     except RemoteError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except Exception as exc:  # the Hub unreachable or refusing: a failed check, named
         raise _fail(printable(f"{url}: could not be read from the Hub: {type(exc).__name__}: {exc}", limit=600),
                     EXIT_CHECK_FAILED) from None
-    for failure in report.failures:
-        say(f"     - {failure}")
-    if report.failures:
-        say(f"{printable(url)}: {len(report.failures)} problem(s)")
+    if failed:
         raise typer.Exit(EXIT_CHECK_FAILED)
-    say(f"{printable(url)}: passed ({report.checked_by_metadata} large files by the Hub's sha256,"
-        f" {len(report.downloaded)} small files, {report.images_checked} images)")
 
 
 @app.command("ci-workflow")
@@ -298,13 +305,15 @@ def ci_workflow(
         str | None,
         typer.Option(help="pip requirement for the tool in CI (default: this version, mll23-pipeline==X.Y.Z); verify's extras are added"),
     ] = None,
+    hub_repo: Annotated[str | None, typer.Option(help="The public Hub dataset ORG/NAME the releases are published to")] = None,
 ) -> None:
-    """Print a GitHub Actions workflow that runs `mll23 verify` on a repository's releases (on pull requests,
-    read-only, no secrets); the extras verify needs are added to the requirement."""
+    """Print a GitHub Actions workflow that verifies a repository's releases: on the Hub (tag push, weekly, on
+    demand) and the release directories a pull request changes (read-only, no secrets); the extras verify
+    needs are added to the requirement."""
     from pipeline.resources import RequirementError, ci_workflow_text
 
     try:
-        text = ci_workflow_text(install)
+        text = ci_workflow_text(install, hub_repo)
     except RequirementError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     typer.echo(text, nl=False)

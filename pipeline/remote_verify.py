@@ -82,6 +82,19 @@ def parse_url(url: str) -> tuple[str, str]:
     return f"{match.group(1)}/{match.group(2)}", match.group(3)
 
 
+def release_urls(url: str, *, endpoint: str | None = None, token: str | None = None) -> list[str]:
+    """hf://datasets/ORG/NAME (no revision): one URL per release tagged vX.Y.Z on the Hub, oldest first."""
+    from pipeline.publish import published_versions
+
+    repo_id, _ = parse_url(f"{url}@main")
+    api = HfApi(endpoint=(endpoint or constants.ENDPOINT).rstrip("/"), token=token or False)
+    tags = {r.name: r.target_commit for r in api.list_repo_refs(repo_id, repo_type="dataset").tags}
+    versions = published_versions(tags)
+    if not versions:
+        raise RemoteError(f"{repo_id} has no release tagged vX.Y.Z")
+    return [f"{url}@v{v}" for v in versions]
+
+
 def _is_small(rel: str) -> bool:
     return not rel.endswith((".parquet", ".tar"))
 

@@ -64,6 +64,10 @@ def test_remote_verify_passes_reading_a_fraction(hub, token, published, monkeypa
               f" Parquet {large:,} B; {report.row_groups_read} of {groups} row groups read")
     assert served < 0.5 * total  # the tars are never read, and one row group of the Parquet
 
+    every = CliRunner().invoke(app, ["verify", f"hf://datasets/{REPO}", "--endpoint", hub.url, "--sample", "1"])
+    assert every.exit_code == 0, every.output
+    assert f"verifying {URL}" in every.output and f"{URL}: passed" in every.output
+
 
 def test_remote_verify_names_a_shard_whose_sha256_the_hub_misstates(hub, token, published):
     repo = hub.get_repo(REPO)
