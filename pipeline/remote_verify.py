@@ -11,6 +11,8 @@
   because a row group's image column is one read: a few hundred images cost a few row groups, not a few hundred.
 - Refs: the revision is a tag or branch; a tag v{X.Y.Z} holds version X.Y.Z; a release with a tars' card has its
   `v{X.Y.Z}-webdataset` tag, whose tree holds the manifest's wds/ files.
+- Last, only when everything above passed: a streaming `datasets.load_dataset` of the revision, in a child
+  process, gives a row of every split.
 
 The Hub's answers are untrusted like a release: names pass release_files' relpath rules, listed sizes are capped,
 downloads stop at their cap, and a redirect is followed only without the token (the CAS bridge is another
@@ -236,9 +238,59 @@ def _ref_problems(api: HfApi, repo_id: str, revision: str, manifest: dict,
                 yield f"{wds_tag}: {problem}"
 
 
+_SMOKE = r"""
+import json, os, sys
+import datasets
+repo, commit = sys.argv[1], sys.argv[2]
+out = {}
+streamed = datasets.load_dataset(repo, revision=commit, streaming=True)
+for split, ds in streamed.items():
+    row = next(iter(ds.cast_column("image", datasets.Image(decode=False))))
+    out[split] = [row["image_id"], len(row["image"]["bytes"] or b"")]
+print("RESULT " + json.dumps(out), flush=True)
+os._exit(0)  # streaming readers' threads can abort the interpreter's shutdown ("terminate called ...")
+"""
+
+
+def _streaming_problems(repo_id: str, commit: str, endpoint: str, token: str | None, manifest: dict) -> Iterator[str]:
+    """`datasets.load_dataset(repo, revision=commit, streaming=True)` as a consumer runs it (after the card
+    check: its configs name only the release's shards), in a child process whose environment points datasets at
+    `endpoint` (datasets reads HF_ENDPOINT once, at import): every split of the manifest with rows gives a row."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    how = f"datasets.load_dataset({repo_id!r}, revision={commit[:12]!r}, streaming=True)"
+    with tempfile.TemporaryDirectory(prefix="mll23-smoke-") as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+        env.update({"HF_ENDPOINT": endpoint, "HF_HOME": home, "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
+        if token:
+            env["HF_TOKEN"] = token
+        try:
+            proc = subprocess.run([sys.executable, "-c", _SMOKE, repo_id, commit], env=env, capture_output=True,
+                                  text=True, timeout=600, cwd=home)
+        except subprocess.TimeoutExpired:
+            yield f"{how} did not finish in 10 minutes"
+            return
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        yield f"{how} fails: {printable(last, limit=300)}"
+        return
+    got = json.loads(line[len("RESULT "):])
+    expected = sorted(s for s, v in manifest.get("splits", {}).items() if v.get("num_examples"))
+    if sorted(got) != expected:
+        yield f"{how} gives splits {sorted(got)}, the manifest has {expected}"
+    for split, (image_id, size) in sorted(got.items()):
+        if not size:
+            yield f"{how}: the first {split} row ({show(image_id)}) has no image bytes"
+
+
 def verify_remote(url: str, *, endpoint: str | None = None, token: str | None = None,
                   sample: int | None = DEFAULT_SAMPLE, log: Callable[[str], None] = lambda _: None,
-                  limits: ParquetLimits | None = None) -> RemoteReport:
+                  limits: ParquetLimits | None = None, smoke: bool = True) -> RemoteReport:
     """Check the release at `url` (hf://datasets/ORG/NAME@REVISION) as described in the module docstring."""
     repo_id, revision = parse_url(url)
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
@@ -272,6 +324,9 @@ def verify_remote(url: str, *, endpoint: str | None = None, token: str | None = 
     report.failures += list(_image_problems(report, fs, repo_id, commit, shards, sample, limits or ParquetLimits()))
     log(f"{report.images_checked} images in {report.row_groups_read} row groups decoded against pixel_sha256"
         f" (of {report.rows_total} rows)")
+    if smoke and not report.failures:  # the loader runs only on a release that passed every check before it
+        report.failures += list(_streaming_problems(repo_id, commit, endpoint, token, manifest))
+        log("streaming load_dataset smoke test done")
     return report
 
 

@@ -52,16 +52,20 @@ def test_remote_verify_passes_reading_a_fraction(hub, token, published, monkeypa
 
     assert result.exit_code == 0, result.output
     assert "passed" in result.output and "images)" in result.output
+    assert "streaming load_dataset smoke test done" in result.output
+    with_smoke = sum(r.bytes_out for r in hub.requests())
+    hub.clear_log()
+    report = verify_remote(URL, endpoint=hub.url, token=token, sample=3, smoke=False)
     served = sum(r.bytes_out for r in hub.requests())
     total = release_bytes(published)
     large = sum((published / s).stat().st_size for s in shards(published))
-    report = verify_remote(URL, endpoint=hub.url, token=token, sample=3)
     assert report.failures == [] and 3 <= report.images_checked <= 6 < report.rows_total
     assert report.checked_by_metadata == len(shards(published)) + len(list((published / "wds").glob("*.tar")))
     assert set(report.downloaded) >= {"manifest.json", "README.md", "croissant.json", "ledger.csv"}
     with capsys.disabled():
         print(f"\nremote verify, sample 3: {served:,} B served of a {total:,} B release ({served / total:.1%});"
-              f" Parquet {large:,} B; {report.row_groups_read} of {groups} row groups read")
+              f" Parquet {large:,} B; {report.row_groups_read} of {groups} row groups read; with the streaming"
+              f" smoke test {with_smoke:,} B ({with_smoke / total:.1%})")
     assert served < 0.5 * total  # the tars are never read, and one row group of the Parquet
 
     every = CliRunner().invoke(app, ["verify", f"hf://datasets/{REPO}", "--endpoint", hub.url, "--sample", "1"])
