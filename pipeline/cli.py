@@ -80,9 +80,9 @@ def _fail_shown(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load_config(config: Path | None, version: str | None):
+def _load_config(config: Path | None, version: str | None, release_date: str | None = None):
     try:
-        return load_config(config, version=version)
+        return load_config(config, version=version, release_date=release_date)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
 
@@ -128,6 +128,7 @@ def build(
     out_dir: Annotated[Path, typer.Option("--out", help="Release directory to create")],
     config: Annotated[Path | None, typer.Option(help="Release config TOML (default: the shipped MLL23 config)")] = None,
     version: Annotated[str | None, typer.Option(help="Release version X.Y.Z (overrides the config)")] = None,
+    release_date: Annotated[str | None, typer.Option(help="Release date YYYY-MM-DD (overrides the config)")] = None,
     strict: Annotated[bool, typer.Option(help="Fail, writing nothing, if any input is invalid")] = False,
     workers: Annotated[int, typer.Option(help="Processes for per-image work (0: all cores)")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing release directory")] = False,
@@ -149,7 +150,7 @@ def build(
     from pipeline.notes import NotesError
 
     out, err = _consoles()
-    cfg = _load_config(config, version)
+    cfg = _load_config(config, version, release_date)
     if not raw.is_dir():
         raise _fail(f"RAW directory not found: {raw}", EXIT_USAGE)
     cache_dir = None if no_cache else (cache or default_cache_dir())

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import tomllib
+from datetime import date
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,8 +162,9 @@ def validate_config(doc: dict[str, Any], source: str) -> ReleaseConfig:
     return ReleaseConfig(raw=doc, source=source)
 
 
-def load_config(path: Path | None = None, *, version: str | None = None) -> ReleaseConfig:
-    """Load and validate a release config; the shipped MLL23 config when path is None."""
+def load_config(path: Path | None = None, *, version: str | None = None, release_date: str | None = None) -> ReleaseConfig:
+    """Load and validate a release config; the shipped MLL23 config when path is None. `version` and
+    `release_date` (YYYY-MM-DD, a real date) override the config's."""
     path = Path(path) if path is not None else default_config_path()
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -172,4 +174,10 @@ def load_config(path: Path | None = None, *, version: str | None = None) -> Rele
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     if version is not None:
         doc["version"] = version
+    if release_date is not None:
+        try:
+            date.fromisoformat(release_date)
+        except ValueError:
+            raise ConfigError(f"release_date: {release_date!r} is not a date YYYY-MM-DD") from None
+        doc["release_date"] = release_date
     return validate_config(doc, str(path))

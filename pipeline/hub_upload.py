@@ -154,12 +154,11 @@ def checked_operation(add: Addition, opened: ExitStack) -> CommitOperationAdd:
 
 def check_sent(operations: list[CommitOperationAdd], additions: list[Addition]) -> None:
     """The sha256 the client computed for every uploaded file is the manifest's: what was sent is what was
-    verified."""
+    verified. (Both upload paths hash large files while sending them; a file the server keeps in git is hashed
+    here, lazily, through the same checked descriptor the commit reads it from.)"""
     for op, add in zip(operations, additions, strict=True):
-        got = op.upload_info.sha256.hex() if op.upload_info.is_hashed else None
-        if got is None and op._upload_mode == "lfs":  # (never: both upload paths set it; a client change would)
-            raise UploadError(f"{printable(add.path)}: the client did not report the sha256 it uploaded")
-        if got is not None and got != add.sha256:
+        got = op.upload_info.sha256.hex()
+        if got != add.sha256:
             raise UploadError(f"{printable(add.path)}: the bytes uploaded (sha256 {got[:12]}) are not the bytes"
                               f" verified (manifest.json {add.sha256[:12]}): the file changed during the upload;"
                               " nothing committed")
