@@ -21,7 +21,6 @@ import shutil
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +133,7 @@ def main() -> None:
     raw = work / "raw"
     synthesize(raw, config=config, scale=args.scale, seed=args.seed, workers=2)
     v1 = build_release(raw, work / "v1.0.0", config, workers=2).out_dir
-    labels = [c["name"] for c in tomllib.loads((ROOT / "pipeline/configs/mll23.toml").read_text())["classes"]]
+    labels = list(config.class_names)
     raw_removed = copy_raw(raw, work / "raw-removed")
     remove_one_percent(raw_removed)
     raw_label = copy_raw(raw, work / "raw-label")

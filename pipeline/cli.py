@@ -234,6 +234,7 @@ def verify(
     notes_dir: Annotated[Path | None, typer.Option(help="Also check that the release's notes equal the editable copy here")] = None,
     sample: Annotated[str, typer.Option(help="hf:// only: images decoded against pixel_sha256 (a number, or 'all')")] = "300",
     endpoint: Annotated[str | None, typer.Option(help="hf:// only: Hub URL (default: HF_ENDPOINT, else huggingface.co)")] = None,
+    smoke: Annotated[bool, typer.Option(help="hf:// only: finish with a streaming load_dataset of the release")] = True,
 ) -> None:
     """Check a release for CI: exit 0 only when every check holds; each failure is named. An hf:// release is
     checked on the Hub without downloading it (pipeline.remote_verify)."""
@@ -241,7 +242,7 @@ def verify(
 
     out, err = _consoles()
     if release_arg.startswith("hf://"):
-        _verify_remote(release_arg, sample, endpoint, out)
+        _verify_remote(release_arg, sample, endpoint, smoke, out)
         return
     release = Path(release_arg)
     if not release.is_dir():
@@ -265,7 +266,7 @@ def verify(
     out.print(f"{printable(release)}: all {len(results)} checks passed", highlight=False, markup=False, soft_wrap=True)
 
 
-def _verify_remote(url: str, sample: str, endpoint: str | None, out) -> None:
+def _verify_remote(url: str, sample: str, endpoint: str | None, smoke: bool, out) -> None:
     import os
 
     from huggingface_hub import get_token
@@ -281,7 +282,7 @@ def _verify_remote(url: str, sample: str, endpoint: str | None, out) -> None:
         urls = [url] if "@" in url else release_urls(url, endpoint=endpoint, token=get_token())
         for one in urls:
             say(f"verifying {one}")
-            report = verify_remote(one, endpoint=endpoint, token=get_token(), log=say,
+            report = verify_remote(one, endpoint=endpoint, token=get_token(), log=say, smoke=smoke,
                                    sample=None if sample == "all" else int(sample))
             for failure in report.failures:
                 say(f"     - {failure}")
