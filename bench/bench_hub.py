@@ -122,6 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verify-only", action="store_true", help="only the remote verify measurement")
     args = parser.parse_args()
     constants.HF_HUB_DISABLE_XET = False
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -133,6 +134,16 @@ def main() -> None:
     raw = work / "raw"
     synthesize(raw, config=config, scale=args.scale, seed=args.seed, workers=2)
     v1 = build_release(raw, work / "v1.0.0", config, workers=2).out_dir
+    if not args.verify_only:
+        rerelease_table(v1, raw, config, work, args.scale)
+    v = remote_verify_bytes(v1, work)
+    print(f"remote verify of v1.0.0 (sample 300): {v['served']:,} B served of {v['bytes']:,} B"
+          f" ({v['served'] / v['bytes']:.2%}); {v['row_groups']} row groups, {v['images']} images of {v['rows']};"
+          f" with the streaming smoke test {v['served_with_smoke']:,} B ({v['served_with_smoke'] / v['bytes']:.2%})")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def rerelease_table(v1: Path, raw: Path, config, work: Path, scale: float) -> None:
     labels = list(config.class_names)
     raw_removed = copy_raw(raw, work / "raw-removed")
     remove_one_percent(raw_removed)
@@ -147,17 +158,12 @@ def main() -> None:
                       previous=v1).out_dir,
     ]
     results = [measure(v1, r, how, work) for r in releases for how in ("xet, same machine", "xet, fresh machine", "lfs")]
-    print(f"scale {args.scale}: v1.0.0 {release_bytes(v1):,} B")
+    print(f"scale {scale}: v1.0.0 {release_bytes(v1):,} B")
     print("| re-release | transport | newly stored B | share of the release | xorbs | shards | LFS | s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['release']} | {r['how']} | {r['stored']:,} | {r['stored'] / r['bytes']:.2%} | {r['xorbs']:,} |"
               f" {r['shards']:,} | {r['lfs']:,} | {r['seconds']} |")
-    v = remote_verify_bytes(v1, work)
-    print(f"remote verify of v1.0.0 (sample 300): {v['served']:,} B served of {v['bytes']:,} B"
-          f" ({v['served'] / v['bytes']:.2%}); {v['row_groups']} row groups, {v['images']} images of {v['rows']};"
-          f" with the streaming smoke test {v['served_with_smoke']:,} B ({v['served_with_smoke'] / v['bytes']:.2%})")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
