@@ -3,7 +3,9 @@ it sending only what the server lacks; an older version never moves `main`.
 
 Kills are server faults (tests/hubserver.py `inject_fault`: every later request of that kind fails, so the client
 gives up after its retries) at every step of the upload and the commit, each in a repository of its own on one
-server; after every kill the head of `main` is loaded with the real `datasets.load_dataset` in a subprocess."""
+server; after every kill the head of `main` is loaded with the real `datasets.load_dataset` in a subprocess. Over
+Xet, whose uploads bypass the server, the publishing process itself is killed (SIGKILL) at moments spread over
+its run."""
 
 from __future__ import annotations
 
@@ -174,3 +176,73 @@ def test_choose_branch_refuses_going_back_in_a_line():
     with pytest.raises(PublishError, match="1.0.1 is older than 1.0.3"):
         choose_branch("1.0.1", {"v1.0.3": "a", "v1.2.0": "b"})
 
+
+
+KILLER = r"""
+import sys
+from pathlib import Path
+from huggingface_hub import constants
+constants.HF_HUB_DISABLE_XET = False
+from pipeline.publish import publish
+print("START", flush=True)
+publish(Path(sys.argv[1]), sys.argv[2], token=sys.argv[3], endpoint=sys.argv[4], log=lambda _: None)
+print("DONE", flush=True)
+"""
+
+
+def test_a_xet_publish_killed_at_random_moments(hf_env, tmp_path, release_v1, release_v11):
+    """SIGKILL of a publishing process over Xet at 8 moments spread over a clean run's duration, each on a server
+    of its own: main is old or new after every kill; the re-run leaves it new and tagged, and the CAS then holds
+    no more chunk bytes than a clean publish stores (nothing stored twice)."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.hubserver import HubServer
+
+    old_tree, new_tree = release_tree(release_v1), release_tree(release_v11)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "HF_HOME": str(tmp_path / "h"),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("HF_HUB_DISABLE_XET", None)
+
+    def run(hub, token, repo, release, kill_after=None) -> tuple[bool, float]:
+        proc = subprocess.Popen([sys.executable, "-c", KILLER, str(release), repo, token, hub.url], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout.readline().strip() == "START"
+        start = time.perf_counter()
+        if kill_after is not None:
+            time.sleep(kill_after)
+            proc.send_signal(signal.SIGKILL)
+        out = proc.communicate(timeout=120)[0]
+        return "DONE" in out, time.perf_counter() - start
+
+    with HubServer(xet_dir=tmp_path / "ref-cas", max_lifetime=300) as reference:
+        token = reference.add_user("alice", orgs=["org"])
+        assert run(reference, token, "org/ref", release_v1)[0]
+        before = reference.store_usage()
+        done, took = run(reference, token, "org/ref", release_v11)
+        assert done
+        clean = reference.store_usage() - before
+
+    rng = random.Random(13)  # moments spread over a clean run's duration, each at a random point of its share
+    delays = [round(took * (k + rng.random()) / 8, 3) for k in range(8)]
+    outcomes = []
+    for number, delay in enumerate(delays):  # each kill on a server of its own: what it stores is its own
+        with HubServer(xet_dir=tmp_path / f"cas-{number}", max_lifetime=300) as hub:
+            token = hub.add_user("alice", orgs=["org"])
+            assert run(hub, token, "org/kill", release_v1)[0]
+            before = hub.store_usage()
+            finished = run(hub, token, "org/kill", release_v11, kill_after=delay)[0]
+            on_main = hub_tree(hub, "main", "org/kill")
+            assert on_main in (old_tree, new_tree), f"a mix on main after a kill at {delay} s"
+            outcomes.append("finished" if finished else "old" if on_main == old_tree else "new")
+            assert run(hub, token, "org/kill", release_v11)[0]
+            stored = hub.store_usage() - before
+            repo = hub.get_repo("org/kill")
+            assert hub_tree(hub, "v1.1.0", "org/kill") == new_tree and repo.tags["v1.1.0"] == repo.branches["main"]
+            assert stored.lfs_bytes == 0 and stored.xorb_bytes <= clean.xorb_bytes, delay  # no chunk stored twice
+    print(f"\nclean run {took:.2f} s ({clean.xorb_bytes:,} B of xorbs); killed after {delays} s: {outcomes}")
+    assert outcomes.count("old") >= 2 and "finished" not in outcomes[:2]
