@@ -193,6 +193,7 @@ def test_rebuild_is_byte_identical_and_notices_changed_raw(built, tmp_path):
     shutil.copytree(built / "raw", raw)
     save(raw / "monocyte" / "cell_003.tif", crop(4242))  # same name, other pixels
     found = messages(release, rebuild_raw=raw, skip=CHECKS_BUT_REBUILD)
+    assert found[0].startswith(f"[rebuild] {raw} is not the raw input this release was built from: its raw_fingerprint is")
     assert "[rebuild] ledger.csv differs from the rebuild from " + str(raw) in found
     assert "[rebuild] manifest.json differs from the rebuild from " + str(raw) in found
     result = CliRunner().invoke(app, ["verify", str(release), "--rebuild", str(raw), "--workers", "1"])
