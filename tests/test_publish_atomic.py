@@ -246,3 +246,18 @@ def test_a_xet_publish_killed_at_random_moments(hf_env, tmp_path, release_v1, re
             assert stored.lfs_bytes == 0 and stored.xorb_bytes <= clean.xorb_bytes, delay  # no chunk stored twice
     print(f"\nclean run {took:.2f} s ({clean.xorb_bytes:,} B of xorbs); killed after {delays} s: {outcomes}")
     assert outcomes.count("old") >= 2 and "finished" not in outcomes[:2]
+
+
+def test_publish_targets_and_branch_starts_of_an_old_line(release_v1):
+    from pipeline.publish import FileSource, PublishTarget, branch_start, publish_targets, read_manifest
+
+    tags = {"v1.0.0": "c100", "v1.0.0-webdataset": "w100", "v1.2.0": "c120", "v1.2.0-webdataset": "w120"}
+    manifest = {**read_manifest(release_v1), "version": "1.0.1"}
+    (target,) = publish_targets(release_v1, manifest, tags)  # the fixture has no wds/ card: one target
+    assert (target.branch, target.tag) == ("v1.0.x", "v1.0.1")
+    empty = FileSource(release_v1, {})
+    first = lambda: "first"  # noqa: E731
+    assert branch_start(target, tags, first) == "c100"
+    assert branch_start(PublishTarget("v1.0.x-webdataset", "v1.0.1-webdataset", empty), tags, first) == "w100"
+    assert branch_start(PublishTarget("v1.1.x", "v1.1.1", empty), tags, first) == "first"  # a line never tagged
+    assert branch_start(PublishTarget("webdataset", "v1.3.0-webdataset", empty), tags, first) == "first"
