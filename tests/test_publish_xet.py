@@ -213,3 +213,11 @@ def test_objects_stored_elsewhere_in_the_repo_cost_nothing(hub, token, release_v
     assert (hub.store_usage() - before).xorb_bytes == 0 and (hub.store_usage() - before).lfs_bytes == 0
     assert hub.requests("lfs_put") == []
     assert hub_tree(hub, "v1.0.1") == release_tree(moved)
+
+
+def test_a_failing_xet_token_route_fails_the_publish_at_once(hub, token, release_v1):
+    hub.inject_fault("xet_write_token", nth=1, count=None, mode="500")
+    with pytest.raises(PublishError, match="failed while asking whether the Hub offers Xet for branch main"):
+        publish(release_v1, REPO, token=token, endpoint=hub.url, log=lambda _: None)
+    assert len(hub.requests("xet_write_token")) == 1  # no retry loop: one answer was enough
+    assert hub.requests("commit") == [] and hub.store_usage().xet_bytes == 0
