@@ -80,9 +80,9 @@ def _fail_shown(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load_config(config: Path | None, version: str | None, repo_id: str | None = None):
+def _load_config(config: Path | None, version: str | None, repo_id: str | None = None, release_date: str | None = None):
     try:
-        return load_config(config, version=version, repo_id=repo_id)
+        return load_config(config, version=version, repo_id=repo_id, release_date=release_date)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
 
@@ -129,6 +129,7 @@ def build(
     config: Annotated[Path | None, typer.Option(help="Release config TOML (default: the shipped MLL23 config)")] = None,
     version: Annotated[str | None, typer.Option(help="Release version X.Y.Z (overrides the config)")] = None,
     repo: Annotated[str | None, typer.Option(help="Hub repository ORG/NAME the card's snippets load from (overrides the config's [card] repo_id)")] = None,
+    release_date: Annotated[str | None, typer.Option(help="Release date YYYY-MM-DD (overrides the config)")] = None,
     strict: Annotated[bool, typer.Option(help="Fail, writing nothing, if any input is invalid")] = False,
     workers: Annotated[int, typer.Option(help="Processes for per-image work (0: all cores)")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing release directory")] = False,
@@ -150,7 +151,7 @@ def build(
     from pipeline.notes import NotesError
 
     out, err = _consoles()
-    cfg = _load_config(config, version, repo)
+    cfg = _load_config(config, version, repo, release_date)
     if not raw.is_dir():
         raise _fail(f"RAW directory not found: {raw}", EXIT_USAGE)
     cache_dir = None if no_cache else (cache or default_cache_dir())
@@ -225,18 +226,26 @@ def diff(
 
 @app.command()
 def verify(
-    release: Annotated[Path, typer.Argument(help="The release directory to check")],
+    release_arg: Annotated[str, typer.Argument(metavar="RELEASE", help="The release directory to check, or a published release hf://datasets/ORG/NAME@vX.Y.Z")],
     rebuild: Annotated[Path | None, typer.Option(help="RAW directory: also rebuild and compare byte for byte")] = None,
     previous: Annotated[
         Path | None, typer.Option(help="With --rebuild: the release this one was built on (default: found beside it by hash)")
     ] = None,
     workers: Annotated[int, typer.Option(help="Processes for the rebuild (0: all cores)")] = 0,
     notes_dir: Annotated[Path | None, typer.Option(help="Also check that the release's notes equal the editable copy here")] = None,
+    sample: Annotated[str, typer.Option(help="hf:// only: images decoded against pixel_sha256 (a number, or 'all')")] = "300",
+    endpoint: Annotated[str | None, typer.Option(help="hf:// only: Hub URL (default: HF_ENDPOINT, else huggingface.co)")] = None,
+    smoke: Annotated[bool, typer.Option(help="hf:// only: finish with a streaming load_dataset of the release")] = True,
 ) -> None:
-    """Check a release for CI: exit 0 only when every check holds; each failure is named."""
+    """Check a release for CI: exit 0 only when every check holds; each failure is named. An hf:// release is
+    checked on the Hub without downloading it (pipeline.remote_verify)."""
     from pipeline.verify import run_checks
 
     out, err = _consoles()
+    if release_arg.startswith("hf://"):
+        _verify_remote(release_arg, sample, endpoint, smoke, out)
+        return
+    release = Path(release_arg)
     if not release.is_dir():
         raise _fail(f"release directory not found: {printable(release)}", EXIT_USAGE)
     if rebuild is not None and not rebuild.is_dir():
@@ -258,19 +267,56 @@ def verify(
     out.print(f"{printable(release)}: all {len(results)} checks passed", highlight=False, markup=False, soft_wrap=True)
 
 
+def _verify_remote(url: str, sample: str, endpoint: str | None, smoke: bool, out) -> None:
+    import os
+
+    from huggingface_hub import get_token
+
+    from pipeline.remote_verify import RemoteError, release_urls, verify_remote
+
+    if sample != "all" and not (sample.isdigit() and int(sample) > 0):
+        raise _fail(f"--sample must be a positive number or 'all', got {printable(sample)}", EXIT_USAGE)
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT")
+    say = lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+    failed = 0
+    try:
+        urls = [url] if "@" in url else release_urls(url, endpoint=endpoint, token=get_token())
+        for one in urls:
+            say(f"verifying {one}")
+            report = verify_remote(one, endpoint=endpoint, token=get_token(), log=say, smoke=smoke,
+                                   sample=None if sample == "all" else int(sample))
+            for failure in report.failures:
+                say(f"     - {failure}")
+            if report.failures:
+                failed += 1
+                say(f"{printable(one)}: {len(report.failures)} problem(s)")
+            else:
+                say(f"{printable(one)}: passed ({report.checked_by_metadata} large files by the Hub's sha256,"
+                    f" {len(report.downloaded)} small files, {report.images_checked} images)")
+    except RemoteError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except Exception as exc:  # the Hub unreachable or refusing: a failed check, named
+        raise _fail(printable(f"{url}: could not be read from the Hub: {type(exc).__name__}: {exc}", limit=600),
+                    EXIT_CHECK_FAILED) from None
+    if failed:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
 @app.command("ci-workflow")
 def ci_workflow(
     install: Annotated[
         str | None,
         typer.Option(help="pip requirement for the tool in CI (default: this version, mll23-pipeline==X.Y.Z); verify's extras are added"),
     ] = None,
+    hub_repo: Annotated[str | None, typer.Option(help="The public Hub dataset ORG/NAME the releases are published to")] = None,
 ) -> None:
-    """Print a GitHub Actions workflow that runs `mll23 verify` on a repository's releases (on pull requests,
-    read-only, no secrets); the extras verify needs are added to the requirement."""
+    """Print a GitHub Actions workflow that verifies a repository's releases: on the Hub (tag push, weekly, on
+    demand) and the release directories a pull request changes (read-only, no secrets); the extras verify
+    needs are added to the requirement."""
     from pipeline.resources import RequirementError, ci_workflow_text
 
     try:
-        text = ci_workflow_text(install)
+        text = ci_workflow_text(install, hub_repo)
     except RequirementError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     typer.echo(text, nl=False)
@@ -301,7 +347,7 @@ def publish(
         result = publish_release(
             release_dir, repo, private=private, dry_run=dry_run, endpoint=endpoint,
             # publish runs verify's file check itself (refusing hard links too), so each file is hashed once
-            verify=lambda path: verify_messages(path, skip=("files",)), log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
+            verify=lambda path: verify_messages(path, skip=("files",)), verify_name="mll23 verify", log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
         )
     except PublishError as exc:
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None

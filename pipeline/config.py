@@ -7,6 +7,7 @@ import json
 import math
 import re
 import tomllib
+from datetime import date
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,9 +222,11 @@ def validate_config(doc: dict[str, Any], source: str) -> ReleaseConfig:
     return ReleaseConfig(raw=doc, source=source)
 
 
-def load_config(path: Path | None = None, *, version: str | None = None, repo_id: str | None = None) -> ReleaseConfig:
+def load_config(path: Path | None = None, *, version: str | None = None, repo_id: str | None = None,
+                release_date: str | None = None) -> ReleaseConfig:
     """Load and validate a release config: a TOML file, or a shipped config by name ("matek19"); MLL23's when None.
-    ``version`` and ``repo_id`` override the config's (and are validated with it)."""
+    ``version``, ``repo_id`` and ``release_date`` (YYYY-MM-DD, a real date) override the config's (and are
+    validated with it)."""
     path = Path(path) if path is not None else default_config_path()
     if not path.exists() and shipped_config_path(str(path)) is not None:
         path = shipped_config_path(str(path))
@@ -237,4 +240,10 @@ def load_config(path: Path | None = None, *, version: str | None = None, repo_id
         doc["version"] = version
     if repo_id is not None:
         doc.setdefault("card", {})["repo_id"] = repo_id
+    if release_date is not None:
+        try:
+            date.fromisoformat(release_date)
+        except ValueError:
+            raise ConfigError(f"release_date: {release_date!r} is not a date YYYY-MM-DD") from None
+        doc["release_date"] = release_date
     return validate_config(doc, str(path))

@@ -1,34 +1,33 @@
 """Publish a release directory to the Hugging Face Hub as a dataset repo, tagged ``v{version}``.
 
-The only module that touches the network. It uses the public `huggingface_hub` API (`HfApi`): `repo_info`,
-`list_repo_refs`, `list_repo_tree`, `create_repo`, `create_commit` (regular files inline, large/binary files through
-the Git LFS batch API) and `create_tag`.
+With `pipeline.hub_upload` (the transport), the only code that touches the network. It uses the public
+`huggingface_hub` API (`HfApi`): `repo_info`, `list_repo_refs`, `list_repo_tree`, `create_repo`, `create_branch`,
+`preupload_lfs_files`, `create_commit` and `create_tag`.
 
 A publish goes: verify the release (the caller's `verify` plus a self-check of manifest.json against the files)
--> read the Hub (repo, refs, the target branch's tree) -> plan: for every release file, is that exact content
+-> read the Hub (repo, refs, the target branch's tree) -> choose the branch (main only moves forward in version;
+an older version goes to its line branch v{X.Y}.x) -> plan: for every release file, is that exact content
 already on the branch (LFS sha256 for LFS files, git blob sha1 for small ones), and which branch files are not in
-the release -> commits of bounded size (file count and bytes), data first and README.md + manifest.json + deletions
-in the last one -> check the branch now equals the release -> tag that commit ``v{version}``.
+the release -> upload every missing large object, then ONE commit with every addition and deletion -> check the
+branch now equals the release -> tag that commit ``v{version}``.
 
-Re-running after an interruption uploads only what is missing: files committed by an earlier run are on the branch
-and are skipped, and LFS objects uploaded but not yet committed are known to the Hub's LFS store, which tells the
-client not to send them again. A tag is never moved: if ``v{version}`` exists and holds the same content the
-publish is a no-op; if it holds other content the publish refuses.
+Atomic: a branch moves from the old release to the new one in one commit, so `load_dataset` on it sees one or
+the other, never a mix. Re-running after an interruption sends only what the server lacks: objects uploaded by a
+killed run are in the repo's store (LFS: the batch API tells the client not to send them; Xet: hf_xet's dedup
+finds their chunks), a commit that landed before its tag makes the branch match, and only the tag is made. A tag
+is never moved: if ``v{version}`` exists and holds the same content the publish is a no-op; if it holds other
+content the publish refuses.
 
 The WebDataset variant: when the release has ``wds/README.md``, the ``wds/`` subtree is published the same way
-(same planner, same commits, same checks) as the root of branch ``webdataset``, tagged ``v{version}-webdataset``,
-after the main branch is tagged. It needs a revision of its own because `datasets` picks one builder for all the
-configs of a card (upstream datasets#7101), so the tars cannot be a config of the root card. A new
-``webdataset`` branch starts from the repo's first commit (on the Hub: only ``.gitattributes``), so its tree is
-exactly ``wds/`` and its history carries no Parquet; the tars are already in the repo's LFS store from the main
-branch, so the Hub's LFS batch API tells the client not to send them again. Both tags are checked before
+(same planner, one commit, same checks) as the root of branch ``webdataset`` (of ``v{X.Y}.x-webdataset`` for an
+older line), tagged ``v{version}-webdataset``, after the release's own branch is tagged. It needs a revision of
+its own because `datasets` picks one builder for all the configs of a card (upstream datasets#7101), so the tars
+cannot be a config of the root card. A new ``webdataset`` branch starts from the repo's first commit (on the
+Hub: only ``.gitattributes``), so its tree is exactly ``wds/`` and its history carries no Parquet; the tars are
+already in the repo's store from the main branch, so they are not sent again. Both tags are checked before
 anything is written: a publish that would have to move either of them is refused up front.
 
-Xet: huggingface_hub uploads through Xet storage whenever `hf_xet` is installed, without asking the server. We
-publish with the Git LFS protocol, so Xet is disabled for the duration of `publish`: huggingface_hub 2.4.0 reads
-``HF_HUB_DISABLE_XET`` once at import into `huggingface_hub.constants.HF_HUB_DISABLE_XET`, and
-`utils._runtime.is_xet_available()` consults that constant at call time, so we set both the environment variable
-(for child processes) and the constant (for this process), then restore them.
+Xet or LFS: asked of the server per branch (see `pipeline.hub_upload`).
 """
 
 from __future__ import annotations
@@ -37,15 +36,24 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
+from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from pipeline import __version__
+from pipeline import __version__, verify_stamp
+from pipeline.hub_upload import (
+    Addition,
+    BranchUpdate,
+    UploadError,
+    commit_atomically,
+    quiet_progress,
+    server_offers_xet,
+    xet_disabled_by_user,
+)
 from pipeline.release_files import (
     PUBLISH_KEYS,
     TEXT_CAPS,
@@ -60,17 +68,14 @@ from pipeline.wds_writer import WDS_DIR
 
 REPO_TYPE = "dataset"
 DEFAULT_BRANCH = "main"
-DEFAULT_MAX_FILES_PER_COMMIT = 100
-DEFAULT_MAX_BYTES_PER_COMMIT = 1 << 30  # 1 GiB
 # Files the Hub writes itself (the first commit of every repo): not part of a release, never deleted.
 HUB_MANAGED = frozenset({".gitattributes"})
-# Committed last, with the deletions: the branch only advertises the new version once all its data is there.
-FINAL_FILES = ("README.md", "manifest.json")
 MANIFEST = "manifest.json"
 # The WebDataset variant (see the module docstring): the release's WDS_DIR folder, its branch and tag suffix.
 WDS_BRANCH = "webdataset"
 WDS_TAG_SUFFIX = "-webdataset"
 _CHUNK = 1 << 20
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?$")
 
 
 class PublishError(RuntimeError):
@@ -84,12 +89,21 @@ class PlannedFile:
     sha256: str
     on_hub: bool  # the target branch already has exactly this content at this path
     replaces: bool = False  # the branch has this path with other content
+    # (revision, path) of a large file with this sha256 elsewhere in the repo: committed as a copy, nothing sent
+    copy_from: tuple[str, str] | None = None
 
     @property
     def status(self) -> str:
         if self.on_hub:
             return "already on Hub"
+        if self.copy_from is not None:
+            return "stored (copy)"
         return "new (changed)" if self.replaces else "new"
+
+    @property
+    def cost(self) -> int:
+        """Bytes this file sends: none when the Hub has it, here or elsewhere in the repo."""
+        return 0 if self.on_hub or self.copy_from is not None else self.size
 
 
 @dataclass(frozen=True)
@@ -145,8 +159,13 @@ class PublishPlan:
         return [f for f in self.files if f.on_hub]
 
     @property
+    def to_send(self) -> list[PlannedFile]:
+        """Files whose bytes go up (the others on the branch already, or copied from elsewhere in the repo)."""
+        return [f for f in self.to_upload if f.copy_from is None]
+
+    @property
     def upload_bytes(self) -> int:
-        return sum(f.size for f in self.to_upload)
+        return sum(f.cost for f in self.files)
 
     @property
     def branch_matches(self) -> bool:
@@ -167,12 +186,13 @@ class PublishPlan:
             out.append(f"  tag {self.tag} already exists at {self.tag_commit[:12]} ({state})")
         width = max((len(f.status) for f in self.files), default=0)
         for f in self.files:
-            out.append(f"  {f.status:<{width}}  {_human(f.size):>9}  {f.path}")
+            out.append(f"  {f.status:<{width}}  {_human(f.cost):>9}  {f.path}")
         for path in self.deletions:
             out.append(f"  {'delete':<{width}}  {'':>9}  {path}")
         out.append(
-            f"  {len(self.to_upload)} to upload ({_human(self.upload_bytes)}), {len(self.already_on_hub)} already on"
-            f" Hub, {len(self.deletions)} to delete"
+            f"  {len(self.to_send)} to upload ({_human(self.upload_bytes)}), {len(self.to_upload) - len(self.to_send)}"
+            f" stored elsewhere in the repo (copied, 0 B), {len(self.already_on_hub)} already on Hub,"
+            f" {len(self.deletions)} to delete"
         )
         return out
 
@@ -266,14 +286,69 @@ def webdataset_source(release_dir: Path, manifest: dict) -> FileSource | None:
     return FileSource(Path(release_dir) / WDS_DIR, dict(sorted(files.items())), Path(release_dir), prefix)
 
 
-def publish_targets(release_dir: Path, manifest: dict) -> list[PublishTarget]:
-    """The branches a publish writes, in order: main (tag v{version}), then the WebDataset variant if any."""
+def version_key(version: str) -> tuple:
+    """Semantic-version order: numbers numerically, a pre-release before its release."""
+    match = _SEMVER.match(version)
+    if match is None:
+        raise PublishError(f"{printable(version)} is not a semantic version X.Y.Z")
+    major, minor, patch, pre = match.groups()
+    return int(major), int(minor), int(patch), pre is None, pre or ""
+
+
+def published_versions(tags: dict[str, str]) -> list[str]:
+    """The versions tagged v{X.Y.Z} (WebDataset tags and other tags left out), oldest first."""
+    found = [name[1:] for name in tags
+             if name.startswith("v") and not name.endswith(WDS_TAG_SUFFIX) and _SEMVER.match(name[1:])]
+    return sorted(found, key=version_key)
+
+
+def line_branch(version: str) -> str:
+    """The branch of a release line: v1.0.x holds the newest 1.0 patch published after a newer line moved main."""
+    major, minor = version_key(version)[:2]
+    return f"v{major}.{minor}.x"
+
+
+def choose_branch(version: str, tags: dict[str, str]) -> str:
+    """`main` for a version newer than every published one, so main only moves forward; otherwise the line
+    branch v{X.Y}.x, which moves forward too: a version older than a published patch of its own line is refused.
+    A version already tagged stays where its tag is (the publish is then a no-op or refused)."""
+    others = [v for v in published_versions(tags) if v != version]
+    key = version_key(version)
+    if all(version_key(v) < key for v in others):
+        return DEFAULT_BRANCH
+    newer_in_line = [v for v in others if version_key(v)[:2] == key[:2] and version_key(v) > key]
+    if newer_in_line and f"v{version}" not in tags:
+        raise PublishError(
+            f"{version} is older than {newer_in_line[-1]}, already published in the same {key[0]}.{key[1]} line;"
+            " a line only moves forward: publish the fix as a newer patch version"
+        )
+    return line_branch(version)
+
+
+def publish_targets(release_dir: Path, manifest: dict, tags: dict[str, str] | None = None) -> list[PublishTarget]:
+    """The branches a publish writes, in order: the release (main, or its line branch when `tags` show a newer
+    version published), then the WebDataset variant if any (webdataset, or {line branch}-webdataset)."""
     version = manifest["version"]
-    targets = [PublishTarget(DEFAULT_BRANCH, f"v{version}", release_source(release_dir, manifest))]
+    branch = choose_branch(version, tags or {})
+    targets = [PublishTarget(branch, f"v{version}", release_source(release_dir, manifest))]
     wds = webdataset_source(release_dir, manifest)
     if wds is not None:
-        targets.append(PublishTarget(WDS_BRANCH, f"v{version}{WDS_TAG_SUFFIX}", wds))
+        wds_branch = WDS_BRANCH if branch == DEFAULT_BRANCH else f"{branch}{WDS_TAG_SUFFIX}"
+        targets.append(PublishTarget(wds_branch, f"v{version}{WDS_TAG_SUFFIX}", wds))
     return targets
+
+
+def branch_start(target: PublishTarget, tags: dict[str, str], first_commit: Callable[[], str]) -> str:
+    """Where a missing branch starts: a line branch from the newest published tag of its line (its history
+    continues that release); main, webdataset and a line never tagged from the repo's first commit."""
+    if target.branch in (DEFAULT_BRANCH, WDS_BRANCH):
+        return first_commit()
+    suffix = WDS_TAG_SUFFIX if target.tag.endswith(WDS_TAG_SUFFIX) else ""
+    line = version_key(target.tag[1:].removesuffix(WDS_TAG_SUFFIX))[:2]
+    for version in reversed(published_versions(tags)):
+        if version_key(version)[:2] == line and f"v{version}{suffix}" in tags:
+            return tags[f"v{version}{suffix}"]
+    return first_commit()
 
 
 # ------------------------------------------------------------------------------------------------------ Hub side
@@ -285,6 +360,22 @@ def _remote_tree(api: HfApi, repo_id: str, revision: str) -> dict[str, RepoFile]
         for entry in api.list_repo_tree(repo_id, recursive=True, revision=revision, repo_type=REPO_TYPE)
         if isinstance(entry, RepoFile)
     }
+
+
+def _stored_objects(api: HfApi, repo_id: str, commits: list[str], read: dict[str, dict[str, RepoFile]]
+                    ) -> dict[str, tuple[str, str]]:
+    """sha256 -> (commit, path) of every large (LFS/Xet) file in the trees of `commits` (the repo's branch heads
+    and tags): objects the repo's store holds, which a commit can name without sending a byte. Objects uploaded
+    by a killed run but never committed are not in any tree; the upload itself finds those (see hub_upload)."""
+    stored: dict[str, tuple[str, str]] = {}
+    for commit in dict.fromkeys(commits):
+        tree = read.get(commit)
+        if tree is None:
+            tree = _remote_tree(api, repo_id, commit)
+        for path, entry in sorted(tree.items()):
+            if entry.lfs is not None and entry.lfs.sha256 not in stored:
+                stored[entry.lfs.sha256] = (commit, path)
+    return stored
 
 
 def _same_content(source: FileSource, path: str, remote: RepoFile | None) -> bool:
@@ -328,10 +419,12 @@ def plan_publish(release_dir: Path, repo_id: str, *, api: HfApi, branch: str = D
     tags = {ref.name: ref.target_commit for ref in refs.tags}
     head = heads.get(branch)
     remote = _remote_tree(api, repo_id, head) if head else {}
+    stored = _stored_objects(api, repo_id, [*heads.values(), *tags.values()], {head: remote} if head else {})
     files = []
     for path, (size, sha) in local.items():
         on_hub = _same_content(source, path, remote.get(path))
-        files.append(PlannedFile(path, size, sha, on_hub=on_hub, replaces=not on_hub and path in remote))
+        files.append(PlannedFile(path, size, sha, on_hub=on_hub, replaces=not on_hub and path in remote,
+                                 copy_from=None if on_hub else stored.get(sha)))
     deletions = sorted(set(remote) - set(local) - HUB_MANAGED)
 
     tag_commit = tags.get(target.tag)
@@ -374,34 +467,38 @@ def _describe(err: BaseException, token: str | None) -> str:
     return _redact(" <- ".join(parts), token)
 
 
-@contextmanager
-def _xet_disabled() -> Iterator[None]:
-    old_env, old_const = os.environ.get("HF_HUB_DISABLE_XET"), constants.HF_HUB_DISABLE_XET
-    os.environ["HF_HUB_DISABLE_XET"] = "1"
-    constants.HF_HUB_DISABLE_XET = True
+def _check_release(release_dir: Path, verify: Callable[[Path], list[str]] | None, verify_name: str | None,
+                   token: str | None, say: Callable[[str], None]) -> dict:
+    """manifest.json, once the release passed the self-check and `verify`; PublishError naming the failures.
+    A release unchanged since it last passed the same checks on this machine (pipeline.verify_stamp) is not
+    checked again; `verify` without a `verify_name` is always run (an anonymous check cannot be stamped)."""
+    manifest = read_manifest(release_dir)
+    checks = "self-check" if verify is None else (f"self-check + {verify_name}" if verify_name else None)
+    key = verify_stamp.release_key(release_dir, checks) if checks else None
+    if verify_stamp.is_stamped(key):
+        say(f"{release_dir} is unchanged since it passed {checks} (files' stat and manifest.json's sha256 as"
+            " then): not verified again")
+        return manifest
+    failures = self_check(release_dir)
+    if verify is not None and not failures:  # the verifier's loaders run only on files that passed the check
+        try:
+            failures += list(verify(release_dir))
+        except Exception as err:  # a crashing verifier must not let a release through
+            failures.append(f"verify raised {_describe(err, token)}")
+    if failures:
+        shown = "\n  ".join(failures[:20]) + (f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else "")
+        raise PublishError(_redact(f"release {release_dir} failed verification; not publishing:\n  {shown}", token))
+    verify_stamp.stamp(key)  # the key of the files as they were before the checks began
+    return manifest
+
+
+def _repo_tags(api: HfApi, repo_id: str) -> dict[str, str]:
+    """Tag name -> commit of an existing repo; {} when it does not exist yet."""
     try:
-        yield
-    finally:
-        constants.HF_HUB_DISABLE_XET = old_const
-        if old_env is None:
-            os.environ.pop("HF_HUB_DISABLE_XET", None)
-        else:
-            os.environ["HF_HUB_DISABLE_XET"] = old_env
-
-
-def _batches(files: list[PlannedFile], max_files: int, max_bytes: int) -> list[list[PlannedFile]]:
-    batches: list[list[PlannedFile]] = []
-    current: list[PlannedFile] = []
-    size = 0
-    for f in files:
-        if current and (len(current) >= max_files or size + f.size > max_bytes):
-            batches.append(current)
-            current, size = [], 0
-        current.append(f)
-        size += f.size
-    if current:
-        batches.append(current)
-    return batches
+        refs = api.list_repo_refs(repo_id, repo_type=REPO_TYPE)
+    except RepositoryNotFoundError:
+        return {}
+    return {ref.name: ref.target_commit for ref in refs.tags}
 
 
 def publish(
@@ -412,25 +509,29 @@ def publish(
     dry_run: bool = False,
     token: str | None = None,
     verify: Callable[[Path], list[str]] | None = None,
+    verify_name: str | None = None,
     endpoint: str | None = None,
     log: Callable[[str], None] = print,
-    max_files_per_commit: int = DEFAULT_MAX_FILES_PER_COMMIT,
-    max_bytes_per_commit: int = DEFAULT_MAX_BYTES_PER_COMMIT,
 ) -> PublishResult:
     """Publish the release in `release_dir` to the dataset repo `repo_id` and tag it ``v{version}``; when the
-    release has ``wds/README.md``, then publish its ``wds/`` folder as the root of branch ``webdataset`` and tag
+    release has ``wds/README.md``, then publish its ``wds/`` folder as the root of its WebDataset branch and tag
     that ``v{version}-webdataset`` (`result.webdataset`), with the same guarantees as below.
 
     - The version is manifest.json's. Before anything else the release is checked: `verify(release_dir)` (a list
       of failure messages, e.g. `mll23 verify`) and a self-check of the manifest against the files; any failure
-      refuses the publish.
+      refuses the publish. When `verify_name` names the checks `verify` makes, a release unchanged since it
+      passed them on this machine is not verified again (a stamp in the user's cache, `pipeline.verify_stamp`).
+    - Branch: ``main`` when the version is newer than every version tagged in the repo (main only moves
+      forward); an older version (a patch of an old line, e.g. 1.0.1 after 1.2.0) goes to its line branch
+      ``v1.0.x`` (WebDataset: ``v1.0.x-webdataset``), created from the line's newest tag.
+    - Atomic: every large object is uploaded first, then one commit per branch adds, changes and deletes every
+      file at once, so a branch shows the old release or the new one, never a mix. An interrupted publish is
+      simply re-run: objects the server already stores are not sent again.
+    - Xet when the server offers it (asked per branch), Git LFS when not or when HF_HUB_DISABLE_XET is set.
     - Visibility: a repo created by this call is **public by default**; ``private=True`` (``--private``) creates
       it private. An existing repo keeps its visibility, but ``private=True`` refuses to publish into a public one.
     - Idempotent: if tag ``v{version}`` exists with identical content nothing is done; if it exists with other
       content the publish is refused (tags are never moved). Both tags are checked before anything is written.
-    - Files go up in commits of at most `max_files_per_commit` files / `max_bytes_per_commit` bytes, skipping
-      files the branch already holds with the same content, so an interrupted publish can simply be re-run.
-      Files on the branch that the release no longer has are deleted, so the tag's tree equals the release.
     - `dry_run=True` only reads from the Hub and prints the plan (file, size, "new" / "already on Hub").
     - Token: `token`, else the usual huggingface_hub places (``HF_TOKEN``, the token file of ``hf auth login``).
       It is never printed; error messages are redacted.
@@ -444,70 +545,15 @@ def publish(
     def say(message: str) -> None:
         log(_redact(message, token))
 
-    manifest = read_manifest(release_dir)
-    version = manifest["version"]
-    tag = f"v{version}"
-    failures = self_check(release_dir)
-    if verify is not None and not failures:  # the verifier's loaders run only on files that passed the check
-        try:
-            failures += list(verify(release_dir))
-        except Exception as err:  # a crashing verifier must not let a release through
-            failures.append(f"verify raised {_describe(err, token)}")
-    if failures:
-        shown = "\n  ".join(failures[:20]) + (f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else "")
-        raise PublishError(_redact(f"release {release_dir} failed verification; not publishing:\n  {shown}", token))
+    manifest = _check_release(release_dir, verify, verify_name, token, say)
     if not dry_run and not token:
         raise PublishError("no Hugging Face token: pass one, set HF_TOKEN, or run `hf auth login`")
-    if max_files_per_commit < 1 or max_bytes_per_commit < 1:
-        raise ValueError("max_files_per_commit and max_bytes_per_commit must be positive")
-
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     api = HfApi(endpoint=endpoint, token=token or False, library_name="mll23-pipeline", library_version=__version__)
-    targets = publish_targets(release_dir, manifest)
-    progress = _Progress(tag, "reading the repo from the Hub")
+    progress = _Progress(f"v{manifest['version']}", "reading the repo from the Hub")
     try:
-        with _xet_disabled():
-            plans = [plan_publish(release_dir, repo_id, api=api, target=target) for target in targets]
-            results = [
-                PublishResult(repo_id, version, p.tag, f"{endpoint}/datasets/{repo_id}/tree/{p.tag}",
-                              commit=p.tag_commit, dry_run=dry_run, private=p.private, branch=p.branch, plan=p)
-                for p in plans
-            ]
-            result = results[0]
-            result.webdataset = results[1] if len(results) > 1 else None
-            if dry_run:
-                for plan, planned in zip(plans, results):
-                    for line in plan.lines():
-                        say(line)
-                    planned.skipped = [f.path for f in plan.already_on_hub]
-                say("dry run: nothing was changed on the Hub")
-            for plan in plans:  # both tags are checked before anything is written
-                if plan.tag_commit is not None and not plan.tag_matches:
-                    raise PublishError(
-                        f"tag {plan.tag} already exists on {repo_id} (commit {plan.tag_commit[:12]}) with different"
-                        " content; refusing to move a published tag. Release the change under a new version."
-                    )
-            if dry_run:
-                return result
-
-            if not plans[0].repo_exists:
-                progress.stage = "creating the repo"
-                api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
-                say(f"created {'private' if private else 'public'} dataset repo {repo_id}")
-                result.created_repo = True
-                plans = [plan_publish(release_dir, repo_id, api=api, target=target) for target in targets]
-                if not plans[0].repo_exists:
-                    raise PublishError(f"created {repo_id} but cannot read it back; check the token's permissions")
-            elif private and not plans[0].private and any(p.tag_commit is None for p in plans):
-                raise PublishError(
-                    f"{repo_id} exists and is public but a private publish was requested; refusing. Make the repo"
-                    " private on the Hub first, or publish without --private."
-                )
-            for target, plan, published in zip(targets, plans, results):
-                progress.tag = target.tag
-                _publish_branch(api, release_dir, manifest, target, plan, published, progress, say,
-                                max_files_per_commit, max_bytes_per_commit)
-            return result
+        with quiet_progress():
+            return _publish(api, release_dir, repo_id, manifest, private, dry_run, token, progress, say)
     except PublishError:
         raise
     except Exception as err:  # Hub, network or disk failure: say where, redacted, and what to do
@@ -515,11 +561,60 @@ def publish(
         if status in (401, 403):
             hint = f"Check that the token may write to '{repo_id.split('/')[0]}' (a write token of a member)."
         else:
-            hint = "Re-run the same command to resume: files already on the Hub are not uploaded again."
+            hint = "Re-run the same command to resume: objects already on the Hub are not uploaded again."
         raise PublishError(
             f"publishing {progress.tag} to {repo_id} failed while {progress.stage}: {_describe(err, token)}\n"
             f"{progress.tag} is not tagged yet. {hint}"
         ) from None
+
+
+def _publish(api: HfApi, release_dir: Path, repo_id: str, manifest: dict, private: bool, dry_run: bool,
+             token: str | None, progress: _Progress, say: Callable[[str], None]) -> PublishResult:
+    """`publish` once the release is checked: plan every branch, refuse early, then write branch by branch."""
+    tags = _repo_tags(api, repo_id)
+    targets = publish_targets(release_dir, manifest, tags)
+    plans = [plan_publish(release_dir, repo_id, api=api, target=target) for target in targets]
+    results = [
+        PublishResult(repo_id, manifest["version"], p.tag, f"{api.endpoint}/datasets/{repo_id}/tree/{p.tag}",
+                      commit=p.tag_commit, dry_run=dry_run, private=p.private, branch=p.branch, plan=p)
+        for p in plans
+    ]
+    result = results[0]
+    result.webdataset = results[1] if len(results) > 1 else None
+    if dry_run:
+        for plan, planned in zip(plans, results):
+            for line in plan.lines():
+                say(line)
+            planned.skipped = [f.path for f in plan.already_on_hub]
+        say("dry run: nothing was changed on the Hub")
+    for plan in plans:  # both tags are checked before anything is written
+        if plan.tag_commit is not None and not plan.tag_matches:
+            raise PublishError(
+                f"tag {plan.tag} already exists on {repo_id} (commit {plan.tag_commit[:12]}) with different"
+                " content; refusing to move a published tag. Release the change under a new version."
+            )
+    if dry_run:
+        return result
+    if not plans[0].repo_exists:
+        progress.stage = "creating the repo"
+        api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
+        say(f"created {'private' if private else 'public'} dataset repo {repo_id}")
+        result.created_repo = True
+        plans = [plan_publish(release_dir, repo_id, api=api, target=target) for target in targets]
+        if not plans[0].repo_exists:
+            raise PublishError(f"created {repo_id} but cannot read it back; check the token's permissions")
+    elif private and not plans[0].private and any(p.tag_commit is None for p in plans):
+        raise PublishError(
+            f"{repo_id} exists and is public but a private publish was requested; refusing. Make the repo"
+            " private on the Hub first, or publish without --private."
+        )
+    if targets[0].branch != DEFAULT_BRANCH:
+        say(f"{manifest['version']} is older than the version on main ({published_versions(tags)[-1]}): main is"
+            f" left alone, the release goes to branch {targets[0].branch}")
+    for target, plan, published in zip(targets, plans, results):
+        progress.tag = target.tag
+        _publish_branch(api, release_dir, manifest, target, plan, published, tags, token, progress, say)
+    return result
 
 
 @dataclass
@@ -535,6 +630,17 @@ def _first_commit(api: HfApi, repo_id: str) -> str:
     return api.list_repo_commits(repo_id, repo_type=REPO_TYPE, revision=DEFAULT_BRANCH)[-1].commit_id
 
 
+def _use_xet(api: HfApi, repo_id: str, branch: str, token: str | None, say: Callable[[str], None]) -> bool:
+    if xet_disabled_by_user():
+        say("Xet disabled by HF_HUB_DISABLE_XET: uploading over Git LFS")
+        return False
+    if server_offers_xet(api, repo_id, branch, token):
+        say(f"the Hub offers Xet storage for branch {branch}: uploading over Xet")
+        return True
+    say(f"the Hub offers no Xet storage for branch {branch}: uploading over Git LFS")
+    return False
+
+
 def _publish_branch(
     api: HfApi,
     release_dir: Path,
@@ -542,19 +648,14 @@ def _publish_branch(
     target: PublishTarget,
     plan: PublishPlan,
     result: PublishResult,
+    tags: dict[str, str],
+    token: str | None,
     progress: _Progress,
     say: Callable[[str], None],
-    max_files: int,
-    max_bytes: int,
 ) -> None:
-    """Bring `target.branch` to exactly `target.source` in bounded commits and tag it `target.tag`; fills
-    `result`. A tag that already holds the same content means nothing to do (the caller refused other content)."""
+    """Bring `target.branch` to exactly `target.source` in one commit and tag it `target.tag`; fills `result`.
+    A tag that already holds the same content means nothing to do (the caller refused other content)."""
     repo_id, tag = plan.repo_id, target.tag
-    name = manifest.get("name", "release")
-
-    def replan() -> PublishPlan:
-        return plan_publish(release_dir, repo_id, api=api, target=target)
-
     if plan.tag_commit is not None:
         say(f"{tag} is already published on {repo_id} at {plan.tag_commit[:12]} with identical content:"
             " nothing to do")
@@ -564,46 +665,59 @@ def _publish_branch(
         return
     if plan.head is None:
         progress.stage = f"creating branch {target.branch}"
-        start = _first_commit(api, repo_id)
+        start = branch_start(target, tags, lambda: _first_commit(api, repo_id))
         api.create_branch(repo_id, branch=target.branch, revision=start, repo_type=REPO_TYPE)
-        say(f"created branch {target.branch} of {repo_id} from its first commit {start[:12]}")
-        plan = replan()
+        say(f"created branch {target.branch} of {repo_id} from commit {start[:12]}")
+        plan = plan_publish(release_dir, repo_id, api=api, target=target)
     result.private = plan.private
     result.plan = plan
-    say(f"publishing {tag} to {repo_id} (branch {plan.branch}): {len(plan.to_upload)} files to upload"
-        f" ({_human(plan.upload_bytes)}), {len(plan.already_on_hub)} already on the Hub,"
-        f" {len(plan.deletions)} to delete")
-
-    bulk = [f for f in plan.to_upload if f.path not in FINAL_FILES]
-    final = [f for f in plan.to_upload if f.path in FINAL_FILES]
-    commits = [(batch, []) for batch in _batches(bulk, max_files, max_bytes)]
-    if final or plan.deletions:
-        commits.append((final, plan.deletions))
-    head = plan.head
-    for number, (batch, deletions) in enumerate(commits, start=1):
-        progress.stage = f"uploading commit {number}/{len(commits)}"
-        with ExitStack() as opened:  # the very files that were checked, open until the commit is made
-            operations: list = [CommitOperationAdd(f.path, opened.enter_context(target.source.open(f.path))) for f in batch]
-            operations += [CommitOperationDelete(path) for path in deletions]
-            info = api.create_commit(
-                repo_id,
-                operations=operations,
-                commit_message=f"{name} {tag}: part {number}/{len(commits)}",
-                commit_description=f"{len(batch)} files added or updated, {len(deletions)} deleted.",
-                repo_type=REPO_TYPE,
-                revision=plan.branch,
-                parent_commit=head,
-            )
-        head = info.oid
-        result.commits.append(head)
-        result.uploaded += [f.path for f in batch]
-        result.deleted += deletions
-        say(f"committed part {number}/{len(commits)}: {len(batch)} files"
-            f" ({_human(sum(f.size for f in batch))}), {len(deletions)} deletions -> {head[:12]}")
     result.skipped = [f.path for f in plan.already_on_hub]
+    head = plan.head
+    if not plan.branch_matches:  # (it matches when an earlier run's commit landed but its tag did not)
+        head = _commit_branch(api, manifest, target, plan, token, progress, say)
+        result.commits.append(head)
+        result.uploaded = [f.path for f in plan.to_upload]
+        result.deleted = list(plan.deletions)
+    _tag_branch(api, release_dir, manifest, target, plan, head, result, progress, say)
 
+
+def _commit_branch(api: HfApi, manifest: dict, target: PublishTarget, plan: PublishPlan, token: str | None,
+                   progress: _Progress, say: Callable[[str], None]) -> str:
+    """The one commit that moves the branch from the old release to the new one; returns its id."""
+    progress.stage = f"asking whether the Hub offers Xet for branch {target.branch}"
+    xet = _use_xet(api, plan.repo_id, target.branch, token, say)
+    say(f"publishing {target.tag} to {plan.repo_id} (branch {plan.branch}): {len(plan.to_send)} files to upload"
+        f" ({_human(plan.upload_bytes)}), {len(plan.to_upload) - len(plan.to_send)} copied from elsewhere in the"
+        f" repo, {len(plan.already_on_hub)} already on the branch,"
+        f" {len(plan.deletions)} to delete, in one commit")
+    source = target.source
+    additions = [Addition(f.path, f.size, f.sha256, lambda f=f: source.open(f.path)) for f in plan.to_send]
+    copies = [(f.path, *f.copy_from) for f in plan.to_upload if f.copy_from is not None]
+    name = manifest.get("name", "release")
+    update = BranchUpdate(
+        plan.repo_id, plan.branch, plan.head, additions, plan.deletions, copies,
+        title=printable(f"{name} {target.tag}", limit=200),
+        description=f"{len(additions)} files added or updated, {len(plan.deletions)} deleted.",
+    )
+
+    def stage(text: str) -> None:
+        progress.stage = text
+
+    try:
+        head = commit_atomically(api, update, xet=xet, stage=stage)
+    except UploadError as err:
+        raise PublishError(f"publishing {target.tag} to {plan.repo_id}: {err}") from None
+    say(f"committed {len(plan.to_upload)} files ({_human(plan.upload_bytes)} sent), {len(plan.deletions)} deletions to"
+        f" branch {plan.branch} in one commit -> {head[:12]}")
+    return head
+
+
+def _tag_branch(api: HfApi, release_dir: Path, manifest: dict, target: PublishTarget, plan: PublishPlan,
+                head: str | None, result: PublishResult, progress: _Progress, say: Callable[[str], None]) -> None:
+    """Check the branch now holds exactly the release at `head`, then tag that commit."""
+    repo_id, tag = plan.repo_id, target.tag
     progress.stage = "checking the branch"
-    final_plan = replan()
+    final_plan = plan_publish(release_dir, repo_id, api=api, target=target)
     if not final_plan.branch_matches or final_plan.head != head:
         raise PublishError(
             f"after uploading, branch {plan.branch} of {repo_id} does not hold exactly the release"
@@ -611,6 +725,7 @@ def _publish_branch(
             " may be pushing to it. Not tagging; re-run to retry."
         )
     progress.stage = f"tagging {tag}"
+    name = manifest.get("name", "release")
     if final_plan.tag_commit is None:
         api.create_tag(repo_id, tag=tag, revision=head, repo_type=REPO_TYPE, tag_message=f"{name} {tag[1:]}")
     elif not final_plan.tag_matches:

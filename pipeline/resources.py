@@ -74,10 +74,17 @@ def with_verify_extras(requirement: str) -> str:
     return f"{match['name']}[{extras}]{match['rest']}"
 
 
-def ci_workflow_text(install: str | None = None) -> str:
+_HUB_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def ci_workflow_text(install: str | None = None, hub_repo: str | None = None) -> str:
     """The workflow with the tool's pip requirement filled in (default: exactly this version of the tool), with
-    the extras verify needs; RequirementError when ``install`` is not a plain requirement."""
+    the extras verify needs, and the Hub dataset its releases live in (default: ORG/NAME, which the job refuses);
+    RequirementError when ``install`` is not a plain requirement or ``hub_repo`` not ORG/NAME."""
     from pipeline import __version__
 
     requirement = with_verify_extras(install or f"mll23-pipeline=={__version__}")
-    return ci_workflow_path().read_text(encoding="utf-8").replace("@MLL23_PIPELINE@", requirement)
+    if hub_repo is not None and not _HUB_REPO.fullmatch(hub_repo):
+        raise RequirementError(f"--hub-repo {hub_repo!r} is not a dataset repository ORG/NAME")
+    text = ci_workflow_path().read_text(encoding="utf-8").replace("@MLL23_PIPELINE@", requirement)
+    return text.replace("@HF_DATASET@", hub_repo or "ORG/NAME")

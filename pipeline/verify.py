@@ -1298,6 +1298,12 @@ def rebuild_differences(view: ReleaseView, raw: Path, previous: Path | None, wor
         except (BuildError, LineageError, NotesError, FileNotFoundError) as exc:
             yield f"the rebuild from {raw} failed: {exc}"
             return
+        # another raw input explains every difference below: say that first, not as one more differing file
+        recorded = view.manifest.get("raw_fingerprint")
+        rebuilt = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("raw_fingerprint")
+        if recorded != rebuilt:
+            yield (f"{raw} is not the raw input this release was built from: its raw_fingerprint is"
+                   f" {str(rebuilt)[:16]}..., {MANIFEST} records {show(recorded)[:16]}... (the files that differ follow)")
         ours, theirs = set(view.present) | {MANIFEST}, set(list_release_files(out)) | {MANIFEST}
         for rel in sorted(ours - theirs):
             yield f"{rel} is in the release but not in the rebuild"

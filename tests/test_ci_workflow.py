@@ -143,23 +143,47 @@ def test_install_spec_gets_the_extras_and_bad_specs_are_refused():
         assert result.exit_code == 2 and "is not a pip requirement" in result.output, result.output
 
 
+def _stub_bin(tmp_path: Path, calls: Path) -> Path:
+    """`mll23` recording its arguments, and a `git-lfs` that fetches nothing (the checkout is local)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mll23").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\necho "verified"\n')
+    (bin_dir / "git-lfs").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("mll23", "git-lfs"):
+        (bin_dir / tool).chmod(0o755)
+    return bin_dir
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
 def test_hostile_release_directory_names_cannot_forge_log_lines(workflow, tmp_path):
-    """Run the verify step as the runner would, with a stand-in `mll23`, on a checkout whose release names are hostile."""
+    """Run the pull-request step as the runner would, with a stand-in `mll23`, on a checkout whose pull request
+    adds releases with hostile names (and leaves an unchanged release alone)."""
     (step,) = [s for s in _steps(workflow) if s.get("id") == "verify"]
     repo = tmp_path / "repo"
+    (repo / "releases" / "v0.9.0").mkdir(parents=True)
+    (repo / "releases" / "v0.9.0" / "manifest.json").write_text("{}")
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "base")
+    _git(repo, "update-ref", "refs/remotes/origin/main", "HEAD")
     names = ["v1.0.0", "v2\n::error::forged", "v3\n", "v4::warning::x", "v5\x1b[2J"]
     for name in names:
         (repo / "releases" / name).mkdir(parents=True)
         (repo / "releases" / name / "manifest.json").write_text("{}")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "pull request")
     calls = tmp_path / "calls"
-    (bin_dir / "mll23").write_text(f'#!/bin/sh\nprintf "%s\\n" "$2" >> {calls}\necho "verified"\n')
-    (bin_dir / "mll23").chmod(0o755)
-    env = {**os.environ, **{k: str(v) for k, v in workflow["env"].items()}, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    bin_dir = _stub_bin(tmp_path, calls)
+    env = {**os.environ, **{k: str(v) for k, v in workflow["env"].items()}, "GITHUB_BASE_REF": "main",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     run = subprocess.run(["bash", "-c", step["run"]], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert calls.read_text() == "releases/v1.0.0\n"  # only the plainly named release was verified, none by a cut name
+    # only the plainly named release the pull request changed was verified, none by a cut name, not v0.9.0
+    assert calls.read_text() == "verify releases/v1.0.0\n"
     commands = [line for line in run.stdout.splitlines() if line.startswith("::")]
     assert commands == ["::group::mll23 verify releases/v1.0.0", "::endgroup::"] + [
         "::error title=mll23 verify::a release directory under releases/ has a name with characters other than "
@@ -167,3 +191,33 @@ def test_hostile_release_directory_names_cannot_forge_log_lines(workflow, tmp_pa
     ] * 4
     assert "\x1b" not in run.stdout and "forged" in run.stdout  # shown, escaped
     assert "  $'v2\\n\\x3a\\x3aerror\\x3a\\x3aforged'" in run.stdout.splitlines()
+
+
+@pytest.mark.parametrize(("event", "ref", "status", "called"), [
+    ("push", "v1.2.0", 0, "verify hf://datasets/org/ds@v1.2.0 --sample 300"),
+    ("push", "v1.2.0\n::error::forged", 1, None),  # a tag name that is not plain is refused, not used
+    ("push", "main", 1, None),
+    ("schedule", "main", 0, "verify hf://datasets/org/ds --sample 300"),  # every release tagged on the Hub
+    ("workflow_dispatch", "main", 0, "verify hf://datasets/org/ds --sample 300"),
+])
+def test_the_hub_job_verifies_tagged_releases_on_the_hub(event, ref, status, called, tmp_path):
+    workflow = yaml.safe_load(_printed("--hub-repo", "org/ds"))
+    (step,) = [s for s in _steps(workflow) if s.get("id") == "hub"]
+    assert workflow["jobs"]["hub"]["if"] == "github.event_name != 'pull_request'"
+    assert not any(str(s.get("uses", "")).startswith("actions/checkout@") for s in workflow["jobs"]["hub"]["steps"])
+    calls = tmp_path / "calls"
+    env = {**os.environ, **{k: str(v) for k, v in workflow["env"].items()}, "GITHUB_EVENT_NAME": event,
+           "GITHUB_REF_NAME": ref, "PATH": f"{_stub_bin(tmp_path, calls)}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["bash", "-c", step["run"]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == status, run.stdout + run.stderr
+    assert (calls.read_text() if calls.exists() else None) == (None if called is None else called + "\n")
+    assert "forged" not in run.stdout
+
+
+def test_the_hub_job_refuses_the_placeholder_dataset(workflow, tmp_path):
+    (step,) = [s for s in _steps(workflow) if s.get("id") == "hub"]
+    env = {**os.environ, **{k: str(v) for k, v in workflow["env"].items()}, "GITHUB_EVENT_NAME": "schedule"}
+    run = subprocess.run(["bash", "-c", step["run"]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "HF_DATASET is not ORG/NAME: set it with mll23 ci-workflow --hub-repo" in run.stdout
+    result = CliRunner().invoke(app, ["ci-workflow", "--hub-repo", "org/ds\nname: forged"])
+    assert result.exit_code == 2 and "is not a dataset repository ORG/NAME" in result.output

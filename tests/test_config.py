@@ -61,3 +61,21 @@ def test_version_override_is_validated(tmp_path):
         load_config(version="v2")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_release_date_overrides_the_config_and_must_be_a_date(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.config import ConfigError, load_config
+
+    assert load_config(release_date="2026-01-15").raw["release_date"] == "2026-01-15"
+    assert load_config().raw["release_date"] == "2025-12-01"
+    for bad in ("2026-13-45", "15.01.2026", "2026-1-5"):
+        with pytest.raises(ConfigError, match="release_date"):
+            load_config(release_date=bad)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    result = CliRunner().invoke(app, ["build", str(raw), "--out", str(tmp_path / "out"), "--release-date", "2026-02-30"])
+    assert result.exit_code == 2 and "release_date: '2026-02-30' is not a date YYYY-MM-DD" in result.output
+    assert not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import types
 from pathlib import Path
 
@@ -47,21 +48,16 @@ def test_publish_tags_release_and_datasets_loads_it(hub, token, release_v1, run_
     monkeypatch.setenv("HF_TOKEN", token)  # the token comes from the usual place, not an argument
     lines: list[str] = []
 
-    result = publish(release_v1, REPO, endpoint=hub.url, log=lines.append, max_files_per_commit=4)
+    result = publish(release_v1, REPO, endpoint=hub.url, log=lines.append)
 
     assert result.tag == "v1.0.0" and not result.already_published and result.created_repo
     repo = hub.get_repo(REPO)
     assert repo.tags["v1.0.0"] == result.commit == repo.branches["main"]
     assert hub_tree(hub, "v1.0.0") == release_tree(release_v1)  # the tag holds exactly the release
-    # bounded commits: several commits, none with more than 4 files, README.md + manifest.json in the last one
-    assert len(result.commits) >= 3
-    for commit_id in result.commits:
-        commit = repo.commits[commit_id]
-        parent = repo.commits[commit.parents[0]]
-        changed = {p for p in set(commit.tree) | set(parent.tree) if commit.tree.get(p) != parent.tree.get(p)}
-        assert 0 < len(changed) <= 4
-    last = repo.commits[result.commits[-1]]
-    assert {"README.md", "manifest.json"} <= {p for p in last.tree if last.tree[p] != repo.commits[last.parents[0]].tree.get(p)}
+    # one commit on top of the repo's first: main went from nothing to the whole release at once
+    assert len(result.commits) == 1 and len(hub.requests("commit", status=200)) == 1
+    commit = repo.commits[result.commits[0]]
+    assert set(commit.tree) - set(repo.commits[commit.parents[0]].tree) == set(release_tree(release_v1))
     # large and binary files went through the LFS batch API + PUT, small text files inline in the commit
     assert hub.tree(REPO, "v1.0.0")["data/train-00000-of-00001.parquet"].lfs_oid is not None
     assert hub.tree(REPO, "v1.0.0")["README.md"].lfs_oid is None
@@ -139,10 +135,10 @@ def test_interrupted_upload_resumes_with_only_the_missing_files(hub, token, rele
     hub.inject_fault("lfs_put", nth=4, count=None, mode=mode, per_object=True)
 
     with pytest.raises(PublishError) as excinfo:
-        publish(release_v1, REPO, token=token, endpoint=hub.url, log=lambda _: None, max_files_per_commit=3)
+        publish(release_v1, REPO, token=token, endpoint=hub.url, log=lambda _: None)
 
     message = str(excinfo.value)
-    assert "failed while uploading commit 2/" in message and "Re-run the same command to resume" in message
+    assert re.search(r"failed while uploading \d+ files over LFS", message) and "Re-run the same command to resume" in message
     repo = hub.get_repo(REPO)
     assert "v1.0.0" not in repo.tags
     failed = hub.faults[0].objects[3]
@@ -153,7 +149,7 @@ def test_interrupted_upload_resumes_with_only_the_missing_files(hub, token, rele
 
     hub.clear_faults()
     hub.clear_log()
-    result = publish(release_v1, REPO, token=token, endpoint=hub.url, log=lambda _: None, max_files_per_commit=3)
+    result = publish(release_v1, REPO, token=token, endpoint=hub.url, log=lambda _: None)
 
     assert hub_tree(hub, "v1.0.0") == release_tree(release_v1)
     second_run = {r.path.rsplit("/", 1)[-1] for r in hub.requests("lfs_put", status=200)}
@@ -300,3 +296,46 @@ def test_plan_compares_sha256_for_lfs_and_git_blob_ids_for_small_files(hub, toke
     assert not by_path["README.md"].on_hub and by_path["README.md"].replaces
     assert plan.deletions == ["images/mll23_00002.png"]
     assert plan.tag_commit is None and plan.repo_exists and plan.private is False
+
+
+def test_an_unchanged_release_is_not_verified_again(hub, token, release_v1, tmp_path):
+    import os
+
+    from pipeline import verify_stamp
+
+    calls: list[Path] = []
+
+    def verify(path: Path) -> list[str]:
+        calls.append(path)
+        return []
+
+    def run(**kwargs) -> list[str]:
+        lines: list[str] = []
+        publish(release_v1, REPO, token=token, endpoint=hub.url, log=lines.append, verify=verify, **kwargs)
+        return lines
+
+    run(verify_name="checks")
+    lines = run(verify_name="checks")  # the no-op publish: nothing changed since the verify
+    assert len(calls) == 1 and any("not verified again" in line for line in lines)
+    stamps = list(verify_stamp.stamp_dir().iterdir())
+    assert len(stamps) == 1 and not any(release_v1.rglob("*stamp*"))  # kept outside the release
+    run()  # an anonymous verifier is never skipped
+    assert len(calls) == 2
+    run(verify_name="other checks")  # nor one stamped under another name
+    assert len(calls) == 3
+
+    shard = release_v1 / "data" / "test-00000-of-00001.parquet"
+    os.utime(shard)  # the same bytes, touched: its stat changed, so verify runs again
+    run(verify_name="checks")
+    assert len(calls) == 4
+    (release_v1 / "extra").mkdir()
+    os.link(release_v1 / "README.md", release_v1 / "extra" / "README.md")
+    with pytest.raises(PublishError, match="hard link"):  # a new name for a file: refused, not skipped
+        run(verify_name="checks")
+    (release_v1 / "extra" / "README.md").unlink()
+    (release_v1 / "extra").rmdir()
+    data = bytearray(shard.read_bytes())
+    data[200] ^= 1
+    shard.write_bytes(bytes(data))  # changed in place (same inode, same size)
+    with pytest.raises(PublishError, match="test-00000-of-00001.parquet: sha256"):
+        run(verify_name="checks")

@@ -144,19 +144,19 @@ def test_interrupted_wds_publish_resumes_without_uploading_again(hub, token, bui
     assert "v1.0.0" in repo.tags and "webdataset" not in repo.branches
 
     hub.clear_faults()
-    hub.inject_fault("commit", nth=2, count=None, mode="500")  # the branch's first commit lands, the second fails
-    with pytest.raises(PublishError, match=r"failed while uploading commit 2/\d"):
-        publish(built_release, REPO, token=token, endpoint=hub.url, log=lambda _: None, max_files_per_commit=1)
-    partial = set(hub.tree(REPO, "webdataset")) - {".gitattributes"}
-    assert len(partial) == 1 and WDS_TAG not in repo.tags
+    hub.inject_fault("commit", nth=1, count=None, mode="500")  # the branch exists now; its one commit fails
+    with pytest.raises(PublishError, match="failed while committing to branch webdataset"):
+        publish(built_release, REPO, token=token, endpoint=hub.url, log=lambda _: None)
+    # the branch shows nothing of the release rather than part of it
+    assert set(hub.tree(REPO, "webdataset")) == {".gitattributes"} and WDS_TAG not in repo.tags
 
     hub.clear_faults()
     hub.clear_log()
-    result = publish(built_release, REPO, token=token, endpoint=hub.url, log=lambda _: None, max_files_per_commit=1)
+    result = publish(built_release, REPO, token=token, endpoint=hub.url, log=lambda _: None)
 
     wds = result.webdataset
     assert result.already_published and wds is not None and not wds.already_published
-    assert set(wds.skipped) == partial and set(wds.uploaded) == set(expected_wds) - partial
+    assert wds.skipped == [] and set(wds.uploaded) == set(expected_wds) and len(wds.commits) == 1
     assert hub.requests("lfs_put") == []  # every tar was already in the repo's LFS store
     assert [r.kind for r in hub.writes()].count("branch_create") == 0
     assert set(hub.tree(REPO, WDS_TAG)) - {".gitattributes"} == set(expected_wds)

@@ -196,6 +196,7 @@ def test_rebuild_is_byte_identical_and_notices_changed_raw(built, tmp_path):
     shutil.copytree(built / "raw", raw)
     save(raw / "monocyte" / "cell_003.tif", crop(4242))  # same name, other pixels
     found = messages(release, rebuild_raw=raw, skip=CHECKS_BUT_REBUILD)
+    assert found[0].startswith(f"[rebuild] {raw} is not the raw input this release was built from: its raw_fingerprint is")
     assert "[rebuild] ledger.csv differs from the rebuild from " + str(raw) in found
     assert "[rebuild] manifest.json differs from the rebuild from " + str(raw) in found
     result = CliRunner().invoke(app, ["verify", str(release), "--rebuild", str(raw), "--workers", "1"])
@@ -222,38 +223,53 @@ def test_rebuild_of_a_later_release_finds_its_base_beside_it(built, tmp_path):
 CHECKS_BUT_REBUILD = tuple(c.name for c in CHECKS)
 
 
-def test_ci_workflow_runs_verify_on_every_release(built, tmp_path):
-    """Run the workflow's verify step as GitHub would, with `mll23` on PATH, on a repository checkout."""
+def test_ci_workflow_verifies_the_releases_a_pull_request_changes(built, tmp_path):
+    """Run the workflow's pull-request step as GitHub would, with `mll23` on PATH, on a checkout whose pull
+    request adds a release (the base branch holds only the notes)."""
     workflow = yaml.safe_load(ci_workflow_text())
     assert "@MLL23_PIPELINE@" not in json.dumps(workflow)
     assert workflow["env"]["MLL23_PIPELINE"].startswith("mll23-pipeline[croissant,webdataset]==")
-    (step,) = [s for s in workflow["jobs"]["verify"]["steps"] if s.get("id") == "verify"]
+    (step,) = [s for s in workflow["jobs"]["pull-request"]["steps"] if s.get("id") == "verify"]
     repo = tmp_path / "repo"
-    shutil.copytree(built / "releases", repo / "releases")
     shutil.copytree(built / "release_notes", repo / "release_notes")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=repo, check=True,
+                       capture_output=True)
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "notes")
+    git("update-ref", "refs/remotes/origin/main", "HEAD")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "mll23"
     shim.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'from pipeline.cli import app; app()' \"$@\"\n")
-    shim.chmod(0o755)
-    env = {**os.environ, **{k: str(v) for k, v in workflow["env"].items()}}
+    (bin_dir / "git-lfs").write_text("#!/bin/sh\nexit 0\n")  # the files are in the local checkout already
+    for tool in (shim, bin_dir / "git-lfs"):
+        tool.chmod(0o755)
+    env = {**os.environ, **{k: str(v) for k, v in workflow["env"].items()}, "GITHUB_BASE_REF": "main"}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     env["PYTHONPATH"] = str(Path(pipeline.__file__).resolve().parent.parent)  # this checkout's package
 
     def run():
         return subprocess.run(["bash", "-c", step["run"]], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
 
+    unchanged = run()
+    assert unchanged.returncode == 0 and "this pull request changes no release under releases/" in unchanged.stdout
+    shutil.copytree(built / "releases", repo / "releases")
+    git("add", "-A")
+    git("commit", "-qm", "release")
     ok = run()
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "::group::mll23 verify releases/v1.0.0" in ok.stdout and f"all {len(CHECKS) + 1} checks passed" in ok.stdout
     (repo / "releases" / "v1.0.0" / "stray.bin").write_bytes(b"x")
+    git("add", "-A")
+    git("commit", "-qm", "stray")
     bad = run()
     assert bad.returncode == 1
     assert "stray.bin is in the release but not listed in manifest.json" in bad.stdout
     assert "::error title=mll23 verify::releases/v1.0.0 failed verification" in bad.stdout
-    shutil.rmtree(repo / "releases")
-    empty = run()
-    assert empty.returncode == 1 and "no release (a directory with manifest.json) under releases/" in empty.stdout
 
 
 def test_webdataset_and_croissant_checks_run_only_where_their_files_exist(release):
