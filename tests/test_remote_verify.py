@@ -60,7 +60,8 @@ def test_remote_verify_passes_reading_a_fraction(hub, token, published, monkeypa
     total = release_bytes(published)
     large = sum((published / s).stat().st_size for s in shards(published))
     assert report.failures == [] and 3 <= report.images_checked <= 6 < report.rows_total
-    assert report.checked_by_metadata == len(shards(published)) + len(list((published / "wds").glob("*.tar")))
+    by_metadata = [*shards(published), *(published / "wds").glob("*.tar"), *(published / "sample").glob("*.parquet")]
+    assert report.checked_by_metadata == len(by_metadata)  # every shard of both formats and of the sample config
     assert set(report.downloaded) >= {"manifest.json", "README.md", "croissant.json", "ledger.csv"}
     with capsys.disabled():
         print(f"\nremote verify, sample 3: {served:,} B served of a {total:,} B release ({served / total:.1%});"
