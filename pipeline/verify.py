@@ -64,6 +64,8 @@ from pipeline.release_files import (
     file_problems,
     fixed_cap,
     load_manifest,
+    parse_json,
+    read_ledger,
     relpath_problem,
     show,
 )
@@ -259,18 +261,11 @@ class ReleaseView:
             self.read_errors.append(f"{LEDGER} is missing")
             return []
         try:
-            reader = csv.DictReader(io.StringIO(self.read_text(LEDGER), newline=""))
-            rows = []
-            for r in reader:
-                if len(rows) == self.limits.max_rows:
-                    raise csv.Error(f"more than {self.limits.max_rows:,} rows")
-                rows.append(dict(r))
-            self.ledger_columns = list(reader.fieldnames or [])
+            rows = read_ledger(self.files, max_rows=self.limits.max_rows, max_bytes=self.cap(LEDGER))
+            self.ledger_columns = list(LEDGER_COLUMNS)
             return rows
         except ReleaseFileError as exc:
             self.ledger_error = str(exc)
-        except csv.Error as exc:
-            self.ledger_error = f"{LEDGER}: not a readable CSV table ({exc})"
         self.read_errors.append(self.ledger_error)
         return []
 
@@ -981,13 +976,11 @@ def _text(value: object) -> str:
 
 def _croissant_doc(view: ReleaseView) -> dict:
     try:
-        doc = json.loads(view.read_text(CROISSANT))
+        doc = parse_json(view.read_text(CROISSANT), CROISSANT)
     except ReleaseFileError as exc:
         raise Refused(str(exc)) from None
-    except RecursionError:
-        raise Refused(f"{CROISSANT}: nested too deeply") from None
-    except ValueError as exc:
-        raise Refused(f"{CROISSANT} is not valid JSON: {exc}") from None
+    except ValueError as exc:  # bounded before parsing, duplicate keys refused (pipeline.release_files.parse_json)
+        raise Refused(str(exc)) from None
     if not isinstance(doc, dict):
         raise Refused(f"{CROISSANT} is a JSON {type(doc).__name__}, not an object")
     return doc

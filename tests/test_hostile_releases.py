@@ -493,9 +493,9 @@ def shard_dictionary_bomb(s: Scene) -> Expect:
 @case
 def ledger_over_its_size_cap(s: Scene) -> Expect:
     with open(s.release / "ledger.csv", "r+b") as fh:
-        fh.truncate(300 << 20)
+        fh.truncate(65 << 20)
     kit.resign(s.release)
-    return Expect("ledger.csv", "above the limit of 268,435,456")
+    return Expect("ledger.csv", "above the limit of 67,108,864")
 
 
 @case
@@ -537,6 +537,89 @@ CASES["croissant_nested_remote_context"] = _croissant(
     "croissant.json: rai:dataBiases", "holds more than text")
 CASES["croissant_graph"] = _croissant(lambda d: d.update({"@graph": []}), "croissant.json: @graph", "holds more than text")
 CASES["croissant_not_an_object"] = _croissant(lambda d: d.clear(), "croissant.json", "version is None")
+
+
+# ---- red team: JSON and CSV that parse into more than their bytes ----------------------------------------
+
+
+@case
+def manifest_size_as_a_float(s: Scene) -> Expect:
+    """jsonschema counts 11677.0 as an integer; the size then reached file reads as a float (TypeError)."""
+    kit.edit_manifest(s.release, lambda d: d["files"][0].update(size=float(d["files"][0]["size"])))
+    return Expect("manifest.json: files/0/size", "is not of type 'integer'")
+
+
+@case
+def manifest_duplicate_key(s: Scene) -> Expect:
+    """Python keeps the last "files", other JSON readers the first: two readers, two file lists."""
+    text = (s.release / "manifest.json").read_text()
+    (s.release / "manifest.json").write_text(text.replace('{\n', '{\n  "files": [],\n', 1))
+    return Expect("manifest.json", "key 'files' appears twice in one object")
+
+
+@case
+def manifest_integer_of_5000_digits(s: Scene) -> Expect:
+    text = (s.release / "manifest.json").read_text()
+    (s.release / "manifest.json").write_text(text.replace('"ledger_total": ', '"ledger_total": ' + "9" * 5000 + ', "x": ', 1))
+    return Expect("manifest.json", "an integer of 5,000 digits")
+
+
+@case
+def manifest_infinite_number(s: Scene) -> Expect:
+    text = (s.release / "manifest.json").read_text()
+    (s.release / "manifest.json").write_text(text.replace('"ledger_total": ', '"ledger_total": 1e1000000, "x": ', 1))
+    return Expect("manifest.json", "number 1e1000000 is beyond a float")
+
+
+@case
+def manifest_retired_entry_without_its_split(s: Scene) -> Expect:
+    """Passed verify, then ended `mll23 build --previous` in a KeyError."""
+    kit.edit_manifest(s.release, lambda d: d.update(retired={"0123456789abcdef": {}}))
+    return Expect("manifest.json: retired/0123456789abcdef", "'split' is a required property")
+
+
+@subprocess_case
+def manifest_of_ten_million_items(s: Scene) -> Expect:
+    """20 MB of `0,`: jsonschema validated (and reported) every item before choosing the best error (>120 s)."""
+    (s.release / "manifest.json").write_text('{"files": [' + ",".join(["0"] * 10_000_000) + "]}")
+    return Expect("manifest.json", "'name' is a required property")
+
+
+@subprocess_case
+def manifest_of_twenty_million_lists(s: Scene) -> Expect:
+    """60 MB of `[],` (under the 64 MB cap): 1.7 GB once parsed."""
+    (s.release / "manifest.json").write_text('{"retired": [' + ",".join(["[]"] * 20_000_000) + "]}")
+    return Expect("manifest.json", "20,000,002 JSON arrays and objects, more than the 300,000")
+
+
+@subprocess_case
+def croissant_of_ten_million_lists(s: Scene) -> Expect:
+    path = s.release / "croissant.json"
+    path.write_text(path.read_text().replace('"keywords": [', '"keywords": [' + "[]," * 10_000_000, 1))
+    kit.resign(s.release)
+    return Expect("croissant.json", "JSON arrays and objects, more than the 300,000")
+
+
+@case
+def ledger_row_with_four_fields(s: Scene) -> Expect:
+    """A short row is None where every reader expects text: verify's sort of ledger keys ended in a TypeError."""
+    path = s.release / "ledger.csv"
+    kept = next(line for line in path.read_text().splitlines() if ",kept," in line)
+    with open(path, "a") as fh:
+        fh.write(kept.split(",")[0] + ",file,x,kept\n")
+    kit.resign(s.release)
+    return Expect("ledger.csv line 14", "4 fields, the header has 9")
+
+
+@subprocess_case
+def ledger_of_240_mb(s: Scene) -> Expect:
+    """2,400 rows of a 100 kB field: 1.3 GB once read as text, copied into a StringIO and split into rows."""
+    with open(s.release / "ledger.csv", "a") as fh:
+        row = ",".join(["y" * 100_000, "file", "a", "kept", "", "", "", "", ""]) + "\n"
+        for _ in range(2400):
+            fh.write(row)
+    kit.resign(s.release)
+    return Expect("ledger.csv", "above the limit of 67,108,864")
 
 
 # ---- running a case ----------------------------------------------------------------------------------------
@@ -685,9 +768,9 @@ def manifest_deep_subprocess(s: Scene) -> Expect:
 
 @subprocess_case
 def ledger_of_a_million_rows(s: Scene) -> Expect:
-    """2 MB of one-character rows: each would become a dict of nine columns."""
+    """18 MB of rows of empty fields: each would become a dict of nine columns."""
     with open(s.release / "ledger.csv", "a") as fh:
-        fh.write("a\n" * 1_000_000)
+        fh.write("a,,,,,,,,\n" * 1_000_000)
     kit.resign(s.release)
     return Expect("ledger.csv", "more than 500,000 rows")
 
