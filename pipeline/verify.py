@@ -19,6 +19,7 @@ as a pattern or used as a URL, and every failure is escaped for printing (`pipel
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fnmatch
 import hashlib
 import io
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.build import BuildError, build_release
@@ -44,9 +46,12 @@ from pipeline.imagecheck import ImageRejected
 from pipeline.lineage import LineageError, version_key
 from pipeline.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST, list_release_files, sha256_file
 from pipeline.notes import NOTES_DIR, NotesError
+from pipeline.parquet_writer import SCHEMA_FIELDS
 from pipeline.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, open_bounded
 from pipeline.records import FATES
 from pipeline.release_formats import (
+    MAX_LISTED_MEMBERS,
+    MEMBERS_PER_SAMPLE,
     WDS_IMAGE_SUFFIXES,
     CardRefused,
     TarLimits,
@@ -120,6 +125,11 @@ class ReadLimits:
     parquet: ParquetLimits = field(default_factory=ParquetLimits)
     # rows of all shards, and of the ledger, held in memory as Python objects (MLL23 has 41,906 raw images)
     max_rows: int = 500_000
+    # decoded bytes of the shards' per-row text columns held with them (MLL23's are some 10 MB)
+    meta_bytes: int = 128 << 20
+    # rows with failures the records check reports before it stops: each costs a record validation, and a
+    # shard of 500,000 wrong rows took 69 s
+    max_failing_rows: int = 1000
     tar: TarLimits = field(default_factory=TarLimits)
     yaml_depth: int = 64
 
@@ -171,6 +181,8 @@ class Row:
         return f"{self.shard} row {self.index}"
 
 
+# The columns of a shard, as the build writes them; any other schema is refused before a value is read
+_SHARD_SCHEMA = pa.schema(SCHEMA_FIELDS)
 _META_COLUMNS = ["image_id", "label", "source_file", "patient_id", "annotator", "group_id", "pixel_sha256", "phash", "extra"]
 
 
@@ -237,6 +249,7 @@ class ReleaseView:
     @cached_property
     def rows(self) -> list[Row]:
         rows: list[Row] = []
+        held = 0
         for shard in self.shard_paths:
             split = _SHARD.match(shard).group(1)
             try:
@@ -244,15 +257,28 @@ class ReleaseView:
                     parquet = open_parquet(fh, shard, self.limits)
                     if len(rows) + parquet.metadata.num_rows > self.limits.max_rows:
                         raise Refused(f"{show(shard)}: the shards hold more than {self.limits.max_rows:,} rows: not read")
-                    table = parquet.read(columns=_META_COLUMNS)
+                    ours: list[Row] = []
+                    shard_bytes = 0
+                    # a row group at a time, counting what is kept: every row group may be within the Parquet
+                    # limits while all of them together, as Python objects, are not
+                    for g in range(parquet.num_row_groups):
+                        table = parquet.read_row_group(g, columns=_META_COLUMNS)
+                        shard_bytes += table.nbytes
+                        if held + shard_bytes > self.limits.meta_bytes:
+                            raise Refused(
+                                f"{show(shard)}: the shards' per-row columns ({', '.join(_META_COLUMNS)}) hold more than "
+                                f"{self.limits.meta_bytes:,} bytes: not read"
+                            )
+                        ours.extend([Row(shard=shard, index=len(ours) + i, split=split, **r) for i, r in enumerate(table.to_pylist())])
+                        del table
+                    rows.extend(ours)
+                    held += shard_bytes
             except (ReleaseFileError, Refused) as exc:
                 self.read_errors.append(str(exc))
                 continue
             except Exception as exc:  # a damaged shard is a finding, not a crash
                 self.read_errors.append(f"{shard}: cannot be read as Parquet ({type(exc).__name__}: {exc})")
                 continue
-            for i, r in enumerate(table.to_pylist()):
-                rows.append(Row(shard=shard, index=i, split=split, **r))
         return rows
 
     @cached_property
@@ -311,7 +337,7 @@ def _capped(check: str, messages: Iterable[str]) -> list[Failure]:
 def open_parquet(fh: BinaryIO, rel: str, limits: ReadLimits) -> pq.ParquetFile:
     """The shard, once its footer, column chunks and page headers passed the limits (pipeline.parquet_bounds)."""
     try:
-        return open_bounded(fh, limits.parquet)
+        return open_bounded(fh, limits.parquet, _SHARD_SCHEMA)
     except ParquetRefused as exc:
         raise Refused(f"{show(rel)}: {exc}") from None
 
@@ -455,10 +481,21 @@ def check_webdataset_tars(view: ReleaseView, opts: VerifyOptions) -> Iterator[st
     for rel in sorted(named - tars):
         if relpath_problem(rel) is None:
             yield f"{show(rel)} is named in {MANIFEST} splits but is not a tar of the release"
+    # A tar holds its split's published images, three members each: the Parquet rows (read with their own
+    # bounds) bound how many headers are walked, so a tar of a million empty members is refused after a few.
+    # A few more than that are read, so that the first strays are named (the member check stops at that many).
+    split_rows = Counter(r.split for r in view.rows)
     for rel in sorted(tars):
+        split = _TAR.match(rel).group(1)
+        expected = MEMBERS_PER_SAMPLE * split_rows[split]
+        limits = dataclasses.replace(
+            opts.read.tar,
+            members=min(opts.read.tar.members, expected + MAX_LISTED_MEMBERS),
+            members_why=f" (the {split_rows[split]:,} {split} rows of the Parquet shards make {expected:,})",
+        )
         try:
             with view.open(rel) as fh:
-                yield from tar_problems(fh, rel, opts.read.tar)
+                yield from tar_problems(fh, rel, limits)
         except ReleaseFileError as exc:
             yield str(exc)
 
@@ -505,6 +542,24 @@ def check_version(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
 
 def check_records(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """Every row against schemas/record.schema.json, and its image: decodes, and has the pixels it claims."""
+    failing: list = [0, ""]  # rows with failures so far (over all shards), the shard where the check stopped
+    listed = more = 0
+    for message in _records_problems(view, opts, failing):
+        # the first ones, then a count; the stop (if any) must be the last line printed, not one of those counted
+        if listed < _MAX_LISTED - 1:
+            listed += 1
+            yield message
+        else:
+            more += 1
+    stopped = failing[0] >= opts.read.max_failing_rows
+    if stopped:
+        yield (f"... and {more:,} more like these: {failing[0]:,} rows failed; the records check stopped there, in "
+               f"{failing[1]} (the rest were not checked)")
+    elif more:
+        yield f"... and {more:,} more like these"
+
+
+def _records_problems(view: ReleaseView, opts: VerifyOptions, failing: list) -> Iterator[str]:
     validator = record_validator()
     names = view.class_names
     for shard in view.shard_paths:
@@ -513,14 +568,18 @@ def check_records(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
             with view.open(shard) as fh:
                 parquet = open_parquet(fh, shard, opts.read)
                 yield from _parquet_feature_problems(shard, parquet)
-                yield from _shard_records(parquet, shard, split, names, validator)
+                yield from _shard_records(parquet, shard, split, names, validator, failing, opts.read.max_failing_rows)
+                if failing[0] >= opts.read.max_failing_rows:
+                    failing[1] = shard
+                    return
         except (ReleaseFileError, Refused) as exc:
             yield str(exc)
         except Exception as exc:
             yield f"{shard}: cannot be read as Parquet ({type(exc).__name__}: {exc})"
 
 
-def _shard_records(parquet: pq.ParquetFile, shard: str, split: str, names: list[str], validator) -> Iterator[str]:
+def _shard_records(parquet: pq.ParquetFile, shard: str, split: str, names: list[str], validator, failing: list,
+                   max_failing: int) -> Iterator[str]:
     index = 0
     for g in range(parquet.num_row_groups):
         end = index + parquet.metadata.row_group(g).num_rows
@@ -528,8 +587,12 @@ def _shard_records(parquet: pq.ParquetFile, shard: str, split: str, names: list[
             # a few rows at a time: only one row group's Arrow data and a handful of images are in memory at once
             for batch in parquet.iter_batches(batch_size=_RECORD_BATCH, row_groups=[g]):
                 for r in batch.to_pylist():
-                    yield from _record_problems(f"{shard} row {index}", r, split, names, validator)
+                    problems = list(_record_problems(f"{shard} row {index}", r, split, names, validator))
+                    yield from problems
                     index += 1
+                    failing[0] += bool(problems)
+                    if failing[0] >= max_failing:
+                        return
         except Exception as exc:
             yield f"{shard} row group {g}: cannot be read ({type(exc).__name__}: {exc})"
         index = end

@@ -622,6 +622,146 @@ def ledger_of_240_mb(s: Scene) -> Expect:
     return Expect("ledger.csv", "above the limit of 67,108,864")
 
 
+# ---- red team: Parquet within every per-column limit, and still too much --------------------------------
+
+
+def _shard_table(release: Path, rows: int, text: str, image: bytes = b"") -> pa.Table:
+    """`rows` rows of the build's schema, every text column `text`, every image `image`."""
+    from pipeline.parquet_writer import arrow_schema
+
+    schema = arrow_schema(json.loads((release / "manifest.json").read_text())["class_names"])
+    columns = {}
+    for f in schema:
+        if f.name == "image":
+            columns[f.name] = pa.array([{"bytes": image, "path": "x.png"}] * rows, f.type)
+        else:
+            columns[f.name] = pa.array([0 if f.name == "label" else text] * rows, f.type)
+    return pa.table(columns, schema=schema)
+
+
+@subprocess_case
+def shard_list_column_of_60_million_nulls(s: Scene) -> Expect:
+    """575 bytes: run-length encoded levels of one list of 60 million nulls, 2.1 GB once read; no size in the
+    file declares it. Only the build's (flat) columns are read."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    n = 60_000_000
+    column = pa.ListArray.from_arrays(pa.array([0, n], pa.int32()), pa.nulls(n, pa.int8()))
+    pq.write_table(pa.table({"label": column}), shard, compression="zstd")
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, shard), "its columns are [label: list<element: int8>], not the 10 columns the build writes")
+
+
+@case
+def shard_column_chunk_in_another_file(s: Scene) -> Expect:
+    """Parquet lets a column chunk name the file it is in; pyarrow ignores it today, other readers need not."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    data = shard.read_bytes()
+    meta = pq.read_metadata(shard)
+    meta.set_file_path("../../../../etc/passwd")
+    buf = io.BytesIO()
+    meta.write_metadata_file(buf)
+    footer = buf.getvalue()[4:-8]  # PAR1 <footer> <length> PAR1
+    old_footer = int.from_bytes(data[-8:-4], "little")
+    shard.write_bytes(data[: len(data) - 8 - old_footer] + footer + len(footer).to_bytes(4, "little") + b"PAR1")
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, shard), "column image.bytes is stored in another file ('../../../../etc/passwd')")
+
+
+@subprocess_case
+def shard_row_group_of_eleven_240_mb_columns(s: Scene) -> Expect:
+    """Every column chunk under the 256 MB limit, the row group 2.6 GB: verify peaked at 4.4 GB."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    pq.write_table(_shard_table(s.release, 1000, "f" * 240_000, b"\0" * 240_000), shard, compression="zstd",
+                   use_dictionary=False, row_group_size=1000)
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, shard), "over its columns (limit 536,870,912)")
+
+
+@subprocess_case
+def shard_text_columns_of_2_gb_over_four_row_groups(s: Scene) -> Expect:
+    """Each row group within every limit; all four, held as rows, 1.9 GB of Arrow and as much of Python text."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    table = _shard_table(s.release, 100_000, "f" * 600)
+    with pq.ParquetWriter(shard, table.schema, compression="zstd", use_dictionary=False) as writer:
+        for _ in range(4):
+            writer.write_table(table, row_group_size=100_000)
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, shard), "per-row columns (image_id, label, source_file")
+
+
+@subprocess_case
+def shard_of_490_000_wrong_rows(s: Scene) -> Expect:
+    """Under the row limit, every row wrong: a record validation each took verify 69 s."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    pq.write_table(_shard_table(s.release, 490_000, "a"), shard, compression="zstd", row_group_size=100_000)
+    kit.resign(s.release)
+    return Expect(f"the records check stopped there, in {kit.rel(s.release, shard)}", "1,000 rows failed")
+
+
+# ---- red team: tars, cards ------------------------------------------------------------------------------
+
+
+@case
+def tar_member_of_negative_size(s: Scene) -> Expect:
+    """A base-256 size of -512: the header walk went back to the same header a million times (17 s)."""
+    tar = kit.first(s.release, "wds/test-*.tar")
+    data = bytearray(tar.read_bytes())
+    header = bytearray(data[:512])
+    header[124:136] = bytes([0xFF] * 10) + (-512 & 0xFFFF).to_bytes(2, "big")
+    header[148:156] = b"        "
+    header[148:156] = f"{sum(header):06o}\0 ".encode()
+    data[:512] = header
+    tar.write_bytes(bytes(data))
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, tar), "has no valid size")
+
+
+@subprocess_case
+def tar_of_300_000_empty_members(s: Scene) -> Expect:
+    """150 MB of headers: 12 s for 300,000, 40 s for the million the old limit allowed."""
+    tar = kit.first(s.release, "wds/test-*.tar")
+    with open(tar, "wb") as fh:
+        for i in range(300_000):
+            fh.write(kit.tar_header_for(f"{i:016x}.cls", 0))
+        fh.write(bytes(1024))
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, tar), "members (the 3 test rows of the Parquet shards make 9): not read")
+
+
+@subprocess_case
+def card_yaml_of_370_000_keys(s: Scene) -> Expect:
+    """4 MB of `kN: 1`, under the card's size cap: PyYAML took 64 s."""
+    kit.replace_card_header(s.release, "".join(f"k{i}: 1\n" for i in range(370_000)))
+    kit.resign(s.release)
+    return Expect("README.md", "more than 65,536: not parsed")
+
+
+@case
+def card_yaml_of_30_000_flow_items(s: Scene) -> Expect:
+    kit.replace_card_header(s.release, "x: [" + "1," * 30_000 + "1]\n")
+    kit.resign(s.release)
+    return Expect("README.md", "YAML header has more nodes than a card needs")
+
+
+@case
+def card_yaml_header_with_crlf_line_ends(s: Scene) -> Expect:
+    """verify found no header ("---\\n" ... "\\n---\\n"); `datasets` and the Hub find one, and load its configs."""
+    card = s.release / "README.md"
+    head, body = card.read_text()[4:].split("\n---\n", 1)
+    head = head.replace("path: data/train-*.parquet", "path: ../../**")
+    card.write_text("---\r\n" + head.replace("\n", "\r\n") + "\r\n---\r\n" + body)
+    kit.resign(s.release)
+    return Expect("README.md", "YAML header is not delimited as the build writes it")
+
+
+@case
+def card_yaml_header_closed_at_the_end_of_the_file(s: Scene) -> Expect:
+    card = s.release / "README.md"
+    card.write_text("---\nconfigs:\n- config_name: default\n  data_files: ../../**\n---")
+    kit.resign(s.release)
+    return Expect("README.md", "YAML header is not delimited as the build writes it")
+
+
 # ---- running a case ----------------------------------------------------------------------------------------
 
 
