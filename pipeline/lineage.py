@@ -16,6 +16,7 @@ beside the release of a pull request, so its author controls it as much as the r
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -79,7 +80,7 @@ def load_previous(path: Path, config: ReleaseConfig) -> PreviousRelease:
     """Read an earlier release directory; refuse one that is not an earlier version of this dataset."""
     path = Path(path)
     release = ReleaseDir(path)
-    if not release.exists(MANIFEST):
+    if not os.path.lexists(path / MANIFEST):  # a link or a FIFO there is reported as what it is, below
         raise LineageError(f"--previous {path}: no {MANIFEST} there; pass the directory of an earlier release")
     try:
         manifest = load_manifest(release)

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -1011,3 +1012,108 @@ def test_page_headers_are_read_where_pyarrow_wrote_them(good_release, tmp_path):
     with open(bomb, "rb") as fh:
         problem = page_problem(fh, pq.read_metadata(bomb), ParquetLimits(column_bytes=4 << 20))
     assert problem is not None and "column image.bytes: its pages declare" in problem and "(limit 4,194,304)" in problem
+
+
+# ---- diff, build --previous, publish --dry-run: they read the same hostile directories -------------------
+
+
+def _hostile_manifest_link(s: Scene) -> Expect:
+    (s.release / "manifest.json").unlink()
+    os.symlink("/proc/self/environ", s.release / "manifest.json")
+    return Expect("manifest.json", "is a symbolic link")
+
+
+def _hostile_ledger_fifo(s: Scene) -> Expect:
+    (s.release / "ledger.csv").unlink()
+    os.mkfifo(s.release / "ledger.csv")  # opening it for reading would block forever
+    return Expect("ledger.csv", "is a FIFO")
+
+
+def _hostile_ledger_link_outside(s: Scene) -> Expect:
+    (s.release / "ledger.csv").unlink()
+    os.symlink(s.outside / "secret.txt", s.release / "ledger.csv")
+    return Expect("ledger.csv", "is a symbolic link")
+
+
+def _hostile_manifest_deep(s: Scene) -> Expect:
+    (s.release / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)  # was a RecursionError traceback
+    return Expect("manifest.json", "nested too deeply")
+
+
+def _hostile_manifest_null(s: Scene) -> Expect:
+    (s.release / "manifest.json").write_text("null")  # was an AttributeError traceback
+    return Expect("manifest.json", "None is not of type 'object'")
+
+
+def _hostile_ledger_short_row(s: Scene) -> Expect:
+    with open(s.release / "ledger.csv", "a") as fh:
+        fh.write("x\n")  # was a TypeError traceback (None + str)
+    kit.resign(s.release)
+    return Expect("ledger.csv line 14", "1 fields, the header has 9")
+
+
+def _hostile_retired_without_split(s: Scene) -> Expect:
+    kit.edit_manifest(s.release, lambda d: d.update(retired={"0123456789abcdef": {}}))  # was a KeyError traceback
+    return Expect("manifest.json: retired/0123456789abcdef", "'split' is a required property")
+
+
+READER_CASES = {f.__name__.lstrip("_"): f for f in (
+    _hostile_manifest_link, _hostile_ledger_fifo, _hostile_ledger_link_outside, _hostile_manifest_deep, _hostile_manifest_null,
+    _hostile_ledger_short_row, _hostile_retired_without_split,
+)}
+
+
+def _assert_reader_refused(s: Scene, expect: Expect, result, seconds: float) -> None:
+    # diff and build exit 2 for an argument that is not a usable release (their usage errors), verify exits 1
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert_refused(s, expect, result.output, 1, seconds)
+
+
+@pytest.mark.parametrize("name", sorted(READER_CASES))
+def test_diff_refuses_a_hostile_release(name, scene, good_release):
+    expect = READER_CASES[name](scene)
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["diff", str(good_release), str(scene.release)])
+    _assert_reader_refused(scene, expect, result, time.monotonic() - started)
+
+
+@pytest.mark.parametrize("name", sorted(READER_CASES))
+def test_build_previous_refuses_a_hostile_release(name, scene, good_release):
+    """`verify --rebuild` finds the previous release beside the one of a pull request: it is as hostile."""
+    expect = READER_CASES[name](scene)
+    out = scene.outside.parent / "next"
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["build", str(good_release.parent / "raw"), "--out", str(out), "--version", "1.1.0",
+                                      "--previous", str(scene.release), "--no-cache", "--workers", "1"])
+    _assert_reader_refused(scene, expect, result, time.monotonic() - started)
+    assert not out.exists()
+
+
+def test_diff_escapes_what_a_hostile_ledger_says(scene, good_release):
+    """A ledger name or reason with a newline, `::error::` or terminal escapes: the Markdown the diff prints (and
+    the notes a build writes from it) keep each on one visible line."""
+    with open(scene.release / "ledger.csv", "a") as fh:
+        fh.write('"x\n::error::forged\x1b[31m.tif",file,a,excluded,"\x1b]0;title\x07",,,,\n')
+    result = CliRunner().invoke(app, ["diff", str(good_release), str(scene.release)])
+    assert result.exit_code == 0, result.output
+    assert "| x\\x0a:\\x3aerror:\\x3aforged\\x1b[31m.tif | (not in the raw input) | excluded: \\x1b]0;title\\x07 |" in result.output
+    for line in result.output.splitlines():
+        assert not line.startswith("::") and "\x1b" not in line and "\x07" not in line
+
+
+def test_publish_dry_run_refuses_a_hostile_release_before_any_network_use(scene, monkeypatch):
+    attempts = []
+
+    def blocked(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network use in a test of a hostile release")
+
+    monkeypatch.setattr(socket.socket, "connect", blocked)
+    monkeypatch.setattr(socket, "getaddrinfo", blocked)
+    monkeypatch.setenv("HF_TOKEN", SECRET_VALUE)
+    expect = _hostile_ledger_link_outside(scene)
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["publish", str(scene.release), "--repo", "org/hostile", "--dry-run"])
+    assert_refused(scene, expect, result.output, result.exit_code, time.monotonic() - started)
+    assert attempts == []
