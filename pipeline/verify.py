@@ -81,8 +81,9 @@ from pipeline.wds_writer import WDS_DIR, brace_pattern, shard_name
 CARD = "README.md"
 WDS_CARD = f"{WDS_DIR}/{CARD}"
 CROISSANT = "croissant.json"
-_SHARD = re.compile(r"^data/(train|validation|test)-\d{5}-of-\d{5}\.parquet$")
-_TAR = re.compile(r"^wds/(train|validation|test)-\d{6}\.tar$")
+# re.ASCII: `\d` alone also matches the digits of other scripts ("train-٠٠٠٠٠-of-00001.parquet" looks like a shard)
+_SHARD = re.compile(r"^data/(train|validation|test)-\d{5}-of-\d{5}\.parquet$", re.ASCII)
+_TAR = re.compile(r"^wds/(train|validation|test)-\d{6}\.tar$", re.ASCII)
 # The files a release holds (README: Output layout); verify refuses any other name, so no file a loader would
 # treat specially (a loading script, dataset_infos.json, a pickle) can ride along in a release.
 _LAYOUT = re.compile(
@@ -90,7 +91,8 @@ _LAYOUT = re.compile(
     r"|data/(train|validation|test)-\d{5}-of-\d{5}\.parquet"
     r"|wds/README\.md|wds/(train|validation|test)-\d{6}\.tar"
     r"|figures/[A-Za-z0-9_-]{1,100}\.png"
-    r"|release_notes/v[0-9A-Za-z.-]{1,100}\.md)$"
+    r"|release_notes/v[0-9A-Za-z.-]{1,100}\.md)$",
+    re.ASCII,
 )
 _MAX_LISTED = 20  # failures of one kind listed one by one before the rest are counted
 _RECORD_BATCH = 16  # rows decoded into Python objects at a time by the records check

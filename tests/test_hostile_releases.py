@@ -763,6 +763,16 @@ def card_yaml_header_closed_at_the_end_of_the_file(s: Scene) -> Expect:
     return Expect("README.md", "YAML header is not delimited as the build writes it")
 
 
+@case
+def shard_named_with_arabic_indic_digits(s: Scene) -> Expect:
+    """`\\d` matches every script's digits: "test-٠٠٠٠٠-of-00001.parquet" passed as a shard of the layout."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    twin = shard.with_name(shard.name.replace("00000-of", "\u0660" * 5 + "-of"))
+    shard.rename(twin)
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, twin), "not a file of the release format")
+
+
 # ---- running a case ----------------------------------------------------------------------------------------
 
 
@@ -1117,3 +1127,33 @@ def test_publish_dry_run_refuses_a_hostile_release_before_any_network_use(scene,
     result = CliRunner().invoke(app, ["publish", str(scene.release), "--repo", "org/hostile", "--dry-run"])
     assert_refused(scene, expect, result.output, result.exit_code, time.monotonic() - started)
     assert attempts == []
+
+
+# Runs `mll23 verify DIR` with every socket connect and name lookup refused and recorded in a file.
+_OFFLINE_VERIFY = r"""
+import socket, sys
+record = open(sys.argv[2], "a")
+def refuse(*args, **kwargs):
+    record.write(repr(args[1:] or args) + "\n"); record.flush()
+    raise OSError("network use")
+socket.socket.connect = socket.socket.connect_ex = refuse
+socket.getaddrinfo = refuse
+from pipeline.cli import app
+app(["verify", sys.argv[1]], prog_name="mll23")
+"""
+
+
+@pytest.mark.parametrize("name", ["good", "croissant_remote_context", "croissant_nested_remote_context", "card_data_files_url"])
+def test_verify_uses_no_network(name, scene):
+    """mlcroissant can fetch a remote JSON-LD context and `datasets` a data_files URL: neither may be reached,
+    on a good release (whose loader checks run) or on one that names a URL."""
+    expect = CASES[name](scene) if name != "good" else None
+    attempts = scene.markers.parent / "network-attempts"
+    proc = subprocess.run([sys.executable, "-c", _OFFLINE_VERIFY, str(scene.release), str(attempts)], capture_output=True,
+                          timeout=MAX_SECONDS * 4, env=os.environ.copy(), cwd=Path.cwd())
+    output = proc.stdout.decode() + proc.stderr.decode()
+    assert not attempts.exists() or attempts.read_text() == "", attempts.read_text()
+    if expect is None:
+        assert proc.returncode == 0, output
+    else:
+        assert_refused(scene, expect, output, proc.returncode, 0)
