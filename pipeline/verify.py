@@ -18,11 +18,9 @@ as a pattern or used as a URL, and every failure is escaped for printing (`pipel
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import fnmatch
 import hashlib
-import io
 import json
 import logging
 import os
