@@ -773,6 +773,39 @@ def shard_named_with_arabic_indic_digits(s: Scene) -> Expect:
     return Expect(kit.rel(s.release, twin), "not a file of the release format")
 
 
+@case
+def tar_member_names_leaving_the_archive(s: Scene) -> Expect:
+    tar = kit.first(s.release, "wds/train-*.tar")
+    kit.rewrite_tar(tar, [kit.member("../../../tmp/x.json", b"{}"), kit.member("/tmp/y.json", b"{}")])
+    kit.resign(s.release)
+    return Expect(f"{kit.rel(s.release, tar)}: member ../../../tmp/x.json", "is not <key>.<suffix>")
+
+
+@case
+def tar_gnu_sparse_member(s: Scene) -> Expect:
+    tar = kit.first(s.release, "wds/test-*.tar")
+    info = tarfile.TarInfo("cccccccccccccccc.png")
+    info.type = tarfile.GNUTYPE_SPARSE
+    tar.write_bytes(info.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024))
+    kit.resign(s.release)
+    return Expect(f"{kit.rel(s.release, tar)}: member cccccccccccccccc.png", "a GNU sparse header")
+
+
+@case
+def file_name_of_overlong_utf8(s: Scene) -> Expect:
+    """b"\\xc0\\xaf" is an overlong "/": not UTF-8, listed with Python's surrogate escapes and refused as such."""
+    fd = os.open(bytes(s.release / "figures") + b"/x\xc0\xafy.png", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.close(fd)
+    return Expect("figures/x\\udcc0\\udcafy.png", "control characters")
+
+
+@subprocess_case
+def release_of_100_000_empty_files(s: Scene) -> Expect:
+    for i in range(100_000):
+        (s.release / "figures" / f"f{i}.png").touch()
+    return Expect("figures/f0.png", "is in the release but not listed in manifest.json")
+
+
 # ---- running a case ----------------------------------------------------------------------------------------
 
 
@@ -1157,3 +1190,23 @@ def test_verify_uses_no_network(name, scene):
         assert proc.returncode == 0, output
     else:
         assert_refused(scene, expect, output, proc.returncode, 0)
+
+
+def test_verify_escapes_a_hostile_release_directory_name(scene):
+    """The directory name is the CLI argument, and in CI it comes from the pull request too."""
+    hostile = scene.release.with_name("rel\n::error::forged\x1b[31m")
+    scene.release.rename(hostile)
+    (hostile / "ledger.csv").unlink()
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["verify", str(hostile)])
+    assert_refused(scene, Expect("ledger.csv", "missing from the release"), result.output, result.exit_code, time.monotonic() - started)
+    assert "rel\\x0a:\\x3aerror:\\x3aforged\\x1b[31m: " in result.output
+
+
+def test_verify_notes_dir_that_is_a_symlink_loop(scene):
+    loop = scene.outside.parent / "loop"
+    os.symlink(loop, loop)
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["verify", str(scene.release), "--notes-dir", str(loop)])
+    assert_refused(scene, Expect(f"{loop / 'v1.0.0.md'} is missing or not readable", "is a symbolic link: not followed"),
+                   result.output, result.exit_code, time.monotonic() - started)
