@@ -335,6 +335,11 @@ def file_problems(files: ReleaseDir, manifest: dict, listing: Listing, *, allow_
             yield f"{show(path)}: sha256 is {digest}, {MANIFEST} says {entry['sha256']} (the file was changed after the build)"
     for path in sorted(present - set(listed)):
         yield f"{show(path)} is in the release but not listed in {MANIFEST} (remove it, or rebuild)"
+    folded: dict[str, str] = {}
+    for path in listing.files:  # one file on a case-insensitive checkout (macOS, Windows): one overwrites the other
+        other = folded.setdefault(path.casefold(), path)
+        if other != path:
+            yield f"{show(other)} and {show(path)} differ only in case"
     if not allow_hard_links:
         for path in listing.hard_links:
             if path in listed or path == MANIFEST:

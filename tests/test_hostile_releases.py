@@ -806,6 +806,42 @@ def release_of_100_000_empty_files(s: Scene) -> Expect:
     return Expect("figures/f0.png", "is in the release but not listed in manifest.json")
 
 
+def _png_of_81_million_pixels() -> bytes:
+    """A real 9,000 x 9,000 PNG (236 kB): under Pillow's bomb limit (89 million pixels), 1.2 GB once verify had
+    decoded, converted and hashed it."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (9000, 9000)).save(buf, format="PNG", compress_level=9)
+    return buf.getvalue()
+
+
+@subprocess_case
+def image_cell_of_81_million_pixels(s: Scene) -> Expect:
+    shard = kit.first(s.release, "data/train-*.parquet")
+    kit.rewrite_first_row(shard, image=lambda image: {**image, "bytes": _png_of_81_million_pixels()})
+    kit.resign(s.release)
+    return Expect(f"{kit.rel(s.release, shard)} row 0: image refused", "image of 9,000 x 9,000 pixels, more than the 16,777,216")
+
+
+@subprocess_case
+def tar_member_of_81_million_pixels(s: Scene) -> Expect:
+    """The tar's images are decoded by the webdataset load check, which runs when every other check passed."""
+    tar = kit.first(s.release, "wds/test-*.tar")
+    kit.rewrite_tar(tar, [kit.member("9999999999999999.png", _png_of_81_million_pixels())])
+    kit.resign(s.release)
+    return Expect(f"{kit.rel(s.release, tar)}: member 9999999999999999.png", "more than the 16,777,216 of any release image")
+
+
+@case
+def figures_differing_only_in_case(s: Scene) -> Expect:
+    """Two names one file on a case-insensitive checkout (macOS, Windows): one would overwrite the other."""
+    figure = kit.first(s.release, "figures/*.png")
+    shutil.copyfile(figure, figure.with_name(figure.name.upper().replace(".PNG", ".png")))
+    kit.resign(s.release)
+    return Expect(figure.name.upper().replace(".PNG", ".png"), "differ only in case")
+
+
 # ---- running a case ----------------------------------------------------------------------------------------
 
 
