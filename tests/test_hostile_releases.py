@@ -842,6 +842,28 @@ def figures_differing_only_in_case(s: Scene) -> Expect:
     return Expect(figure.name.upper().replace(".PNG", ".png"), "differ only in case")
 
 
+@subprocess_case
+def card_of_2000_patterns_over_100_000_files(s: Scene) -> Expect:
+    """Every pattern was matched against every file: 2 x 10^8 matches (minutes)."""
+    for i in range(100_000):
+        (s.release / "figures" / f"f{i}.png").touch()
+    patterns = "".join(f"  - data/train-{i}*.parquet\n" for i in range(2000))
+    kit.replace_card_header(s.release, "configs:\n- config_name: default\n  data_files:\n" + patterns)
+    kit.resign(s.release)
+    return Expect("README.md", "YAML configs hold more than 64 data_files patterns")
+
+
+@subprocess_case
+def card_of_300_000_links_over_100_000_files(s: Scene) -> Expect:
+    """Each link target was looked up in the list of files: 3 x 10^10 comparisons."""
+    for i in range(100_000):
+        (s.release / "figures" / f"f{i}.png").touch()
+    card = s.release / "README.md"
+    card.write_text(card.read_text() + "".join(f"[a](y{i})" for i in range(300_000)))
+    kit.resign(s.release)
+    return Expect("README.md links y0", "which is not a file of the release")
+
+
 # ---- running a case ----------------------------------------------------------------------------------------
 
 
