@@ -47,9 +47,10 @@ def open_bounded(fh: BinaryIO, limits: ParquetLimits, schema: pa.Schema | None =
     """The ParquetFile, after the footer, the column chunks and every page header passed the limits, and its
     columns are exactly `schema`'s (names, types, order; metadata aside) when one is given."""
     parquet = footer_checked(fh, limits)
-    problem = size_problem(parquet.metadata, limits) or page_problem(fh, parquet.metadata, limits)
-    if problem is None and schema is not None:
+    problem = size_problem(parquet.metadata, limits)
+    if problem is None and schema is not None:  # before the page walk: 20,000 columns are 20,000 walks
         problem = schema_problem(parquet, schema)
+    problem = problem or page_problem(fh, parquet.metadata, limits)
     if problem:
         raise ParquetRefused(f"{problem}: not read")
     return parquet
