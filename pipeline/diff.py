@@ -3,16 +3,24 @@
 The diff reads only manifest.json and ledger.csv of each release (never the images), so comparing two
 releases is quick whatever their size. `mll23 diff OLD NEW` prints `render_diff`; the release notes embed
 the very same text.
+
+Either release may come from a pull request, so both files are read as verify reads them
+(pipeline.release_files: no links or special files, size caps, the manifest schema, ledger rows of exactly the
+build's columns), and every value of a release is escaped where it is rendered (a ledger name holding a newline
+and `::error::` would otherwise forge a line of the CI log, or of the notes a build writes from it).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.config import SPLITS
-from pipeline.manifest import LEDGER, MANIFEST, read_ledger, read_manifest
+from pipeline.manifest import MANIFEST
+from pipeline.release_files import ManifestError, ReleaseDir, ReleaseFileError, load_manifest, read_ledger
+from pipeline.safetext import printable
 
 # Config keys every release changes; the notes' heading already states them.
 _CONFIG_KEYS_IN_HEADING = frozenset({"version", "release_date"})
@@ -58,11 +66,13 @@ class ReleaseSummary:
 
 
 def summary_from_parts(manifest: dict, ledger_rows: list[dict[str, str]]) -> ReleaseSummary:
+    tool = manifest.get("tool")
+    tool_version = tool.get("version") if isinstance(tool, dict) else None
     summary = ReleaseSummary(
         name=manifest.get("name", ""),
         version=manifest.get("version", ""),
         release_date=manifest.get("release_date", ""),
-        tool_version=manifest.get("tool", {}).get("version", ""),
+        tool_version=tool_version if isinstance(tool_version, str) else "",
         config=manifest.get("config"),
         config_sha256=manifest.get("config_sha256", ""),
         class_names=list(manifest.get("class_names", [])),
@@ -78,19 +88,14 @@ def summary_from_parts(manifest: dict, ledger_rows: list[dict[str, str]]) -> Rel
 
 
 def summary_from_dir(release_dir: Path) -> ReleaseSummary:
-    release_dir = Path(release_dir)
-    for name in (MANIFEST, LEDGER):
-        if not (release_dir / name).is_file():
-            raise DiffError(f"{release_dir}: no {name}; is this a release directory?")
+    release = ReleaseDir(Path(release_dir))
+    if not os.path.lexists(Path(release_dir) / MANIFEST):
+        raise DiffError(printable(f"{release_dir}: no {MANIFEST}; is this a release directory?"))
     try:
-        manifest = read_manifest(release_dir)
-    except ValueError as exc:
-        raise DiffError(f"{release_dir / MANIFEST}: not valid JSON ({exc})") from None
-    try:
-        rows = read_ledger(release_dir / LEDGER)
-        return summary_from_parts(manifest, rows)
-    except KeyError as exc:
-        raise DiffError(f"{release_dir / LEDGER}: missing column {exc}") from None
+        return summary_from_parts(load_manifest(release), read_ledger(release))
+    except (ManifestError, ReleaseFileError) as exc:
+        # release_files leaves escaping to where a message is printed: here
+        raise DiffError(printable(f"{release_dir}: {exc}", limit=2000)) from None
 
 
 @dataclass(frozen=True)
@@ -282,9 +287,15 @@ def _signed(n: int) -> str:
     return f"+{n:,}" if n > 0 else (f"{n:,}" if n < 0 else "0")
 
 
+def _safe(value: object) -> str:
+    """A value of a release as one line of visible characters (pipeline.safetext), backslashes kept: ledger
+    names are ingest's readable names, whose backslashes already are escapes."""
+    return "\\".join(printable(part, limit=0) for part in str(value).split("\\"))
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_safe(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -305,7 +316,7 @@ def render_diff(d: ReleaseDiff) -> str:
     """The diff as Markdown; identical input gives identical text (every list is sorted)."""
     old_v, new_v = f"v{d.old_version}", f"v{d.new_version}"
     parts = [
-        f"## Changes from {old_v} ({d.old_date}) to {new_v} ({d.new_date})\n",
+        f"## Changes from {old_v} ({_safe(d.old_date)}) to {new_v} ({_safe(d.new_date)})\n",
         "Images are identified by `image_id` (the first 16 hex digits of the sha256 of their decoded pixels).\n",
         _section("Images added", d.added, ["image_id", "label", "split", "source file"],
                  lambda k: [f"`{k.image_id}`", k.label, k.split, k.source_file], "No image added."),
@@ -337,9 +348,9 @@ def render_diff(d: ReleaseDiff) -> str:
         parts.append(_section("Config changes", d.config_changes, ["key", old_v, new_v],
                               lambda c: [f"`{c[0]}`", f"`{c[1]}`", f"`{c[2]}`"], ""))
     elif d.config_note:
-        parts.append(f"### Config changes\n\n{d.config_note}.\n")
+        parts.append(f"### Config changes\n\n{_safe(d.config_note)}.\n")
     else:
         parts.append("### Config changes\n\nNo config change besides the version and release date.\n")
     if d.tool_change:
-        parts.append(f"### Tool\n\nBuilt with mll23-pipeline {d.tool_change[1]} (was {d.tool_change[0]}).\n")
+        parts.append(f"### Tool\n\nBuilt with mll23-pipeline {_safe(d.tool_change[1])} (was {_safe(d.tool_change[0])}).\n")
     return "\n".join(parts)

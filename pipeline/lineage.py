@@ -9,10 +9,14 @@ From the previous release a build takes:
   back, lands in the split it had before;
 - which file represented each published image, so that when a duplicate group changes (a new copy
   arrives, a copy disappears) the image that was published stays the published one.
+
+The previous release is read as verify reads a release (pipeline.release_files): `verify --rebuild` finds it
+beside the release of a pull request, so its author controls it as much as the release itself.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import SPLITS, ReleaseConfig
-from pipeline.manifest import LEDGER, MANIFEST, read_ledger, read_manifest, sha256_file
+from pipeline.manifest import LEDGER, MANIFEST
+from pipeline.release_files import TEXT_CAPS, ManifestError, ReleaseDir, ReleaseFileError, load_manifest, read_ledger
 from pipeline.records import ImageFacts
 from pipeline.split import SplitItem, units
 
@@ -74,13 +79,14 @@ class PreviousRelease:
 def load_previous(path: Path, config: ReleaseConfig) -> PreviousRelease:
     """Read an earlier release directory; refuse one that is not an earlier version of this dataset."""
     path = Path(path)
-    if not (path / MANIFEST).is_file():
+    release = ReleaseDir(path)
+    if not os.path.lexists(path / MANIFEST):  # a link or a FIFO there is reported as what it is, below
         raise LineageError(f"--previous {path}: no {MANIFEST} there; pass the directory of an earlier release")
     try:
-        manifest = read_manifest(path)
-    except ValueError as exc:
-        raise LineageError(f"--previous {path}: {MANIFEST} is not valid JSON ({exc})") from None
-    name, version = manifest.get("name"), manifest.get("version")
+        manifest = load_manifest(release)
+    except ManifestError as exc:
+        raise LineageError(f"--previous {path}: {exc}") from None
+    name, version = manifest["name"], manifest["version"]
     if name != config.name:
         raise LineageError(f"--previous {path} is a release of {name!r}, this build makes {config.name!r}")
     if version_key(config.version) <= version_key(version):
@@ -88,14 +94,20 @@ def load_previous(path: Path, config: ReleaseConfig) -> PreviousRelease:
             f"version {config.version} is not newer than the previous release's {version}; "
             "raise the version in the config or with --version"
         )
-    listed = {f["path"]: f["sha256"] for f in manifest.get("files", [])}
-    if LEDGER not in listed or not (path / LEDGER).is_file() or sha256_file(path / LEDGER) != listed[LEDGER]:
+    listed = {f["path"]: f["sha256"] for f in manifest["files"]}
+    try:
+        ledger_sha256 = release.hash(LEDGER, max_bytes=TEXT_CAPS[LEDGER])[1] if LEDGER in listed else None
+        manifest_sha256 = release.hash(MANIFEST, max_bytes=TEXT_CAPS[MANIFEST])[1]
+        rows = read_ledger(release) if ledger_sha256 == listed.get(LEDGER) else None
+    except ReleaseFileError as exc:
+        raise LineageError(f"--previous {path}: {exc}") from None
+    if rows is None:
         raise LineageError(f"--previous {path}: {LEDGER} is missing or does not match its sha256 in {MANIFEST}")
-    previous = PreviousRelease(path=path, name=name, version=version, manifest_sha256=sha256_file(path / MANIFEST))
+    previous = PreviousRelease(path=path, name=name, version=version, manifest_sha256=manifest_sha256)
     for image_id, info in sorted(manifest.get("retired", {}).items()):
         previous.splits[image_id] = info["split"]
         previous.retired_in[image_id] = info["last_version"]
-    for row in read_ledger(path / LEDGER):
+    for row in rows:
         if row["fate"] == "kept":
             image = PublishedImage(row["image_id"], row["split"], row["source_file"])
             previous.published[image.image_id] = image

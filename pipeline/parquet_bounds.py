@@ -3,9 +3,12 @@
 A few kB of zstd can decompress to gigabytes, and pyarrow allocates whatever a page header declares. So before
 any data is read: the footer's length is checked against the file and a cap, then (from the footer) every row
 group's row count and every column chunk's decompressed size (for dictionary-encoded columns, rows x the
-chunk, since every row may repeat the largest dictionary entry), and then every page header of every column
-chunk is read (Thrift compact, a few bytes each) so that the decompressed sizes the pages themselves declare
-are within the limit too, whatever the footer says.
+chunk, since every row may repeat the largest dictionary entry) and their sum over each row group (what a
+reader holds at once), then every page header of every column chunk is read (Thrift compact, a few bytes each)
+so that the decompressed sizes the pages themselves declare are within the limit too, whatever the footer says.
+When the caller knows the columns (a release's shards have the build's), any other schema is refused before a
+value is read: a list column, say, turns a few bytes of run-length encoded levels into a billion null values,
+which no size in the file declares.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 _MAGIC = b"PAR1"
@@ -33,13 +37,20 @@ class ParquetLimits:
     rows: int = 500_000  # rows of one file (and, for the caller, of all files together)
     rows_per_group: int = 1_000_000
     column_bytes: int = 256 << 20  # decompressed (or decoded, for dictionaries) bytes of one column chunk
+    # ... and of all column chunks of one row group together, which a reader of the row group holds at once (the
+    # Hub's dataset viewer refuses row groups of more than 300 MB, so no publishable shard comes near)
+    group_bytes: int = 512 << 20
     pages: int = 100_000  # page headers of one file
 
 
-def open_bounded(fh: BinaryIO, limits: ParquetLimits) -> pq.ParquetFile:
-    """The ParquetFile, after the footer, the column chunks and every page header passed the limits."""
+def open_bounded(fh: BinaryIO, limits: ParquetLimits, schema: pa.Schema | None = None) -> pq.ParquetFile:
+    """The ParquetFile, after the footer, the column chunks and every page header passed the limits, and its
+    columns are exactly `schema`'s (names, types, order; metadata aside) when one is given."""
     parquet = footer_checked(fh, limits)
-    problem = size_problem(parquet.metadata, limits) or page_problem(fh, parquet.metadata, limits)
+    problem = size_problem(parquet.metadata, limits)
+    if problem is None and schema is not None:  # before the page walk: 20,000 columns are 20,000 walks
+        problem = schema_problem(parquet, schema)
+    problem = problem or page_problem(fh, parquet.metadata, limits)
     if problem:
         raise ParquetRefused(f"{problem}: not read")
     return parquet
@@ -62,16 +73,29 @@ def footer_checked(fh: BinaryIO, limits: ParquetLimits) -> pq.ParquetFile:
     return pq.ParquetFile(fh, thrift_string_size_limit=limits.footer_bytes, thrift_container_size_limit=1_000_000)
 
 
+def schema_problem(parquet: pq.ParquetFile, schema: pa.Schema) -> str | None:
+    """The file's columns against `schema`, from the footer alone."""
+    actual = parquet.schema_arrow
+    if actual.remove_metadata().equals(schema.remove_metadata()):
+        return None
+    names = [f"{f.name}: {f.type}" for f in actual]
+    shown = ", ".join(names[:12]) + (f" and {len(names) - 12:,} more" if len(names) > 12 else "")
+    return f"its columns are [{shown[:600]}], not the {len(schema)} columns the build writes"
+
+
 def size_problem(meta: pq.FileMetaData, limits: ParquetLimits) -> str | None:
     """What the footer declares, against the limits."""
-    if meta.num_rows > limits.rows:
+    if meta.num_rows > limits.rows or meta.num_rows < 0:
         return f"{meta.num_rows:,} rows, more than {limits.rows:,}"
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
-        if group.num_rows > limits.rows_per_group:
+        if group.num_rows > limits.rows_per_group or group.num_rows < 0:
             return f"row group {g} has {group.num_rows:,} rows (limit {limits.rows_per_group:,})"
+        group_decoded = 0
         for c in range(group.num_columns):
             column = group.column(c)
+            if column.file_path:  # a column chunk may live in another file; a release's never does
+                return f"row group {g} column {column.path_in_schema} is stored in another file ({column.file_path[:200]!r})"
             decoded = column.total_uncompressed_size
             if column.has_dictionary_page:  # each row may repeat the largest dictionary entry
                 decoded = max(decoded, decoded * group.num_rows)
@@ -80,6 +104,9 @@ def size_problem(meta: pq.FileMetaData, limits: ParquetLimits) -> str | None:
                     f"row group {g} column {column.path_in_schema} decompresses to {decoded:,} bytes "
                     f"(limit {limits.column_bytes:,}; {column.total_compressed_size:,} bytes stored)"
                 )
+            group_decoded += decoded
+            if group_decoded > limits.group_bytes:
+                return f"row group {g} decompresses to {group_decoded:,}+ bytes over its columns (limit {limits.group_bytes:,})"
     return None
 
 
@@ -121,6 +148,8 @@ def page_headers(fh: BinaryIO, column: pq.ColumnChunkMetaData, file_size: int) -
             length, uncompressed, compressed = _page_header(fh, pos)
         except ValueError as exc:
             raise ValueError(f"page header at byte {pos:,} is not valid ({exc})") from None
+        if pos + length + compressed > end:  # a reader would allocate (and read) what the header declares
+            raise ValueError(f"the page at byte {pos:,} declares {compressed:,} bytes, past the end of its column chunk")
         yield length, uncompressed, compressed
         pos += length + compressed
 

@@ -15,8 +15,11 @@ Every refusal is a `ReleaseFileError` whose message names the path (escaped for 
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
+import io
+import itertools
 import json
 import os
 import stat
@@ -28,6 +31,7 @@ from typing import BinaryIO
 
 import jsonschema
 
+from pipeline.manifest import LEDGER, LEDGER_COLUMNS
 from pipeline.resources import load_schema
 from pipeline.safetext import printable
 
@@ -45,10 +49,15 @@ TEXT_CAPS = {
     MANIFEST: 64 << 20,
     "README.md": 4 << 20,
     "wds/README.md": 4 << 20,
-    "ledger.csv": 256 << 20,
+    # MLL23's 41,906 raw images make a 6 MB ledger; parsed, 64 MB of rows stays within a few hundred MB
+    LEDGER: 64 << 20,
     "croissant.json": 32 << 20,
 }
 NOTES_CAP = 4 << 20
+# JSON arrays and objects in one manifest or croissant.json (MLL23: about 50 files, at most 41,906 retired images;
+# the Hub takes 100,000 files). jsonschema takes some 25 us for each, so the cap also bounds its time to seconds
+MAX_JSON_CONTAINERS = 300_000
+_MAX_INT_DIGITS = 30  # sizes and counts; nothing a release records is longer
 MAX_LISTED_FILE_BYTES = 50 * 1000**3  # the Hub refuses larger files, so no release file can be larger
 
 
@@ -326,6 +335,11 @@ def file_problems(files: ReleaseDir, manifest: dict, listing: Listing, *, allow_
             yield f"{show(path)}: sha256 is {digest}, {MANIFEST} says {entry['sha256']} (the file was changed after the build)"
     for path in sorted(present - set(listed)):
         yield f"{show(path)} is in the release but not listed in {MANIFEST} (remove it, or rebuild)"
+    folded: dict[str, str] = {}
+    for path in listing.files:  # one file on a case-insensitive checkout (macOS, Windows): one overwrites the other
+        other = folded.setdefault(path.casefold(), path)
+        if other != path:
+            yield f"{show(other)} and {show(path)} differ only in case"
     if not allow_hard_links:
         for path in listing.hard_links:
             if path in listed or path == MANIFEST:
@@ -343,6 +357,70 @@ class ManifestError(Exception):
 PUBLISH_KEYS = ("version", "files")
 
 
+def json_problem(text: str, max_containers: int = MAX_JSON_CONTAINERS) -> str | None:
+    """Why `text` must not go to json.loads, or None. Counted on the text, before parsing: every `[` or `{`
+    becomes a list or dict of at least 56 bytes, so 20 MB of `[],` is over a gigabyte once parsed. Brackets
+    inside strings count too, which only errs towards refusing (a release's JSON has a handful of those)."""
+    containers = text.count("[") + text.count("{")
+    if containers > max_containers:
+        return f"{containers:,} JSON arrays and objects, more than the {max_containers:,} a release file of this kind needs: not parsed"
+    return None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        # json keeps the last value, other readers the first: each would see a different document
+        raise ValueError(f"key {show(key, 80)!r} appears twice in one object (readers disagree on which one counts)")
+    return doc
+
+
+def parse_json(text: str, rel: str, max_containers: int = MAX_JSON_CONTAINERS) -> object:
+    """JSON of a release file, bounded before parsing (`json_problem`), without duplicate keys and with huge
+    numbers refused (Python parses a 4,300-digit integer or 1e999 without complaint, other readers do not);
+    ValueError naming `rel` and the reason."""
+    problem = json_problem(text, max_containers)
+    if problem:
+        raise ValueError(f"{show(rel)}: {problem}")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_refuse_constant,
+                          parse_int=_bounded_int, parse_float=_bounded_float)
+    except RecursionError:
+        raise ValueError(f"{show(rel)}: nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"{show(rel)}: not valid JSON ({show(str(exc), 300)})") from None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text):,} digits")
+    return int(text)
+
+
+def _bounded_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {show(text, 40)} is beyond a float")
+    return value
+
+
+def _is_int(checker, instance: object) -> bool:  # noqa: ANN001 - jsonschema's signature
+    """An integer only: jsonschema counts 1.0 as one, and a float size reaches file reads as a float."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_int),
+)
+
+
 def load_manifest(release: ReleaseDir, required: tuple[str, ...] | None = None) -> dict:
     """manifest.json parsed (size-capped) and validated against schemas/manifest.schema.json; `required`
     narrows the schema's required keys (publish needs only the version and the file list)."""
@@ -351,15 +429,15 @@ def load_manifest(release: ReleaseDir, required: tuple[str, ...] | None = None) 
     except ReleaseFileError as exc:
         raise ManifestError(str(exc)) from None
     try:
-        doc = json.loads(text)
-    except RecursionError:
-        raise ManifestError(f"{MANIFEST}: nested too deeply to be a manifest") from None
+        doc = parse_json(text, MANIFEST)
     except ValueError as exc:
-        raise ManifestError(f"{MANIFEST}: not valid JSON ({exc})") from None
+        raise ManifestError(str(exc)) from None
     schema = load_schema("manifest")
     if required is not None:  # only these keys are needed, and only their shape is checked
         schema = {**schema, "required": list(required), "properties": {k: schema["properties"][k] for k in required}}
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    # the best of the first errors: iter_errors is lazy, and a list of ten million wrong items would otherwise
+    # be validated (and reported) item by item before best_match could choose
+    error = jsonschema.exceptions.best_match(itertools.islice(_Validator(schema).iter_errors(doc), 100))
     if error is not None:
         where = "/".join(map(str, error.absolute_path)) or "(the document)"
         message, instance = error.message, repr(error.instance)
@@ -367,3 +445,33 @@ def load_manifest(release: ReleaseDir, required: tuple[str, ...] | None = None) 
             message = show(instance, 80) + message[len(instance):]
         raise ManifestError(f"{MANIFEST}: {show(where)}: {show(message, 300)}")
     return doc
+
+
+# ---- ledger.csv ---------------------------------------------------------------------------------------------
+
+MAX_LEDGER_ROWS = 500_000
+
+
+def read_ledger(release: ReleaseDir, *, max_rows: int = MAX_LEDGER_ROWS, max_bytes: int | None = None) -> list[dict[str, str]]:
+    """ledger.csv's rows, keyed by its columns: streamed from the size-capped file (the text is never held
+    twice), its header exactly the build's columns and every row exactly as many fields (a short row would
+    put None where every reader expects text). ReleaseFileError naming the line and the reason."""
+    cap = TEXT_CAPS[LEDGER] if max_bytes is None else min(max_bytes, TEXT_CAPS[LEDGER])
+    rows: list[dict[str, str]] = []
+    with release.open(LEDGER, max_bytes=cap) as fh:
+        reader = csv.reader(io.TextIOWrapper(fh, encoding="utf-8", newline=""))
+        try:
+            header = next(reader, [])
+            if tuple(header) != LEDGER_COLUMNS:
+                raise ReleaseFileError(f"{LEDGER}: columns are {show(header)}, expected {list(LEDGER_COLUMNS)}")
+            for row in reader:
+                if len(rows) == max_rows:
+                    raise ReleaseFileError(f"{LEDGER}: not a readable CSV table (more than {max_rows:,} rows)")
+                if len(row) != len(header):
+                    raise ReleaseFileError(f"{LEDGER} line {reader.line_num}: {len(row)} fields, the header has {len(header)}")
+                rows.append(dict(zip(header, row)))
+        except csv.Error as exc:
+            raise ReleaseFileError(f"{LEDGER}: not a readable CSV table ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ReleaseFileError(f"{LEDGER}: not UTF-8 text (byte {exc.start} of a block)") from None
+    return rows

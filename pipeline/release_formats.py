@@ -37,9 +37,13 @@ _COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"
 MAX_LISTED_MEMBERS = 20  # refused members of one tar listed before the scan stops naming them
 
 
+MEMBERS_PER_SAMPLE = 3  # <key>.cls, <key>.json and one image (wds_writer.sample_members)
+
+
 @dataclass(frozen=True)
 class TarLimits:
     members: int = 1_000_000
+    members_why: str = ""  # where `members` comes from, for the message (verify: the split's Parquet rows)
     member_bytes: tuple[tuple[str, int], ...] = (("cls", 64), ("json", 1 << 20), ("png", 64 << 20))
 
     def member_cap(self, suffix: str) -> int:
@@ -57,10 +61,11 @@ class _StrictYamlLoader(yaml.SafeLoader):
     """Safe YAML without aliases, anchors or tags: a card has no need for them, and aliases are how a few
     hundred bytes expand to gigabytes ("billion laughs"). Nesting is bounded too (the composer recurses)."""
 
-    def __init__(self, text: str, max_depth: int) -> None:
+    def __init__(self, text: str, max_depth: int, max_nodes: int = 20_000) -> None:
         super().__init__(text)
         self.max_depth = max_depth
         self.depth = 0
+        self.nodes_left = max_nodes
 
     def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
         event = self.peek_event()
@@ -73,6 +78,9 @@ class _StrictYamlLoader(yaml.SafeLoader):
             raise CardRefused(f"YAML tag {event.tag} on line {line}: tags are refused")
         if self.depth >= self.max_depth:
             raise CardRefused(f"YAML nested more than {self.max_depth} levels deep on line {line}")
+        self.nodes_left -= 1
+        if self.nodes_left < 0:
+            raise CardRefused(f"YAML header has more nodes than a card needs (line {line}): not parsed")
         self.depth += 1
         try:
             return super().compose_node(parent, index)
@@ -80,14 +88,41 @@ class _StrictYamlLoader(yaml.SafeLoader):
             self.depth -= 1
 
 
-def card_header(text: str, max_depth: int = 64) -> dict:
-    """The YAML header of a card (`---` ... `---`), {} when there is none; CardRefused when it is unsafe."""
-    if not text.startswith("---\n"):
+# How huggingface_hub (RepoCard, the Hub) finds a card's header; `datasets` takes the lines between a first
+# line "---" and the next line "---", after str.splitlines() (which also splits at \r, \x0b, \u2028...).
+_HUB_YAML_BLOCK = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
+
+
+def _header_block(text: str) -> str | None:
+    """The header as the build writes it ("---\n" ... "\n---\n"), when the other readers find exactly that one
+    too; CardRefused when they find another (a header delimited with "\r\n", closed at the end of the file or
+    preceded by blank lines would go unchecked here and be loaded by `datasets`)."""
+    end = text.find("\n---\n", 3) if text.startswith("---\n") else -1
+    ours = text[4:end] if end >= 0 else None
+    lines = text.splitlines()
+    theirs = None
+    if lines and lines[0] == "---" and "---" in lines[1:]:
+        theirs = "\n".join(lines[1:lines[1:].index("---") + 1])
+    hub = _HUB_YAML_BLOCK.search(text)
+    if hub is not None or theirs is not None or ours is not None:
+        if not (ours is not None and theirs == ours and hub is not None and hub.group(2) == ours):
+            raise CardRefused(
+                "YAML header is not delimited as the build writes it (a first line '---', a line '---' after it, "
+                "'\\n' line ends only), so `datasets` and the Hub would read another header than the one checked here"
+            )
+    return ours
+
+
+def card_header(text: str, max_depth: int = 64, max_chars: int = 64 << 10, max_nodes: int = 20_000) -> dict:
+    """The YAML header of a card (`---` ... `---`), {} when there is none; CardRefused when it is unsafe.
+    PyYAML is pure Python (some 100 us per key), so the header's length and node count are bounded: a real
+    card's header is a few kB."""
+    block = _header_block(text)
+    if block is None:
         return {}
-    end = text.find("\n---\n", 3)
-    if end < 0:
-        return {}
-    loader = _StrictYamlLoader(text[4:end + 1], max_depth)
+    if len(block) > max_chars:
+        raise CardRefused(f"YAML header is {len(block):,} characters long, more than {max_chars:,}: not parsed")
+    loader = _StrictYamlLoader(block + "\n", max_depth, max_nodes)
     try:
         doc = loader.get_single_data()
     except yaml.YAMLError as exc:
@@ -126,8 +161,10 @@ def tar_problems(fh: BinaryIO, rel: str, limits: TarLimits) -> Iterator[str]:
                 problem = _member_problem(member, limits) or _member_content_problem(tar, member)
                 if problem:
                     problems += 1
-                    if problems <= MAX_LISTED_MEMBERS:
-                        yield f"{show(rel)}: member {show(member.name)} {problem}"
+                    yield f"{show(rel)}: member {show(member.name)} {problem}"
+                    if problems == MAX_LISTED_MEMBERS:  # each costs a header parse and a read: stop, not count
+                        yield f"{show(rel)}: {problems} members refused; the rest were not read"
+                        return
     except tarfile.TarError as exc:
         yield f"{show(rel)}: not a readable tar archive ({exc})"
 
@@ -165,12 +202,14 @@ def _tar_header_problem(fh: BinaryIO, rel: str, limits: TarLimits) -> str | None
         try:
             size = tarfile.nti(block[124:136])
         except tarfile.InvalidHeaderError:
+            size = -1
+        if size < 0:  # base-256 sizes can be negative: the walk would go back to an earlier header, forever
             return f"{show(rel)}: not a readable tar archive (member {name} has no valid size)"
         if size > largest:
             return f"{show(rel)}: member {name} is {size:,} bytes, above the limit of {largest:,} for any member: not read"
         members += 1
         if members > limits.members:
-            return f"{show(rel)}: more than {limits.members:,} members: not read"
+            return f"{show(rel)}: more than {limits.members:,} members{limits.members_why}: not read"
         offset += _TAR_BLOCK + -(-size // _TAR_BLOCK) * _TAR_BLOCK
 
 
@@ -205,7 +244,10 @@ def _member_content_problem(tar: tarfile.TarFile, member: tarfile.TarInfo) -> st
         elif suffix == "json":
             json.loads(data)
         else:
-            open_image(data).close()
+            with open_image(data) as img:
+                problem = image_size_problem(img)
+            if problem:
+                return f"refused: {problem}"
     except ImageRejected as exc:
         return f"refused: {exc}"
     except (ValueError, RecursionError) as exc:
@@ -213,9 +255,25 @@ def _member_content_problem(tar: tarfile.TarFile, member: tarfile.TarInfo) -> st
     return None
 
 
+# Pixels of one image a release may hold (MLL23's are 288 x 288). Pillow's bomb limit lets 89 million through,
+# and a 236 kB PNG of 9,000 x 9,000 took verify to 1.2 GB (the decoded image, its RGB array and the bytes hashed).
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def image_size_problem(img) -> str | None:  # noqa: ANN001 - a PIL image, header parsed
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"image of {width:,} x {height:,} pixels, more than the {MAX_IMAGE_PIXELS:,} of any release image: not decoded"
+    return None
+
+
 def decode_image(data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
-    """RGB pixels of untrusted image bytes, with only the decoders the build accepts and its bomb limits."""
+    """RGB pixels of untrusted image bytes, with only the decoders the build accepts and its bomb limits, and
+    no more pixels than a release image has (checked on the header, before decoding)."""
     img = open_image(data)
     with img:
+        problem = image_size_problem(img)
+        if problem:
+            raise ImageRejected(problem)
         img.load()
         return np.asarray(img.convert("RGB"), dtype=np.uint8), img.size

@@ -18,10 +18,9 @@ as a pattern or used as a URL, and every failure is escaped for printing (`pipel
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import fnmatch
 import hashlib
-import io
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.build import BuildError, build_release
@@ -44,9 +44,12 @@ from pipeline.imagecheck import ImageRejected
 from pipeline.lineage import LineageError, version_key
 from pipeline.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST, list_release_files, sha256_file
 from pipeline.notes import NOTES_DIR, NotesError
+from pipeline.parquet_writer import SCHEMA_FIELDS
 from pipeline.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, open_bounded
 from pipeline.records import FATES
 from pipeline.release_formats import (
+    MAX_LISTED_MEMBERS,
+    MEMBERS_PER_SAMPLE,
     WDS_IMAGE_SUFFIXES,
     CardRefused,
     TarLimits,
@@ -64,6 +67,8 @@ from pipeline.release_files import (
     file_problems,
     fixed_cap,
     load_manifest,
+    parse_json,
+    read_ledger,
     relpath_problem,
     show,
 )
@@ -74,11 +79,12 @@ from pipeline.wds_writer import WDS_DIR, brace_pattern, shard_name
 CARD = "README.md"
 WDS_CARD = f"{WDS_DIR}/{CARD}"
 CROISSANT = "croissant.json"
-_SHARD = re.compile(r"^data/(train|validation|test)-\d{5}-of-\d{5}\.parquet$")
-_TAR = re.compile(r"^wds/(train|validation|test)-\d{6}\.tar$")
+# re.ASCII: `\d` alone also matches the digits of other scripts ("train-٠٠٠٠٠-of-00001.parquet" looks like a shard)
+_SHARD = re.compile(r"^data/(train|validation|test)-\d{5}-of-\d{5}\.parquet$", re.ASCII)
+_TAR = re.compile(r"^wds/(train|validation|test)-\d{6}\.tar$", re.ASCII)
 # the card's `sample` config: a stratified subset of each split's rows, the very same bytes (pipeline/sample.py)
-_SAMPLE = re.compile(r"^sample/(train|validation|test)-\d{5}-of-\d{5}\.parquet$")
-_CARD_SHARD = re.compile(f"{_SHARD.pattern}|{_SAMPLE.pattern}")
+_SAMPLE = re.compile(r"^sample/(train|validation|test)-\d{5}-of-\d{5}\.parquet$", re.ASCII)
+_CARD_SHARD = re.compile(f"{_SHARD.pattern}|{_SAMPLE.pattern}", re.ASCII)
 # The files a release holds (README: Output layout); verify refuses any other name, so no file a loader would
 # treat specially (a loading script, dataset_infos.json, a pickle) can ride along in a release.
 _LAYOUT = re.compile(
@@ -87,7 +93,8 @@ _LAYOUT = re.compile(
     r"|wds/README\.md|wds/(train|validation|test)-\d{6}\.tar"
     r"|sample/(train|validation|test)-\d{5}-of-\d{5}\.parquet"
     r"|figures/[A-Za-z0-9_-]{1,100}\.png"
-    r"|release_notes/v[0-9A-Za-z.-]{1,100}\.md)$"
+    r"|release_notes/v[0-9A-Za-z.-]{1,100}\.md)$",
+    re.ASCII,
 )
 _MAX_LISTED = 20  # failures of one kind listed one by one before the rest are counted
 _RECORD_BATCH = 16  # rows decoded into Python objects at a time by the records check
@@ -122,6 +129,11 @@ class ReadLimits:
     parquet: ParquetLimits = field(default_factory=ParquetLimits)
     # rows of all shards, and of the ledger, held in memory as Python objects (MLL23 has 41,906 raw images)
     max_rows: int = 500_000
+    # decoded bytes of the shards' per-row text columns held with them (MLL23's are some 10 MB)
+    meta_bytes: int = 128 << 20
+    # rows with failures the records check reports before it stops: each costs a record validation, and a
+    # shard of 500,000 wrong rows took 69 s
+    max_failing_rows: int = 1000
     tar: TarLimits = field(default_factory=TarLimits)
     yaml_depth: int = 64
 
@@ -173,6 +185,8 @@ class Row:
         return f"{self.shard} row {self.index}"
 
 
+# The columns of a shard, as the build writes them; any other schema is refused before a value is read
+_SHARD_SCHEMA = pa.schema(SCHEMA_FIELDS)
 _META_COLUMNS = ["image_id", "label", "source_file", "patient_id", "annotator", "group_id", "pixel_sha256", "phash", "extra"]
 
 
@@ -204,6 +218,11 @@ class ReleaseView:
         return [p for p in self.listing.files if p != MANIFEST]
 
     @cached_property
+    def present_set(self) -> frozenset[str]:
+        """`present` for lookups: a release may hold 200,000 names and its card as many links."""
+        return frozenset(self.present)
+
+    @cached_property
     def declared(self) -> dict[str, int]:
         return {e["path"]: e["size"] for e in self.manifest["files"]}
 
@@ -225,7 +244,7 @@ class ReleaseView:
         return self.files.read_text(rel, max_bytes=self.cap(rel))
 
     def has(self, rel: str) -> bool:
-        return rel in self.present
+        return rel in self.present_set
 
     @cached_property
     def shard_paths(self) -> list[str]:
@@ -243,6 +262,7 @@ class ReleaseView:
     @cached_property
     def rows(self) -> list[Row]:
         rows: list[Row] = []
+        held = 0
         for shard in self.shard_paths:
             split = _SHARD.match(shard).group(1)
             try:
@@ -250,15 +270,28 @@ class ReleaseView:
                     parquet = open_parquet(fh, shard, self.limits)
                     if len(rows) + parquet.metadata.num_rows > self.limits.max_rows:
                         raise Refused(f"{show(shard)}: the shards hold more than {self.limits.max_rows:,} rows: not read")
-                    table = parquet.read(columns=_META_COLUMNS)
+                    ours: list[Row] = []
+                    shard_bytes = 0
+                    # a row group at a time, counting what is kept: every row group may be within the Parquet
+                    # limits while all of them together, as Python objects, are not
+                    for g in range(parquet.num_row_groups):
+                        table = parquet.read_row_group(g, columns=_META_COLUMNS)
+                        shard_bytes += table.nbytes
+                        if held + shard_bytes > self.limits.meta_bytes:
+                            raise Refused(
+                                f"{show(shard)}: the shards' per-row columns ({', '.join(_META_COLUMNS)}) hold more than "
+                                f"{self.limits.meta_bytes:,} bytes: not read"
+                            )
+                        ours.extend([Row(shard=shard, index=len(ours) + i, split=split, **r) for i, r in enumerate(table.to_pylist())])
+                        del table
+                    rows.extend(ours)
+                    held += shard_bytes
             except (ReleaseFileError, Refused) as exc:
                 self.read_errors.append(str(exc))
                 continue
             except Exception as exc:  # a damaged shard is a finding, not a crash
                 self.read_errors.append(f"{shard}: cannot be read as Parquet ({type(exc).__name__}: {exc})")
                 continue
-            for i, r in enumerate(table.to_pylist()):
-                rows.append(Row(shard=shard, index=i, split=split, **r))
         return rows
 
     @cached_property
@@ -267,18 +300,11 @@ class ReleaseView:
             self.read_errors.append(f"{LEDGER} is missing")
             return []
         try:
-            reader = csv.DictReader(io.StringIO(self.read_text(LEDGER), newline=""))
-            rows = []
-            for r in reader:
-                if len(rows) == self.limits.max_rows:
-                    raise csv.Error(f"more than {self.limits.max_rows:,} rows")
-                rows.append(dict(r))
-            self.ledger_columns = list(reader.fieldnames or [])
+            rows = read_ledger(self.files, max_rows=self.limits.max_rows, max_bytes=self.cap(LEDGER))
+            self.ledger_columns = list(LEDGER_COLUMNS)
             return rows
         except ReleaseFileError as exc:
             self.ledger_error = str(exc)
-        except csv.Error as exc:
-            self.ledger_error = f"{LEDGER}: not a readable CSV table ({exc})"
         self.read_errors.append(self.ledger_error)
         return []
 
@@ -324,7 +350,7 @@ def _capped(check: str, messages: Iterable[str]) -> list[Failure]:
 def open_parquet(fh: BinaryIO, rel: str, limits: ReadLimits) -> pq.ParquetFile:
     """The shard, once its footer, column chunks and page headers passed the limits (pipeline.parquet_bounds)."""
     try:
-        return open_bounded(fh, limits.parquet)
+        return open_bounded(fh, limits.parquet, _SHARD_SCHEMA)
     except ParquetRefused as exc:
         raise Refused(f"{show(rel)}: {exc}") from None
 
@@ -410,11 +436,18 @@ def _parquet_feature_problems(rel: str, parquet: pq.ParquetFile) -> Iterator[str
 
 
 _CONFIG_KEYS = frozenset({"config_name", "default", "data_files"})
+_MAX_PATTERNS = 64
 
 
 def _config_problems(card: str, header: dict, base: str, allowed: re.Pattern, present: list[str]) -> Iterator[str]:
     """`datasets` globs each data_files pattern (and would fetch a URL): each must be a plain relative pattern
-    whose matches are all shards of the release."""
+    whose matches are all shards of the release. Each pattern is matched against the files of its own folder
+    only, and a card has a handful: 64 patterns at most (2,000 patterns against 100,000 files took minutes)."""
+    by_folder: dict[str, list[str]] = defaultdict(list)
+    for p in present:
+        if p.startswith(base):
+            by_folder[p[len(base):].rpartition("/")[0]].append(p)
+    budget = _MAX_PATTERNS
     for i, config in enumerate(_list(header.get("configs"))):
         if not isinstance(config, dict):
             yield f"{card}: YAML configs[{i}] is not a mapping"
@@ -428,12 +461,16 @@ def _config_problems(card: str, header: dict, base: str, allowed: re.Pattern, pr
         for entry in entries:
             patterns = entry.get("path") if isinstance(entry, dict) else entry
             for pattern in patterns if isinstance(patterns, list) else [patterns]:
-                problem = _pattern_problem(pattern, base, allowed, present)
+                budget -= 1
+                if budget < 0:
+                    yield f"{card}: YAML configs hold more than {_MAX_PATTERNS} data_files patterns: the rest were not checked"
+                    return
+                problem = _pattern_problem(pattern, base, allowed, by_folder)
                 if problem:
                     yield f"{card}: YAML configs[{i}] data_files pattern {show(pattern)} {problem}"
 
 
-def _pattern_problem(pattern: object, base: str, allowed: re.Pattern, present: list[str]) -> str | None:
+def _pattern_problem(pattern: object, base: str, allowed: re.Pattern, by_folder: dict[str, list[str]]) -> str | None:
     if not isinstance(pattern, str):
         return "is not a string"
     problem = relpath_problem(pattern)
@@ -442,7 +479,7 @@ def _pattern_problem(pattern: object, base: str, allowed: re.Pattern, present: l
     head, _, last = pattern.rpartition("/")
     if any(ch in pattern for ch in "?[]{}") or "*" in head or "**" in last or "://" in pattern:
         return "uses glob syntax other than one '*' in the file name, or a URL (only plain patterns of the release's shards are read)"
-    matches = [p for p in present if p.startswith(base) and fnmatch.fnmatchcase(p[len(base):], pattern)]
+    matches = [p for p in by_folder.get(head, ()) if fnmatch.fnmatchcase(p[len(base):], pattern)]
     strays = [m for m in matches if not allowed.match(m)]
     if strays:
         return f"matches {show(strays[0])}, which is not a shard of the release"
@@ -468,10 +505,21 @@ def check_webdataset_tars(view: ReleaseView, opts: VerifyOptions) -> Iterator[st
     for rel in sorted(named - tars):
         if relpath_problem(rel) is None:
             yield f"{show(rel)} is named in {MANIFEST} splits but is not a tar of the release"
+    # A tar holds its split's published images, three members each: the Parquet rows (read with their own
+    # bounds) bound how many headers are walked, so a tar of a million empty members is refused after a few.
+    # A few more than that are read, so that the first strays are named (the member check stops at that many).
+    split_rows = Counter(r.split for r in view.rows)
     for rel in sorted(tars):
+        split = _TAR.match(rel).group(1)
+        expected = MEMBERS_PER_SAMPLE * split_rows[split]
+        limits = dataclasses.replace(
+            opts.read.tar,
+            members=min(opts.read.tar.members, expected + MAX_LISTED_MEMBERS),
+            members_why=f" (the {split_rows[split]:,} {split} rows of the Parquet shards make {expected:,})",
+        )
         try:
             with view.open(rel) as fh:
-                yield from tar_problems(fh, rel, opts.read.tar)
+                yield from tar_problems(fh, rel, limits)
         except ReleaseFileError as exc:
             yield str(exc)
 
@@ -512,12 +560,30 @@ def check_version(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     for target in sorted(set(_LINK.findall(view.card_text))):
         if "://" in target or target.startswith("mailto:"):
             continue
-        if relpath_problem(target.rstrip("/")) is not None or (target not in view.present and target.rstrip("/") not in folders):
+        if relpath_problem(target.rstrip("/")) is not None or (target not in view.present_set and target.rstrip("/") not in folders):
             yield f"{CARD} links {show(target)}, which is not a file of the release"
 
 
 def check_records(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """Every row against schemas/record.schema.json, and its image: decodes, and has the pixels it claims."""
+    failing: list = [0, ""]  # rows with failures so far (over all shards), the shard where the check stopped
+    listed = more = 0
+    for message in _records_problems(view, opts, failing):
+        # the first ones, then a count; the stop (if any) must be the last line printed, not one of those counted
+        if listed < _MAX_LISTED - 1:
+            listed += 1
+            yield message
+        else:
+            more += 1
+    stopped = failing[0] >= opts.read.max_failing_rows
+    if stopped:
+        yield (f"... and {more:,} more like these: {failing[0]:,} rows failed; the records check stopped there, in "
+               f"{failing[1]} (the rest were not checked)")
+    elif more:
+        yield f"... and {more:,} more like these"
+
+
+def _records_problems(view: ReleaseView, opts: VerifyOptions, failing: list) -> Iterator[str]:
     validator = record_validator()
     names = view.class_names
     published = {(r.image_id, r.split, r.label) for r in view.rows}
@@ -527,9 +593,12 @@ def check_records(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
             with view.open(shard) as fh:
                 parquet = open_parquet(fh, shard, opts.read)
                 yield from _parquet_feature_problems(shard, parquet)
-                yield from _shard_records(parquet, shard, split, names, validator)
+                yield from _shard_records(parquet, shard, split, names, validator, failing, opts.read.max_failing_rows)
                 if _SAMPLE.match(shard):
                     yield from _sample_problems(parquet, shard, split, published)
+                if failing[0] >= opts.read.max_failing_rows:
+                    failing[1] = shard
+                    return
         except (ReleaseFileError, Refused) as exc:
             yield str(exc)
         except Exception as exc:
@@ -544,7 +613,8 @@ def _sample_problems(parquet: pq.ParquetFile, shard: str, split: str, published:
             yield f"{shard} row {i}: image {show(image_id)} with label {show(label)} is not a published {split} row"
 
 
-def _shard_records(parquet: pq.ParquetFile, shard: str, split: str, names: list[str], validator) -> Iterator[str]:
+def _shard_records(parquet: pq.ParquetFile, shard: str, split: str, names: list[str], validator, failing: list,
+                   max_failing: int) -> Iterator[str]:
     index = 0
     for g in range(parquet.num_row_groups):
         end = index + parquet.metadata.row_group(g).num_rows
@@ -552,8 +622,12 @@ def _shard_records(parquet: pq.ParquetFile, shard: str, split: str, names: list[
             # a few rows at a time: only one row group's Arrow data and a handful of images are in memory at once
             for batch in parquet.iter_batches(batch_size=_RECORD_BATCH, row_groups=[g]):
                 for r in batch.to_pylist():
-                    yield from _record_problems(f"{shard} row {index}", r, split, names, validator)
+                    problems = list(_record_problems(f"{shard} row {index}", r, split, names, validator))
+                    yield from problems
                     index += 1
+                    failing[0] += bool(problems)
+                    if failing[0] >= max_failing:
+                        return
         except Exception as exc:
             yield f"{shard} row group {g}: cannot be read ({type(exc).__name__}: {exc})"
         index = end
@@ -1000,13 +1074,11 @@ def _text(value: object) -> str:
 
 def _croissant_doc(view: ReleaseView) -> dict:
     try:
-        doc = json.loads(view.read_text(CROISSANT))
+        doc = parse_json(view.read_text(CROISSANT), CROISSANT)
     except ReleaseFileError as exc:
         raise Refused(str(exc)) from None
-    except RecursionError:
-        raise Refused(f"{CROISSANT}: nested too deeply") from None
-    except ValueError as exc:
-        raise Refused(f"{CROISSANT} is not valid JSON: {exc}") from None
+    except ValueError as exc:  # bounded before parsing, duplicate keys refused (pipeline.release_files.parse_json)
+        raise Refused(str(exc)) from None
     if not isinstance(doc, dict):
         raise Refused(f"{CROISSANT} is a JSON {type(doc).__name__}, not an object")
     return doc

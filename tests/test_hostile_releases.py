@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -494,9 +495,9 @@ def shard_dictionary_bomb(s: Scene) -> Expect:
 @case
 def ledger_over_its_size_cap(s: Scene) -> Expect:
     with open(s.release / "ledger.csv", "r+b") as fh:
-        fh.truncate(300 << 20)
+        fh.truncate(65 << 20)
     kit.resign(s.release)
-    return Expect("ledger.csv", "above the limit of 268,435,456")
+    return Expect("ledger.csv", "above the limit of 67,108,864")
 
 
 @case
@@ -538,6 +539,330 @@ CASES["croissant_nested_remote_context"] = _croissant(
     "croissant.json: rai:dataBiases", "holds more than text")
 CASES["croissant_graph"] = _croissant(lambda d: d.update({"@graph": []}), "croissant.json: @graph", "holds more than text")
 CASES["croissant_not_an_object"] = _croissant(lambda d: d.clear(), "croissant.json", "version is None")
+
+
+# ---- red team: JSON and CSV that parse into more than their bytes ----------------------------------------
+
+
+@case
+def manifest_size_as_a_float(s: Scene) -> Expect:
+    """jsonschema counts 11677.0 as an integer; the size then reached file reads as a float (TypeError)."""
+    kit.edit_manifest(s.release, lambda d: d["files"][0].update(size=float(d["files"][0]["size"])))
+    return Expect("manifest.json: files/0/size", "is not of type 'integer'")
+
+
+@case
+def manifest_duplicate_key(s: Scene) -> Expect:
+    """Python keeps the last "files", other JSON readers the first: two readers, two file lists."""
+    text = (s.release / "manifest.json").read_text()
+    (s.release / "manifest.json").write_text(text.replace('{\n', '{\n  "files": [],\n', 1))
+    return Expect("manifest.json", "key 'files' appears twice in one object")
+
+
+@case
+def manifest_integer_of_5000_digits(s: Scene) -> Expect:
+    text = (s.release / "manifest.json").read_text()
+    (s.release / "manifest.json").write_text(text.replace('"ledger_total": ', '"ledger_total": ' + "9" * 5000 + ', "x": ', 1))
+    return Expect("manifest.json", "an integer of 5,000 digits")
+
+
+@case
+def manifest_infinite_number(s: Scene) -> Expect:
+    text = (s.release / "manifest.json").read_text()
+    (s.release / "manifest.json").write_text(text.replace('"ledger_total": ', '"ledger_total": 1e1000000, "x": ', 1))
+    return Expect("manifest.json", "number 1e1000000 is beyond a float")
+
+
+@case
+def manifest_retired_entry_without_its_split(s: Scene) -> Expect:
+    """Passed verify, then ended `mll23 build --previous` in a KeyError."""
+    kit.edit_manifest(s.release, lambda d: d.update(retired={"0123456789abcdef": {}}))
+    return Expect("manifest.json: retired/0123456789abcdef", "'split' is a required property")
+
+
+@subprocess_case
+def manifest_of_ten_million_items(s: Scene) -> Expect:
+    """20 MB of `0,`: jsonschema validated (and reported) every item before choosing the best error (>120 s)."""
+    (s.release / "manifest.json").write_text('{"files": [' + ",".join(["0"] * 10_000_000) + "]}")
+    return Expect("manifest.json", "'name' is a required property")
+
+
+@subprocess_case
+def manifest_of_twenty_million_lists(s: Scene) -> Expect:
+    """60 MB of `[],` (under the 64 MB cap): 1.7 GB once parsed."""
+    (s.release / "manifest.json").write_text('{"retired": [' + ",".join(["[]"] * 20_000_000) + "]}")
+    return Expect("manifest.json", "20,000,002 JSON arrays and objects, more than the 300,000")
+
+
+@subprocess_case
+def croissant_of_ten_million_lists(s: Scene) -> Expect:
+    path = s.release / "croissant.json"
+    path.write_text(path.read_text().replace('"keywords": [', '"keywords": [' + "[]," * 10_000_000, 1))
+    kit.resign(s.release)
+    return Expect("croissant.json", "JSON arrays and objects, more than the 300,000")
+
+
+@case
+def ledger_row_with_four_fields(s: Scene) -> Expect:
+    """A short row is None where every reader expects text: verify's sort of ledger keys ended in a TypeError."""
+    path = s.release / "ledger.csv"
+    kept = next(line for line in path.read_text().splitlines() if ",kept," in line)
+    with open(path, "a") as fh:
+        fh.write(kept.split(",")[0] + ",file,x,kept\n")
+    kit.resign(s.release)
+    return Expect("ledger.csv line 14", "4 fields, the header has 9")
+
+
+@subprocess_case
+def ledger_of_240_mb(s: Scene) -> Expect:
+    """2,400 rows of a 100 kB field: 1.3 GB once read as text, copied into a StringIO and split into rows."""
+    with open(s.release / "ledger.csv", "a") as fh:
+        row = ",".join(["y" * 100_000, "file", "a", "kept", "", "", "", "", ""]) + "\n"
+        for _ in range(2400):
+            fh.write(row)
+    kit.resign(s.release)
+    return Expect("ledger.csv", "above the limit of 67,108,864")
+
+
+# ---- red team: Parquet within every per-column limit, and still too much --------------------------------
+
+
+def _shard_table(release: Path, rows: int, text: str, image: bytes = b"") -> pa.Table:
+    """`rows` rows of the build's schema, every text column `text`, every image `image`."""
+    from pipeline.parquet_writer import arrow_schema
+
+    schema = arrow_schema(json.loads((release / "manifest.json").read_text())["class_names"])
+    columns = {}
+    for f in schema:
+        if f.name == "image":
+            columns[f.name] = pa.array([{"bytes": image, "path": "x.png"}] * rows, f.type)
+        else:
+            columns[f.name] = pa.array([0 if f.name == "label" else text] * rows, f.type)
+    return pa.table(columns, schema=schema)
+
+
+@subprocess_case
+def shard_list_column_of_60_million_nulls(s: Scene) -> Expect:
+    """575 bytes: run-length encoded levels of one list of 60 million nulls, 2.1 GB once read; no size in the
+    file declares it. Only the build's (flat) columns are read."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    n = 60_000_000
+    column = pa.ListArray.from_arrays(pa.array([0, n], pa.int32()), pa.nulls(n, pa.int8()))
+    pq.write_table(pa.table({"label": column}), shard, compression="zstd")
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, shard), "its columns are [label: list<element: int8>], not the 10 columns the build writes")
+
+
+@case
+def shard_column_chunk_in_another_file(s: Scene) -> Expect:
+    """Parquet lets a column chunk name the file it is in; pyarrow ignores it today, other readers need not."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    data = shard.read_bytes()
+    meta = pq.read_metadata(shard)
+    meta.set_file_path("../../../../etc/passwd")
+    buf = io.BytesIO()
+    meta.write_metadata_file(buf)
+    footer = buf.getvalue()[4:-8]  # PAR1 <footer> <length> PAR1
+    old_footer = int.from_bytes(data[-8:-4], "little")
+    shard.write_bytes(data[: len(data) - 8 - old_footer] + footer + len(footer).to_bytes(4, "little") + b"PAR1")
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, shard), "column image.bytes is stored in another file ('../../../../etc/passwd')")
+
+
+@subprocess_case
+def shard_row_group_of_eleven_240_mb_columns(s: Scene) -> Expect:
+    """Every column chunk under the 256 MB limit, the row group 2.6 GB: verify peaked at 4.4 GB."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    pq.write_table(_shard_table(s.release, 1000, "f" * 240_000, b"\0" * 240_000), shard, compression="zstd",
+                   use_dictionary=False, row_group_size=1000)
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, shard), "over its columns (limit 536,870,912)")
+
+
+@subprocess_case
+def shard_text_columns_of_2_gb_over_four_row_groups(s: Scene) -> Expect:
+    """Each row group within every limit; all four, held as rows, 1.9 GB of Arrow and as much of Python text."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    table = _shard_table(s.release, 100_000, "f" * 600)
+    with pq.ParquetWriter(shard, table.schema, compression="zstd", use_dictionary=False) as writer:
+        for _ in range(4):
+            writer.write_table(table, row_group_size=100_000)
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, shard), "per-row columns (image_id, label, source_file")
+
+
+@subprocess_case
+def shard_of_490_000_wrong_rows(s: Scene) -> Expect:
+    """Under the row limit, every row wrong: a record validation each took verify 69 s."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    pq.write_table(_shard_table(s.release, 490_000, "a"), shard, compression="zstd", row_group_size=100_000)
+    kit.resign(s.release)
+    return Expect(f"the records check stopped there, in {kit.rel(s.release, shard)}", "1,000 rows failed")
+
+
+# ---- red team: tars, cards ------------------------------------------------------------------------------
+
+
+@case
+def tar_member_of_negative_size(s: Scene) -> Expect:
+    """A base-256 size of -512: the header walk went back to the same header a million times (17 s)."""
+    tar = kit.first(s.release, "wds/test-*.tar")
+    data = bytearray(tar.read_bytes())
+    header = bytearray(data[:512])
+    header[124:136] = bytes([0xFF] * 10) + (-512 & 0xFFFF).to_bytes(2, "big")
+    header[148:156] = b"        "
+    header[148:156] = f"{sum(header):06o}\0 ".encode()
+    data[:512] = header
+    tar.write_bytes(bytes(data))
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, tar), "has no valid size")
+
+
+@subprocess_case
+def tar_of_300_000_empty_members(s: Scene) -> Expect:
+    """150 MB of headers: 12 s for 300,000, 40 s for the million the old limit allowed."""
+    tar = kit.first(s.release, "wds/test-*.tar")
+    with open(tar, "wb") as fh:
+        for i in range(300_000):
+            fh.write(kit.tar_header_for(f"{i:016x}.cls", 0))
+        fh.write(bytes(1024))
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, tar), "members (the 3 test rows of the Parquet shards make 9): not read")
+
+
+@subprocess_case
+def card_yaml_of_370_000_keys(s: Scene) -> Expect:
+    """4 MB of `kN: 1`, under the card's size cap: PyYAML took 64 s."""
+    kit.replace_card_header(s.release, "".join(f"k{i}: 1\n" for i in range(370_000)))
+    kit.resign(s.release)
+    return Expect("README.md", "more than 65,536: not parsed")
+
+
+@case
+def card_yaml_of_30_000_flow_items(s: Scene) -> Expect:
+    kit.replace_card_header(s.release, "x: [" + "1," * 30_000 + "1]\n")
+    kit.resign(s.release)
+    return Expect("README.md", "YAML header has more nodes than a card needs")
+
+
+@case
+def card_yaml_header_with_crlf_line_ends(s: Scene) -> Expect:
+    """verify found no header ("---\\n" ... "\\n---\\n"); `datasets` and the Hub find one, and load its configs."""
+    card = s.release / "README.md"
+    head, body = card.read_text()[4:].split("\n---\n", 1)
+    head = head.replace("path: data/train-*.parquet", "path: ../../**")
+    card.write_text("---\r\n" + head.replace("\n", "\r\n") + "\r\n---\r\n" + body)
+    kit.resign(s.release)
+    return Expect("README.md", "YAML header is not delimited as the build writes it")
+
+
+@case
+def card_yaml_header_closed_at_the_end_of_the_file(s: Scene) -> Expect:
+    card = s.release / "README.md"
+    card.write_text("---\nconfigs:\n- config_name: default\n  data_files: ../../**\n---")
+    kit.resign(s.release)
+    return Expect("README.md", "YAML header is not delimited as the build writes it")
+
+
+@case
+def shard_named_with_arabic_indic_digits(s: Scene) -> Expect:
+    """`\\d` matches every script's digits: "test-٠٠٠٠٠-of-00001.parquet" passed as a shard of the layout."""
+    shard = kit.first(s.release, "data/test-*.parquet")
+    twin = shard.with_name(shard.name.replace("00000-of", "\u0660" * 5 + "-of"))
+    shard.rename(twin)
+    kit.resign(s.release)
+    return Expect(kit.rel(s.release, twin), "not a file of the release format")
+
+
+@case
+def tar_member_names_leaving_the_archive(s: Scene) -> Expect:
+    tar = kit.first(s.release, "wds/train-*.tar")
+    kit.rewrite_tar(tar, [kit.member("../../../tmp/x.json", b"{}"), kit.member("/tmp/y.json", b"{}")])
+    kit.resign(s.release)
+    return Expect(f"{kit.rel(s.release, tar)}: member ../../../tmp/x.json", "is not <key>.<suffix>")
+
+
+@case
+def tar_gnu_sparse_member(s: Scene) -> Expect:
+    tar = kit.first(s.release, "wds/test-*.tar")
+    info = tarfile.TarInfo("cccccccccccccccc.png")
+    info.type = tarfile.GNUTYPE_SPARSE
+    tar.write_bytes(info.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024))
+    kit.resign(s.release)
+    return Expect(f"{kit.rel(s.release, tar)}: member cccccccccccccccc.png", "a GNU sparse header")
+
+
+@case
+def file_name_of_overlong_utf8(s: Scene) -> Expect:
+    """b"\\xc0\\xaf" is an overlong "/": not UTF-8, listed with Python's surrogate escapes and refused as such."""
+    fd = os.open(bytes(s.release / "figures") + b"/x\xc0\xafy.png", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.close(fd)
+    return Expect("figures/x\\udcc0\\udcafy.png", "control characters")
+
+
+@subprocess_case
+def release_of_100_000_empty_files(s: Scene) -> Expect:
+    for i in range(100_000):
+        (s.release / "figures" / f"f{i}.png").touch()
+    return Expect("figures/f0.png", "is in the release but not listed in manifest.json")
+
+
+def _png_of_81_million_pixels() -> bytes:
+    """A real 9,000 x 9,000 PNG (236 kB): under Pillow's bomb limit (89 million pixels), 1.2 GB once verify had
+    decoded, converted and hashed it."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (9000, 9000)).save(buf, format="PNG", compress_level=9)
+    return buf.getvalue()
+
+
+@subprocess_case
+def image_cell_of_81_million_pixels(s: Scene) -> Expect:
+    shard = kit.first(s.release, "data/train-*.parquet")
+    kit.rewrite_first_row(shard, image=lambda image: {**image, "bytes": _png_of_81_million_pixels()})
+    kit.resign(s.release)
+    return Expect(f"{kit.rel(s.release, shard)} row 0: image refused", "image of 9,000 x 9,000 pixels, more than the 16,777,216")
+
+
+@subprocess_case
+def tar_member_of_81_million_pixels(s: Scene) -> Expect:
+    """The tar's images are decoded by the webdataset load check, which runs when every other check passed."""
+    tar = kit.first(s.release, "wds/test-*.tar")
+    kit.rewrite_tar(tar, [kit.member("9999999999999999.png", _png_of_81_million_pixels())])
+    kit.resign(s.release)
+    return Expect(f"{kit.rel(s.release, tar)}: member 9999999999999999.png", "more than the 16,777,216 of any release image")
+
+
+@case
+def figures_differing_only_in_case(s: Scene) -> Expect:
+    """Two names one file on a case-insensitive checkout (macOS, Windows): one would overwrite the other."""
+    figure = kit.first(s.release, "figures/*.png")
+    shutil.copyfile(figure, figure.with_name(figure.name.upper().replace(".PNG", ".png")))
+    kit.resign(s.release)
+    return Expect(figure.name.upper().replace(".PNG", ".png"), "differ only in case")
+
+
+@subprocess_case
+def card_of_2000_patterns_over_100_000_files(s: Scene) -> Expect:
+    """Every pattern was matched against every file: 2 x 10^8 matches (minutes)."""
+    for i in range(100_000):
+        (s.release / "figures" / f"f{i}.png").touch()
+    patterns = "".join(f"  - data/train-{i}*.parquet\n" for i in range(2000))
+    kit.replace_card_header(s.release, "configs:\n- config_name: default\n  data_files:\n" + patterns)
+    kit.resign(s.release)
+    return Expect("README.md", "YAML configs hold more than 64 data_files patterns")
+
+
+@subprocess_case
+def card_of_300_000_links_over_100_000_files(s: Scene) -> Expect:
+    """Each link target was looked up in the list of files: 3 x 10^10 comparisons."""
+    for i in range(100_000):
+        (s.release / "figures" / f"f{i}.png").touch()
+    card = s.release / "README.md"
+    card.write_text(card.read_text() + "".join(f"[a](y{i})" for i in range(300_000)))
+    kit.resign(s.release)
+    return Expect("README.md links y0", "which is not a file of the release")
 
 
 # ---- running a case ----------------------------------------------------------------------------------------
@@ -686,9 +1011,9 @@ def manifest_deep_subprocess(s: Scene) -> Expect:
 
 @subprocess_case
 def ledger_of_a_million_rows(s: Scene) -> Expect:
-    """2 MB of one-character rows: each would become a dict of nine columns."""
+    """18 MB of rows of empty fields: each would become a dict of nine columns."""
     with open(s.release / "ledger.csv", "a") as fh:
-        fh.write("a\n" * 1_000_000)
+        fh.write("a,,,,,,,,\n" * 1_000_000)
     kit.resign(s.release)
     return Expect("ledger.csv", "more than 500,000 rows")
 
@@ -789,3 +1114,158 @@ def test_page_headers_are_read_where_pyarrow_wrote_them(good_release, tmp_path):
     with open(bomb, "rb") as fh:
         problem = page_problem(fh, pq.read_metadata(bomb), ParquetLimits(column_bytes=4 << 20))
     assert problem is not None and "column image.bytes: its pages declare" in problem and "(limit 4,194,304)" in problem
+
+
+# ---- diff, build --previous, publish --dry-run: they read the same hostile directories -------------------
+
+
+def _hostile_manifest_link(s: Scene) -> Expect:
+    (s.release / "manifest.json").unlink()
+    os.symlink("/proc/self/environ", s.release / "manifest.json")
+    return Expect("manifest.json", "is a symbolic link")
+
+
+def _hostile_ledger_fifo(s: Scene) -> Expect:
+    (s.release / "ledger.csv").unlink()
+    os.mkfifo(s.release / "ledger.csv")  # opening it for reading would block forever
+    return Expect("ledger.csv", "is a FIFO")
+
+
+def _hostile_ledger_link_outside(s: Scene) -> Expect:
+    (s.release / "ledger.csv").unlink()
+    os.symlink(s.outside / "secret.txt", s.release / "ledger.csv")
+    return Expect("ledger.csv", "is a symbolic link")
+
+
+def _hostile_manifest_deep(s: Scene) -> Expect:
+    (s.release / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)  # was a RecursionError traceback
+    return Expect("manifest.json", "nested too deeply")
+
+
+def _hostile_manifest_null(s: Scene) -> Expect:
+    (s.release / "manifest.json").write_text("null")  # was an AttributeError traceback
+    return Expect("manifest.json", "None is not of type 'object'")
+
+
+def _hostile_ledger_short_row(s: Scene) -> Expect:
+    with open(s.release / "ledger.csv", "a") as fh:
+        fh.write("x\n")  # was a TypeError traceback (None + str)
+    kit.resign(s.release)
+    return Expect("ledger.csv line 14", "1 fields, the header has 9")
+
+
+def _hostile_retired_without_split(s: Scene) -> Expect:
+    kit.edit_manifest(s.release, lambda d: d.update(retired={"0123456789abcdef": {}}))  # was a KeyError traceback
+    return Expect("manifest.json: retired/0123456789abcdef", "'split' is a required property")
+
+
+READER_CASES = {f.__name__.lstrip("_"): f for f in (
+    _hostile_manifest_link, _hostile_ledger_fifo, _hostile_ledger_link_outside, _hostile_manifest_deep, _hostile_manifest_null,
+    _hostile_ledger_short_row, _hostile_retired_without_split,
+)}
+
+
+def _assert_reader_refused(s: Scene, expect: Expect, result, seconds: float) -> None:
+    # diff and build exit 2 for an argument that is not a usable release (their usage errors), verify exits 1
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert_refused(s, expect, result.output, 1, seconds)
+
+
+@pytest.mark.parametrize("name", sorted(READER_CASES))
+def test_diff_refuses_a_hostile_release(name, scene, good_release):
+    expect = READER_CASES[name](scene)
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["diff", str(good_release), str(scene.release)])
+    _assert_reader_refused(scene, expect, result, time.monotonic() - started)
+
+
+@pytest.mark.parametrize("name", sorted(READER_CASES))
+def test_build_previous_refuses_a_hostile_release(name, scene, good_release):
+    """`verify --rebuild` finds the previous release beside the one of a pull request: it is as hostile."""
+    expect = READER_CASES[name](scene)
+    out = scene.outside.parent / "next"
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["build", str(good_release.parent / "raw"), "--out", str(out), "--version", "1.1.0",
+                                      "--previous", str(scene.release), "--no-cache", "--workers", "1"])
+    _assert_reader_refused(scene, expect, result, time.monotonic() - started)
+    assert not out.exists()
+
+
+def test_diff_escapes_what_a_hostile_ledger_says(scene, good_release):
+    """A ledger name or reason with a newline, `::error::` or terminal escapes: the Markdown the diff prints (and
+    the notes a build writes from it) keep each on one visible line."""
+    with open(scene.release / "ledger.csv", "a") as fh:
+        fh.write('"x\n::error::forged\x1b[31m.tif",file,a,excluded,"\x1b]0;title\x07",,,,\n')
+    result = CliRunner().invoke(app, ["diff", str(good_release), str(scene.release)])
+    assert result.exit_code == 0, result.output
+    assert "| x\\x0a:\\x3aerror:\\x3aforged\\x1b[31m.tif | (not in the raw input) | excluded: \\x1b]0;title\\x07 |" in result.output
+    for line in result.output.splitlines():
+        assert not line.startswith("::") and "\x1b" not in line and "\x07" not in line
+
+
+def test_publish_dry_run_refuses_a_hostile_release_before_any_network_use(scene, monkeypatch):
+    attempts = []
+
+    def blocked(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network use in a test of a hostile release")
+
+    monkeypatch.setattr(socket.socket, "connect", blocked)
+    monkeypatch.setattr(socket, "getaddrinfo", blocked)
+    monkeypatch.setenv("HF_TOKEN", SECRET_VALUE)
+    expect = _hostile_ledger_link_outside(scene)
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["publish", str(scene.release), "--repo", "org/hostile", "--dry-run"])
+    assert_refused(scene, expect, result.output, result.exit_code, time.monotonic() - started)
+    assert attempts == []
+
+
+# Runs `mll23 verify DIR` with every socket connect and name lookup refused and recorded in a file.
+_OFFLINE_VERIFY = r"""
+import socket, sys
+record = open(sys.argv[2], "a")
+def refuse(*args, **kwargs):
+    record.write(repr(args[1:] or args) + "\n"); record.flush()
+    raise OSError("network use")
+socket.socket.connect = socket.socket.connect_ex = refuse
+socket.getaddrinfo = refuse
+from pipeline.cli import app
+app(["verify", sys.argv[1]], prog_name="mll23")
+"""
+
+
+@pytest.mark.parametrize("name", ["good", "croissant_remote_context", "croissant_nested_remote_context", "card_data_files_url"])
+def test_verify_uses_no_network(name, scene):
+    """mlcroissant can fetch a remote JSON-LD context and `datasets` a data_files URL: neither may be reached,
+    on a good release (whose loader checks run) or on one that names a URL."""
+    expect = CASES[name](scene) if name != "good" else None
+    attempts = scene.markers.parent / "network-attempts"
+    proc = subprocess.run([sys.executable, "-c", _OFFLINE_VERIFY, str(scene.release), str(attempts)], capture_output=True,
+                          timeout=MAX_SECONDS * 4, env=os.environ.copy(), cwd=Path.cwd())
+    output = proc.stdout.decode() + proc.stderr.decode()
+    assert not attempts.exists() or attempts.read_text() == "", attempts.read_text()
+    if expect is None:
+        assert proc.returncode == 0, output
+    else:
+        assert_refused(scene, expect, output, proc.returncode, 0)
+
+
+def test_verify_escapes_a_hostile_release_directory_name(scene):
+    """The directory name is the CLI argument, and in CI it comes from the pull request too."""
+    hostile = scene.release.with_name("rel\n::error::forged\x1b[31m")
+    scene.release.rename(hostile)
+    (hostile / "ledger.csv").unlink()
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["verify", str(hostile)])
+    assert_refused(scene, Expect("ledger.csv", "missing from the release"), result.output, result.exit_code, time.monotonic() - started)
+    assert "rel\\x0a:\\x3aerror:\\x3aforged\\x1b[31m: " in result.output
+
+
+def test_verify_notes_dir_that_is_a_symlink_loop(scene):
+    loop = scene.outside.parent / "loop"
+    os.symlink(loop, loop)
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["verify", str(scene.release), "--notes-dir", str(loop)])
+    assert_refused(scene, Expect(f"{loop / 'v1.0.0.md'} is missing or not readable", "is a symbolic link: not followed"),
+                   result.output, result.exit_code, time.monotonic() - started)
