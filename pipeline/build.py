@@ -424,8 +424,7 @@ def write_release(
         split_records = [r for r in records if r.split == split]
         plan = shard_plan(split_records, [published_size_bound(raw / r.source_file, facts[r.source_file]) for r in split_records], config)
         # One read per image feeds both formats: the tar writer takes each image as the Parquet writer asks for it.
-        mtime = wds_writer.release_mtime(config.release_date)
-        with wds_writer.ShardedTarWriter(staging, split, plan, config.max_shard_bytes, mtime, on_shard=checker and checker.tar) as tars:
+        with wds_writer.ShardedTarWriter(staging, split, plan, config.max_shard_bytes, wds_writer.MEMBER_MTIME, on_shard=checker and checker.tar) as tars:
             infos = write_split(
                 staging / "data",
                 split,

@@ -5,12 +5,13 @@ both `webdataset` and `datasets` split a member name at its first dot into key a
 
     {key}.cls    the label index as ASCII digits (both libraries decode `.cls` to an int)
     {key}.json   the record's metadata (the dict validated against schemas/record.schema.json)
-    {key}.tif    the published image bytes, the same bytes as the Parquet `image` column
-                 (`.png` for images republished as PNG)
+    {key}.png    the published image bytes, the same bytes as the Parquet `image` column, whatever their
+                 format (Pillow reads the format from the bytes; one member name in every release)
 
-Every tar header is fixed (mtime = the config's release date, uid/gid 0, no user or group names, mode 0644,
-POSIX ustar format), so a rebuild from the same input gives the same bytes; `webdataset.TarWriter` would
-stamp the current time instead. Samples are written as they arrive: one sample's bytes in memory at a time.
+Every tar header is fixed (mtime = MEMBER_MTIME, uid/gid 0, no user or group names, mode 0644, POSIX ustar
+format), so a rebuild from the same input gives the same bytes; `webdataset.TarWriter` would stamp the current
+time instead. The mtime is a constant, not the release date: a re-release that changes only its date then
+leaves every tar byte for byte as it was, so the Hub's chunk store (Xet) and consumers' caches keep them. Samples are written as they arrive: one sample's bytes in memory at a time.
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ IMAGE_FIELD = "png"
 MEMBER_MODE = 0o644
 
 
-def release_mtime(release_date: str) -> int:
-    """The release date (YYYY-MM-DD, from the config) as a UTC epoch: the only time a tar header carries."""
-    return calendar.timegm(datetime.date.fromisoformat(release_date).timetuple())
+# 2000-01-01T00:00:00Z: the only time a tar header carries (not 0, which some tools show as "1970" or warn of)
+MEMBER_MTIME = calendar.timegm(datetime.date(2000, 1, 1).timetuple())
 
 
 def shard_name(split: str, index: int) -> str:

@@ -105,3 +105,20 @@ def test_cli_exit_codes_and_messages(raw, tmp_path):
     assert bad_version.exit_code == 2 and "key 'version'" in bad_version.output
     missing = runner.invoke(app, ["build", str(tmp_path / "nope"), "--out", str(tmp_path / "rel4")])
     assert missing.exit_code == 2 and "RAW directory not found" in missing.output
+
+
+def test_a_date_only_rebuild_changes_only_the_small_files(raw, tmp_path):
+    """The release date is in the card, notes, manifest and croissant.json, never in a shard: a re-release
+    that changes only its date re-sends no shard (tar headers carry a fixed mtime)."""
+    for date in ("2025-12-01", "2026-03-15"):
+        result = CliRunner().invoke(app, ["build", str(raw), "--out", str(tmp_path / date), "--release-date", date, "--no-cache", "--workers", "1"])
+        assert result.exit_code == 0, result.output
+    old, new = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("2025-12-01", "2026-03-15"))
+    assert (old["release_date"], new["release_date"]) == ("2025-12-01", "2026-03-15")
+    old_files, new_files = ({f["path"]: f["sha256"] for f in m["files"]} for m in (old, new))
+    assert set(old_files) == set(new_files)
+    changed = {p for p in old_files if old_files[p] != new_files[p]}
+    shards = {p for p in old_files if p.endswith((".parquet", ".tar"))}
+    assert shards and any(p.endswith(".tar") for p in shards)
+    assert changed & shards == set()
+    assert "README.md" in changed and "croissant.json" in changed

@@ -117,7 +117,7 @@ def test_manifest_lists_webdataset_shards_with_counts_and_pattern(release, manif
 
 
 def test_tar_shards_follow_webdataset_conventions_with_fixed_headers(release, manifest, config):
-    epoch = wds_writer.release_mtime(config.release_date)
+    epoch = wds_writer.MEMBER_MTIME
     for split in nonempty_splits(manifest):
         rows = parquet_rows(release, manifest, split)
         seen = []
