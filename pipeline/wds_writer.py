@@ -5,8 +5,8 @@ both `webdataset` and `datasets` split a member name at its first dot into key a
 
     {key}.cls    the label index as ASCII digits (both libraries decode `.cls` to an int)
     {key}.json   the record's metadata (the dict validated against schemas/record.schema.json)
-    {key}.tif    the published image bytes, the same bytes as the Parquet `image` column
-                 (`.png` for images republished as PNG)
+    {key}.png    the published image bytes, the same bytes as the Parquet `image` column, whatever
+                 their format (PNG, or a source's own TIFF or JPEG bytes: Pillow opens them by content)
 
 Every tar header is fixed (mtime = the config's release date, uid/gid 0, no user or group names, mode 0644,
 POSIX ustar format), so a rebuild from the same input gives the same bytes; `webdataset.TarWriter` would
