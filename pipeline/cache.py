@@ -312,6 +312,7 @@ class EncodedCache:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self.corrupt_rows: list[str] = []
+        self.write_error: str | None = None  # why encoded images stopped being stored, if they did
         self.hits = 0
         self.stored = 0
 
@@ -331,20 +332,31 @@ class EncodedCache:
             return data
 
     def put(self, file_sha256: str, data: bytes) -> None:
-        # autocommit: each row is on disk as soon as it is written, so a killed build keeps what it encoded
+        """Keep one encoded image (autocommit: on disk at once, so a killed build keeps what it encoded). The
+        cache only saves work: when it cannot be written (a full disk) the build goes on without it and warns."""
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO encoded VALUES (?,?,?,?,?)",
-                (file_sha256, self.context, self.encoding, data, self._checksum(file_sha256, data)),
-            )
+            if self.write_error is not None:
+                return
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO encoded VALUES (?,?,?,?,?)",
+                    (file_sha256, self.context, self.encoding, data, self._checksum(file_sha256, data)),
+                )
+            except sqlite3.Error as exc:
+                self.write_error = f"{type(exc).__name__}: {exc}"
+                return
             self.stored += 1
 
     def _checksum(self, file_sha256: str, data: bytes) -> str:
         return row_checksum(file_sha256, self.context, self.encoding, hashlib.sha256(data).hexdigest())
 
     def warnings(self) -> list[str]:
-        n = len(self.corrupt_rows)
-        return [f"per-image cache: {n} encoded image(s) failed their checksum and were encoded again"] if n else []
+        out = []
+        if self.corrupt_rows:
+            out.append(f"per-image cache: {len(self.corrupt_rows)} encoded image(s) failed their checksum and were encoded again")
+        if self.write_error is not None:
+            out.append(f"per-image cache: encoded images could not be stored ({self.write_error}); the next build encodes them again")
+        return out
 
     def close(self) -> None:
         if self._db is not None:

@@ -190,3 +190,15 @@ def test_a_corrupted_encoded_image_in_the_cache_is_encoded_again(raw, releases, 
     assert calls == [sha]
     assert "per-image cache: 1 encoded image(s) failed their checksum and were encoded again" in report.warnings
     assert all_files(report.out_dir) == all_files(releases["png"])
+
+
+def test_an_encoded_cache_that_cannot_be_written_only_costs_a_warning(tmp_path, config):
+    store = cache_mod.EncodedCache(tmp_path / "cache", config.image_size, decode.ENCODING)
+    store._db.close()
+    store._db = sqlite3.connect(f"file:{tmp_path / 'cache' / cache_mod.DB_NAME}?mode=ro", uri=True, check_same_thread=False)
+    store.put("a" * 64, PNG_MAGIC)
+    store.put("b" * 64, PNG_MAGIC)
+    assert store.get("a" * 64) is None and store.stored == 0
+    [warning] = store.warnings()
+    assert warning.startswith("per-image cache: encoded images could not be stored (OperationalError: attempt to write a readonly database")
+    store.close()

@@ -15,6 +15,7 @@ from PIL import Image
 
 from pipeline.build import build_release
 from pipeline.manifest import read_manifest
+from tests.codeckit import with_codec
 from tests.rawkit import crop, save, simple_raw, write_annotations
 
 LABELS = ["myeloblast", "monocyte", "eosinophil"]
@@ -52,7 +53,9 @@ def releases(tmp_path_factory, config) -> dict[str, Path]:
     out = {}
     for name, make in (("tiff", tiff_only_raw), ("mixed", mixed_raw)):
         make(base / f"raw-{name}")
-        out[name] = build_release(base / f"raw-{name}", base / f"release-{name}", config, workers=1).out_dir
+        # publish_codec "original": each source's own bytes, so the mixed release really mixes formats
+        # (tests/test_codec.py checks the default, PNG, against the same raw)
+        out[name] = build_release(base / f"raw-{name}", base / f"release-{name}", with_codec(config, "original"), workers=1).out_dir
     return out
 
 
@@ -84,7 +87,7 @@ def image_formats(release: Path) -> set[str]:
 
 def test_the_mixed_release_really_mixes_formats(releases):
     assert image_formats(releases["tiff"]) == {"TIFF"}
-    assert image_formats(releases["mixed"]) == {"TIFF", "PNG"}  # JPEG and palette inputs republished as PNG
+    assert image_formats(releases["mixed"]) == {"TIFF", "PNG", "JPEG"}  # JPEG as its original bytes, palette republished as PNG
 
 
 def test_mixed_sources_give_the_columns_of_a_tiff_only_release(releases):
