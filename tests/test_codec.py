@@ -202,3 +202,19 @@ def test_an_encoded_cache_that_cannot_be_written_only_costs_a_warning(tmp_path, 
     [warning] = store.warnings()
     assert warning.startswith("per-image cache: encoded images could not be stored (OperationalError: attempt to write a readonly database")
     store.close()
+
+
+def test_encode_png_is_deterministic_pixel_exact_and_keeps_the_icc_profile():
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    pixels = np.random.default_rng(3).integers(0, 256, (288, 288, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "TIFF", compression="tiff_lzw", icc_profile=profile)
+    facts, _ = decode.decode_image(buf.getvalue(), "m/x.tif", "m", (288, 288))
+    first, second = decode.encode_png(buf.getvalue(), facts), decode.encode_png(buf.getvalue(), facts)
+    assert first == second
+    assert set(png_chunk_types(first)) == {b"IHDR", b"iCCP", b"IDAT", b"IEND"}  # no time or text chunks
+    with Image.open(io.BytesIO(first)) as img:
+        assert img.info["icc_profile"] == profile
+        assert np.array_equal(np.asarray(img), pixels)
