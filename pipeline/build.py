@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pipeline
 from pipeline import card, croissant, figures, integrity, lineage, manifest, notes, wds_writer
-from pipeline.cache import FactsCache, file_sha256_or_none, rebuild
+from pipeline.cache import EncodedCache, FactsCache, file_sha256_or_none, rebuild
 from pipeline.config import SPLITS, ReleaseConfig
-from pipeline.decode import decode_file, load_rgb, publishable_bytes
+from pipeline.decode import ENCODING, EncodedStore, decode_file, load_rgb, publish_as_original, publishable_bytes
 from pipeline.dedup import PairMemo, deduplicate
 from pipeline.executor import Executor, batch_size, batched, make_executor
 from pipeline.exclude import exclusion_reason
@@ -105,7 +105,7 @@ def _record(item: RawItem, facts: ImageFacts, config: ReleaseConfig, group_id: s
         phash=f"{facts.phash:016x}",
         width=facts.width,
         height=facts.height,
-        lossless=facts.published_as_is,
+        lossless=publish_as_original(facts, config.publish_codec),
         file_format=facts.file_format,
         extra=item.extra,
     )
@@ -293,7 +293,7 @@ def shard_checker(records: list[ReleaseRecord], facts: dict[str, ImageFacts], co
     expected = {}
     for r in records:
         f = facts[r.source_file]
-        expected[r.source_file] = integrity.Expected(f.pixel_sha256, f.file_sha256 if f.published_as_is else None)
+        expected[r.source_file] = integrity.Expected(f.pixel_sha256, f.file_sha256 if publish_as_original(f, config.publish_codec) else None)
     return integrity.ShardChecker(expected, config.image_size, threads)
 
 
@@ -391,9 +391,11 @@ def write_release(
     extra_files: dict[str, str] | None = None,
     card_sections: list[str] | None = None,
     checker: integrity.ShardChecker | None = None,
+    encoded: EncodedStore | None = None,
 ) -> None:
     """Every file of the release, into staging; the manifest last, since it lists all the others.
-    ``checker`` is handed each shard as soon as it is complete (integrity.ShardChecker)."""
+    ``checker`` is handed each shard as soon as it is complete (integrity.ShardChecker); ``encoded`` keeps the
+    re-encoded images between builds (cache.EncodedCache), so a rebuild copies them instead of encoding."""
     progress.start("write", len(records))
     split_bytes: dict[str, int] = {}
     shards: dict[str, list[str]] = {}
@@ -406,9 +408,13 @@ def write_release(
     sample_rows: dict[str, int] = {}
     sample_shards: dict[str, list[str]] = {}
 
-    # Images are read (and the few lossy inputs re-encoded) ahead by threads, in the order the writers ask
-    # for them: split by split, each in publishing order.
-    ahead = prefetch(lambda r: publishable_bytes(raw / r.source_file, facts[r.source_file]), [r for s in SPLITS for r in records if r.split == s])
+    # Images are read (and re-encoded as config.publish_codec says) ahead by threads, in the order the writers
+    # ask for them: split by split, each in publishing order. PNG encoding holds the GIL (measured: two threads
+    # encode no faster than one), so at full scale it is about one core's work; the cache spares it on rebuilds.
+    codec = config.publish_codec
+    ahead = prefetch(
+        lambda r: publishable_bytes(raw / r.source_file, facts[r.source_file], codec, encoded), [r for s in SPLITS for r in records if r.split == s]
+    )
 
     def read_bytes(record: ReleaseRecord) -> bytes:
         progress.advance("write")
@@ -422,7 +428,7 @@ def write_release(
 
     for split in SPLITS:
         split_records = [r for r in records if r.split == split]
-        plan = shard_plan(split_records, [published_size_bound(raw / r.source_file, facts[r.source_file]) for r in split_records], config)
+        plan = shard_plan(split_records, [published_size_bound(raw / r.source_file, facts[r.source_file], codec) for r in split_records], config)
         # One read per image feeds both formats: the tar writer takes each image as the Parquet writer asks for it.
         with wds_writer.ShardedTarWriter(staging, split, plan, config.max_shard_bytes, wds_writer.MEMBER_MTIME, on_shard=checker and checker.tar) as tars:
             infos = write_split(
@@ -611,15 +617,19 @@ def build_release(
         notes_text = notes.notes_for_build(body, manifest.ledger_text(ledger), prev.path if prev else None, words)
         card_link = notes.card_section(config.version, prev.version if prev else None)
         checker = shard_checker(records, facts, config, check_threads)
+        encoded = EncodedCache(Path(cache_dir), config.image_size, ENCODING) if cache_dir is not None else None
         try:
             write_release(
                 staging, raw, records, facts, ledger, counts, config, body, progress, dedup,
-                extra_files={notes_rel: notes_text}, card_sections=[card_link], checker=checker,
+                extra_files={notes_rel: notes_text}, card_sections=[card_link], checker=checker, encoded=encoded,
             )
             lap("write")
             checker.result()  # most shards were checked while later ones were written
         finally:
             checker.close()
+            if encoded is not None:
+                warnings += encoded.warnings()
+                encoded.close()
         lap("verify")
         integrity.fsync_tree(staging)
         _publish_dir(staging, out, overwrite)

@@ -172,6 +172,13 @@ def how_to_load(config: ReleaseConfig, layout: Layout) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _image_bytes_phrase(codec: str) -> str:
+    """What the image bytes are, as the build published them (decode.publish_as_original)."""
+    if codec == "original":
+        return "the source file when it is lossless RGB or an RGB JPEG, else a lossless PNG of its pixels"
+    return "a lossless PNG of the source's pixels, or the source file itself when it is an RGB JPEG"
+
+
 def render_card(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int], layout: Layout, extra_sections: list[str] | None = None) -> str:
     ds = config.datasheet
     header = yaml.safe_dump(card_header(config, counts, split_bytes, layout), sort_keys=False, allow_unicode=True, width=1000)
@@ -194,7 +201,7 @@ fate of every raw input image (kept, duplicate, label_conflict, excluded, invali
 
 {ds.get('image_description', f'Images are {size[0]} x {size[1]} RGB.')}
 
-Each record has `image` (the published image bytes: the source file when lossless, else a PNG of its pixels),
+Each record has `image` (the published image bytes: {_image_bytes_phrase(config.publish_codec)}),
 `label` (class index; names below), `image_id` (first 16 hex digits of the sha256 of the decoded RGB pixels,
 stable across releases), `source_file` (path in the raw archive), `patient_id` (pseudonymous, where known),
 `annotator`, `group_id` (images of the same cell at another focus or crop share it), `pixel_sha256`, `phash` and

@@ -6,9 +6,10 @@ import dataclasses
 import hashlib
 import io
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-from PIL import Image
+from PIL import Image, features
 
 from pipeline.dedup import cell_features
 from pipeline.imagecheck import ImageRejected, decode_checked
@@ -85,12 +86,51 @@ def load_rgb(path: Path, expected_size: tuple[int, int]) -> np.ndarray:
     return open_rgb(path.read_bytes(), expected_size)[1]
 
 
-def publishable_bytes(path: Path, facts: ImageFacts) -> bytes:
-    """The bytes a release stores: the file as it is when lossless RGB or an RGB JPEG, else a PNG of the decoded pixels."""
-    data = path.read_bytes()
-    if facts.published_as_is:
-        return data
+# How a release publishes lossless images ([image] publish_codec): "original" keeps lossless RGB files'
+# own bytes, "png" re-encodes every lossless image as PNG. Lossy files (RGB JPEG) are always their own
+# bytes: re-encoding would inflate them and could not give back anything they lost.
+PUBLISH_CODECS = ("original", "png")
+# zlib level of every PNG a release holds: level 1 is 4-5x faster to encode than the default 6 for ~15% more
+# bytes on noisy crops (bench/RESULTS.md, "Image codec"). Fixed, and PNGs carry no time or text chunks, so
+# a rebuild writes the same bytes.
+PNG_COMPRESS_LEVEL = 1
+# What the encoded bytes depend on besides the file and this module's code (the per-image cache's key).
+ENCODING = f"PNG compress_level={PNG_COMPRESS_LEVEL} zlib={features.version('zlib')}"
+
+
+def publish_as_original(facts: ImageFacts, codec: str) -> bool:
+    """Whether the release stores the file's own bytes (else a PNG of its decoded pixels)."""
+    lossy_original = facts.published_as_is and not facts.lossless  # an RGB JPEG
+    return lossy_original or (facts.published_as_is and codec == "original")
+
+
+def encode_png(data: bytes, facts: ImageFacts) -> bytes:
+    """A PNG of the file's decoded RGB pixels: deterministic (fixed level, no time or text chunks; an ICC
+    profile of the source is carried over, as the pixels mean nothing without it)."""
     rgb_img, _, _, _ = open_rgb(data, (facts.width, facts.height))
     buf = io.BytesIO()
-    rgb_img.save(buf, format="PNG", optimize=False, compress_level=6)
+    rgb_img.save(buf, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
+
+
+class EncodedStore(Protocol):
+    """Where encoded images are kept between builds (cache.EncodedCache), by the source file's sha256."""
+
+    def get(self, file_sha256: str) -> bytes | None: ...
+
+    def put(self, file_sha256: str, data: bytes) -> None: ...
+
+
+def publishable_bytes(path: Path, facts: ImageFacts, codec: str = "original", store: EncodedStore | None = None) -> bytes:
+    """The bytes a release stores: the file as it is (publish_as_original), else a PNG of its decoded pixels,
+    taken from ``store`` when an earlier build encoded this very file, and put there when encoded now."""
+    data = path.read_bytes()
+    if publish_as_original(facts, codec):
+        return data
+    cached = store.get(facts.file_sha256) if store is not None else None
+    if cached is not None:
+        return cached
+    encoded = encode_png(data, facts)
+    if store is not None:
+        store.put(facts.file_sha256, encoded)
+    return encoded

@@ -38,7 +38,8 @@ class ImageFacts:
     centre_hash: int | None = None  # pHash of a window centred on the cell: finds re-crops of the same cell
     # dedup's coarse same-cell signature (uint8, (height // 8) x (width // 8), row-major; 1.3 kB at 288 px)
     signature: bytes | None = None
-    # the file bytes are what the release stores: lossless RGB, or an RGB JPEG kept as the lab published it
+    # the file bytes can be what the release stores: lossless RGB, or an RGB JPEG kept as the lab published it
+    # (decode.publish_as_original decides, with the config's publish_codec)
     published_as_is: bool = False
 
 
@@ -101,7 +102,7 @@ class ReleaseRecord:
     phash: str  # 16 hex
     width: int
     height: int
-    lossless: bool  # the file bytes are published unchanged
+    lossless: bool  # the file bytes are published unchanged (decode.publish_as_original)
     file_format: str
     extra: tuple[tuple[str, str | None], ...] = ()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pipeline import parquet_writer, wds_writer
 from pipeline.config import ReleaseConfig
+from pipeline.decode import publish_as_original
 from pipeline.records import ImageFacts, ReleaseRecord
 
 # zlib's compressBound: deflate never makes n bytes longer than this (stored blocks in the worst case).
@@ -45,11 +46,12 @@ def png_size_bound(width: int, height: int, source_size: int) -> int:
     return _PNG_FIXED + idat + _PNG_CHUNK * (idat // _PNG_MIN_IDAT + 1) + source_size
 
 
-def published_size_bound(path: Path, facts: ImageFacts) -> int:
+def published_size_bound(path: Path, facts: ImageFacts, codec: str) -> int:
     """Bytes the release will store for this image: exact for a file published as it is (decode.publishable_bytes),
-    an upper bound for one republished as PNG."""
+    an upper bound for one republished as PNG. A bound, not the PNG's size: the plan must not depend on whether
+    the cache holds the PNG already (the shards of a cold and a warm build are the same)."""
     size = path.stat().st_size
-    return size if facts.lossless else png_size_bound(facts.width, facts.height, size)
+    return size if publish_as_original(facts, codec) else png_size_bound(facts.width, facts.height, size)
 
 
 @dataclass(frozen=True)

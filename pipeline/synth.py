@@ -483,11 +483,55 @@ def _add(od: np.ndarray, density: np.ndarray, comp: str) -> None:
 
 
 def _noise(rng: np.random.Generator, shape: tuple[int, ...], sd: float) -> np.ndarray:
-    """Sensor noise: a sum of two uniform bytes (triangular, sd 104.5) scaled to ``sd``; 10x faster than normal()."""
+    """Unit-free white noise: a sum of two uniform bytes (triangular, sd 104.5) scaled to ``sd``; 10x faster than normal()."""
     n = int(np.prod(shape))
     b = np.frombuffer(rng.bytes(2 * n), dtype=np.uint8)
     tri = b[:n].astype(np.float32) + b[n:]
     return ((tri - 255.0) * np.float32(sd / 104.5)).reshape(shape)
+
+
+# Bilinear demosaicing of an RGGB Bayer mosaic: which sites sample each channel, and the kernels that fill the
+# others from their neighbours (red/blue from 2 or 4 diagonal/side sites, green from its 4 side neighbours).
+_BAYER_SITES = (((0, 0),), ((0, 1), (1, 0)), ((1, 1),))  # (row, col) parity of red, green, blue sites
+_DEMOSAIC = (
+    np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float32) / 4,
+    np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], dtype=np.float32) / 4,
+    np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float32) / 4,
+)
+# Colour correction mixes channels, so noise of neighbouring channels is partly shared.
+_CHANNEL_SHARE = np.float32(0.35)
+
+
+def _sensor_noise(rng: np.random.Generator, signal: np.ndarray, read_sd: float, white_sd: float) -> np.ndarray:
+    """Noise of a one-chip colour camera on a 40x brightfield microscope, for a (3, H, W) ``signal`` in grey levels.
+
+    Per Bayer site the noise is Gaussian-like with variance ``read_sd**2 + white_sd**2 * signal / 255``: read
+    noise (constant) plus photon shot noise (Poisson: variance proportional to the collected light, so bright
+    background is noisier than a dark nucleus); ``white_sd`` is the shot noise at full scale. The mosaic is
+    then demosaiced bilinearly, which gives the 2x2-periodic texture and short-range correlation of real
+    camera noise (interpolated sites carry averages of 2-4 neighbours' noise), and colour correction shares
+    part of it between channels (correlation ~0.3 between channels and ~0.4 between neighbouring pixels).
+    Parameters (drawn per field in _Field): read noise 0.4-0.8 and shot noise at white 1.3-2.0 grey levels
+    per site, i.e. 1.3-2.1 levels at the background's 244 and 0.6-1.2 in a nucleus at 60; demosaicing averages
+    that down to about 0.8-1.3 levels in the background of the RGB crop (measured: 1.12 for read 0.75, white
+    1.71). That is an 8-bit export of a camera with an effective full well of some 15-40 k electrons per
+    pixel; the previous model's flat 0.8-1.3 levels had the same overall size but none of its structure, and
+    the size is kept because the dedup thresholds were calibrated on it: it stays below the sweep's "sensor
+    noise std 2" row, so look-alikes rendered with fresh
+    noise fall on the same side of the dedup thresholds as before.
+    """
+    var = np.float32(white_sd**2 / 255.0) * np.clip(signal, 0.0, 255.0) + np.float32(read_sd**2)
+    site = _noise(rng, signal.shape, 1.0) * np.sqrt(var)
+    out = np.empty_like(site)
+    for c, sites in enumerate(_BAYER_SITES):
+        mosaic = np.zeros(site.shape[1:], dtype=np.float32)
+        for dy, dx in sites:
+            mosaic[dy::2, dx::2] = site[c, dy::2, dx::2]
+        out[c] = ndimage.convolve(mosaic, _DEMOSAIC[c], mode="mirror")
+    shared = out.mean(axis=0)
+    out *= np.float32(1.0) - _CHANNEL_SHARE
+    out += _CHANNEL_SHARE * shared
+    return out
 
 
 class _Field:
@@ -614,12 +658,14 @@ class _Field:
         od *= (1.0 + gy * (np.arange(CH, dtype=np.float32)[:, None] - CH / 2) + gx * (np.arange(CW, dtype=np.float32)[None, :] - CW / 2))[None]
         self.T = od  # (3, CH, CW) transmitted light
         self.sigma0 = float(rng.uniform(0.7, 1.1))
-        self.noise = float(rng.uniform(0.8, 1.3))
+        self.noise = float(rng.uniform(1.3, 2.0))  # shot noise at full scale (see _sensor_noise)
         # A few crops lie at the edge of the scanned field: a white bar, fixed in field coordinates.
         self.pad: tuple[str, int] | None = None
         if rng.random() < 0.04:
             side = ("top", "bottom", "left", "right")[int(rng.integers(4))]
             self.pad = (side, int(rng.integers(8, 61)))
+        # Drawn last, so the field's geometry and edge bar are those the earlier flat-noise model drew.
+        self.read_sd = float(rng.uniform(0.4, 0.8))
 
     def render(self, rng: np.random.Generator, offset: tuple[int, int] = (0, 0), sigma: float | None = None) -> np.ndarray:
         """The crop with the cell moved by -offset, at focus blur ``sigma`` (default: the field's), with fresh noise."""
@@ -628,10 +674,12 @@ class _Field:
         y0, x0 = _MARGIN + oy, _MARGIN + ox
         m = int(math.ceil(3.5 * s)) + 1
         H, W = self.height, self.width
-        noise = _noise(rng, (3, H, W), self.noise)
+        signal = np.empty((3, H, W), dtype=np.float32)
         for c in range(3):
             region = self.T[c, y0 - m : y0 + H + m, x0 - m : x0 + W + m]
-            noise[c] += ndimage.gaussian_filter(region, s, truncate=3.5)[m : m + H, m : m + W]
+            signal[c] = ndimage.gaussian_filter(region, s, truncate=3.5)[m : m + H, m : m + W]
+        noise = _sensor_noise(rng, signal, self.read_sd, self.noise)
+        noise += signal
         np.clip(noise, 0.0, 255.0, out=noise)
         noise += 0.5
         out = np.ascontiguousarray(noise.astype(np.uint8).transpose(1, 2, 0))
@@ -701,7 +749,7 @@ def _render_cell(args: tuple) -> list[tuple[str, str]]:
         detail = ""
         if o.kind in ("original", "dysplastic", "conflict_original"):
             data = orig_bytes
-            detail = f"sigma={fld.sigma0:.2f};noise={fld.noise:.2f}" + (f";pad={fld.pad[0]}:{fld.pad[1]}" if fld.pad else "")
+            detail = f"sigma={fld.sigma0:.2f};noise={fld.noise:.2f};read={fld.read_sd:.2f}" + (f";pad={fld.pad[0]}:{fld.pad[1]}" if fld.pad else "")
         elif o.kind == "exact_copy" or (o.kind == "conflict_copy" and o.variant == "exact"):
             data = orig_bytes
             detail = "same bytes"

@@ -5,8 +5,8 @@ both `webdataset` and `datasets` split a member name at its first dot into key a
 
     {key}.cls    the label index as ASCII digits (both libraries decode `.cls` to an int)
     {key}.json   the record's metadata (the dict validated against schemas/record.schema.json)
-    {key}.png    the published image bytes, the same bytes as the Parquet `image` column, whatever their
-                 format (Pillow reads the format from the bytes; one member name in every release)
+    {key}.png    the published image bytes, the same bytes as the Parquet `image` column, whatever
+                 their format (PNG, or a source's own TIFF or JPEG bytes: Pillow opens them by content)
 
 Every tar header is fixed (mtime = MEMBER_MTIME, uid/gid 0, no user or group names, mode 0644, POSIX ustar
 format), so a rebuild from the same input gives the same bytes; `webdataset.TarWriter` would stamp the current

@@ -22,6 +22,7 @@ from pipeline.config import SPLITS
 from pipeline.croissant import CROISSANT
 from pipeline.decode import load_rgb
 from pipeline.manifest import MANIFEST, read_ledger, read_manifest
+from tests.codeckit import with_codec
 from tests.consumerkit import PNG_ONLY, SHARD_BYTES, consumer_raw, small_shards
 from tests.rawkit import crop
 
@@ -30,7 +31,8 @@ from tests.rawkit import crop
 def release(tmp_path_factory, config):
     base = tmp_path_factory.mktemp("consumers")
     consumer_raw(base / "raw", config)
-    build_release(base / "raw", base / "release", small_shards(config), workers=2)
+    # publish_codec "original": the TIFFs stay TIFF, so the release mixes TIFF and PNG bytes under one member name
+    build_release(base / "raw", base / "release", with_codec(small_shards(config), "original"), workers=2)
     return base / "release"
 
 

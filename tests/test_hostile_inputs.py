@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.integrity import published_pixel_sha256
 from pipeline.manifest import read_ledger
+from pipeline.resources import default_config_path
 from tests import hostilekit as hk
 from tests.rawkit import crop, encode, save, write_annotations
 
@@ -289,7 +290,11 @@ def test_converted_images_keep_their_pixels_and_wrong_extensions_are_published_a
         img = Image.open(io.BytesIO(images[source]))
         assert img.format == "PNG" and img.mode == "RGB", source
         assert np.array_equal(np.asarray(img), pixels), source
-    assert images["myeloblast/png.tif"] == (raw / "myeloblast/png.tif").read_bytes()  # lossless RGB: published as it came
+    # lossless RGB: published as it came with publish_codec "original" (the default re-encodes it, pixel-exact)
+    original = tmp_path / "original.toml"
+    original.write_text(default_config_path().read_text(encoding="utf-8").replace('publish_codec = "png"', 'publish_codec = "original"'), encoding="utf-8")
+    assert _cli(raw, "--out", tmp_path / "rel-original", "--config", original).exit_code == 0
+    assert _published_images(tmp_path / "rel-original")["myeloblast/png.tif"] == (raw / "myeloblast/png.tif").read_bytes()
 
 
 def test_symlink_outside_raw_never_reaches_the_release(tmp_path: Path):

@@ -19,6 +19,7 @@ from pipeline.integrity import IntegrityError, check_nothing_lost, verify_publis
 from pipeline.manifest import read_ledger
 from pipeline.records import LedgerEntry
 from pipeline.resources import default_config_path
+from tests.codeckit import with_codec
 from tests.rawkit import crop, encode, save, simple_raw, write_annotations
 
 LABELS = ["myeloblast", "monocyte"]
@@ -89,8 +90,8 @@ def _swap_bytes(monkeypatch, victim: str, replacement: bytes) -> None:
     """Fault injection: the image of `victim` is read wrong, so every copy of it (Parquet, tar) carries `replacement`."""
     real = build_mod.publishable_bytes
 
-    def wrong(path: Path, facts):
-        return replacement if path.as_posix().endswith(victim) else real(path, facts)
+    def wrong(path: Path, facts, *codec_and_store):
+        return replacement if path.as_posix().endswith(victim) else real(path, facts, *codec_and_store)
 
     monkeypatch.setattr(build_mod, "publishable_bytes", wrong)
 
@@ -244,7 +245,7 @@ def test_bytes_equal_to_the_decoded_file_are_not_decoded_again(raw, tmp_path, co
         return real(data, size)
 
     monkeypatch.setattr(integrity, "published_pixel_sha256", counting)
-    build_release(raw, tmp_path / "rel", config, workers=2)
+    build_release(raw, tmp_path / "rel", with_codec(config, "original"), workers=2)
     rows = _published(tmp_path / "rel")
     reencoded = [r for r in rows if r["image"]["path"].endswith(".png")]
     assert [r["source_file"] for r in reencoded] == ["myeloblast/grey.png"]

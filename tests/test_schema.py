@@ -15,6 +15,7 @@ from PIL import Image
 
 from pipeline.build import build_release
 from pipeline.manifest import read_manifest
+from tests.codeckit import with_codec
 from tests.rawkit import crop, save, simple_raw, write_annotations
 
 LABELS = ["myeloblast", "monocyte", "eosinophil"]
@@ -52,7 +53,9 @@ def releases(tmp_path_factory, config) -> dict[str, Path]:
     out = {}
     for name, make in (("tiff", tiff_only_raw), ("mixed", mixed_raw)):
         make(base / f"raw-{name}")
-        out[name] = build_release(base / f"raw-{name}", base / f"release-{name}", config, workers=1).out_dir
+        # publish_codec "original": each source's own bytes, so the mixed release really mixes formats
+        # (tests/test_codec.py checks the default, PNG, against the same raw)
+        out[name] = build_release(base / f"raw-{name}", base / f"release-{name}", with_codec(config, "original"), workers=1).out_dir
     return out
 
 
