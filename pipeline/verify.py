@@ -252,6 +252,15 @@ class ReleaseView:
         return [p for p in self.present if _SHARD.match(p)]
 
     @cached_property
+    def shard_schema(self) -> pa.Schema:
+        """The columns the build writes; a harmonised release (`mll23 harmonise`) adds its per-source columns."""
+        if "harmonised_from" in self.manifest:
+            from pipeline.harmonise import SOURCE_FIELDS
+
+            return pa.schema(SCHEMA_FIELDS + SOURCE_FIELDS)
+        return _SHARD_SCHEMA
+
+    @cached_property
     def sample_paths(self) -> list[str]:
         return [p for p in self.present if _SAMPLE.match(p)]
 
@@ -267,7 +276,7 @@ class ReleaseView:
             split = _SHARD.match(shard).group(1)
             try:
                 with self.open(shard) as fh:
-                    parquet = open_parquet(fh, shard, self.limits)
+                    parquet = open_parquet(fh, shard, self.limits, self.shard_schema)
                     if len(rows) + parquet.metadata.num_rows > self.limits.max_rows:
                         raise Refused(f"{show(shard)}: the shards hold more than {self.limits.max_rows:,} rows: not read")
                     ours: list[Row] = []
@@ -347,10 +356,10 @@ def _capped(check: str, messages: Iterable[str]) -> list[Failure]:
 # ---- bounded readers ---------------------------------------------------------------------------------------
 
 
-def open_parquet(fh: BinaryIO, rel: str, limits: ReadLimits) -> pq.ParquetFile:
-    """The shard, once its footer, column chunks and page headers passed the limits (pipeline.parquet_bounds)."""
+def open_parquet(fh: BinaryIO, rel: str, limits: ReadLimits, schema: pa.Schema = _SHARD_SCHEMA) -> pq.ParquetFile:
+    """The shard, once its columns, footer, column chunks and page headers passed the limits (pipeline.parquet_bounds)."""
     try:
-        return open_bounded(fh, limits.parquet, _SHARD_SCHEMA)
+        return open_bounded(fh, limits.parquet, schema)
     except ParquetRefused as exc:
         raise Refused(f"{show(rel)}: {exc}") from None
 
@@ -591,7 +600,7 @@ def _records_problems(view: ReleaseView, opts: VerifyOptions, failing: list) -> 
         split = (_SHARD.match(shard) or _SAMPLE.match(shard)).group(1)
         try:
             with view.open(shard) as fh:
-                parquet = open_parquet(fh, shard, opts.read)
+                parquet = open_parquet(fh, shard, opts.read, view.shard_schema)
                 yield from _parquet_feature_problems(shard, parquet)
                 yield from _shard_records(parquet, shard, split, names, validator, failing, opts.read.max_failing_rows)
                 if _SAMPLE.match(shard):

@@ -103,7 +103,9 @@ def test_remote_verify_names_the_row_of_a_tampered_shard(hub, token, published, 
     result = CliRunner().invoke(app, ["verify", URL, "--endpoint", hub.url, "--sample", "all"])
 
     assert result.exit_code == 1
-    assert f"{target} row group 0 row 0: the image's pixels hash to" in result.output
+    # a flipped byte inside a PNG's compressed stream breaks the decode; in an uncompressed TIFF it changes a pixel
+    assert (f"{target} row group 0 row 0: the image's pixels hash to" in result.output
+            or f"{target} row group 0 row 0: the image does not decode" in result.output), result.output
     assert "1 problem(s)" in result.output
 
 
