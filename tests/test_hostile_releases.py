@@ -5,7 +5,7 @@ traceback, a message naming the file and the reason, in under 30 s; no payload m
 file when unpickled, a fake `gs` first on PATH leaves one when started), no file may appear outside the temporary
 directories, and nothing from outside the release (a secret in the environment, a file beside the release) may
 reach the output. Most cases run in-process through the CLI; the bombs and hangs run `mll23 verify` in a
-subprocess whose peak memory (ru_maxrss from wait4) must stay under 1 GB.
+subprocess whose peak memory (its own VmHWM, reported on exit) must stay under 1 GB.
 """
 
 from __future__ import annotations
