@@ -29,7 +29,7 @@ from pipeline.release_files import TEXT_CAPS, ManifestError, ReleaseDir, Release
 from pipeline.records import ImageFacts
 from pipeline.split import SplitItem, units
 
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?$")
+SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?$")
 
 
 class LineageError(ValueError):
@@ -38,7 +38,7 @@ class LineageError(ValueError):
 
 def version_key(version: str) -> tuple:
     """Sort key with semantic-version precedence: 1.0.0-rc.1 < 1.0.0 < 1.0.1 < 1.1.0 < 2.0.0."""
-    m = _SEMVER.match(version)
+    m = SEMVER.match(version)
     if not m:
         raise LineageError(f"{version!r} is not a semantic version X.Y.Z[-prerelease]")
     major, minor, patch, pre = m.groups()

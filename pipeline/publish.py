@@ -54,6 +54,8 @@ from pipeline.hub_upload import (
     server_offers_xet,
     xet_disabled_by_user,
 )
+from pipeline.lineage import SEMVER, LineageError
+from pipeline.lineage import version_key as lineage_version_key
 from pipeline.release_files import (
     PUBLISH_KEYS,
     TEXT_CAPS,
@@ -75,7 +77,6 @@ MANIFEST = "manifest.json"
 WDS_BRANCH = "webdataset"
 WDS_TAG_SUFFIX = "-webdataset"
 _CHUNK = 1 << 20
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?$")
 
 
 class PublishError(RuntimeError):
@@ -287,18 +288,17 @@ def webdataset_source(release_dir: Path, manifest: dict) -> FileSource | None:
 
 
 def version_key(version: str) -> tuple:
-    """Semantic-version order: numbers numerically, a pre-release before its release."""
-    match = _SEMVER.match(version)
-    if match is None:
-        raise PublishError(f"{printable(version)} is not a semantic version X.Y.Z")
-    major, minor, patch, pre = match.groups()
-    return int(major), int(minor), int(patch), pre is None, pre or ""
+    """Semantic-version order (lineage.version_key, the one definition), failing as a publish error."""
+    try:
+        return lineage_version_key(version)
+    except LineageError:
+        raise PublishError(f"{printable(version)} is not a semantic version X.Y.Z") from None
 
 
 def published_versions(tags: dict[str, str]) -> list[str]:
     """The versions tagged v{X.Y.Z} (WebDataset tags and other tags left out), oldest first."""
     found = [name[1:] for name in tags
-             if name.startswith("v") and not name.endswith(WDS_TAG_SUFFIX) and _SEMVER.match(name[1:])]
+             if name.startswith("v") and not name.endswith(WDS_TAG_SUFFIX) and SEMVER.match(name[1:])]
     return sorted(found, key=version_key)
 
 

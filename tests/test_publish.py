@@ -339,3 +339,12 @@ def test_an_unchanged_release_is_not_verified_again(hub, token, release_v1, tmp_
     shard.write_bytes(bytes(data))  # changed in place (same inode, same size)
     with pytest.raises(PublishError, match="test-00000-of-00001.parquet: sha256"):
         run(verify_name="checks")
+
+
+def test_published_versions_follow_semver_precedence_as_lineage_does():
+    from pipeline.publish import published_versions
+
+    tags = {f"v{v}": "sha" for v in ("1.0.0", "1.0.0-rc.10", "1.0.0-rc.9", "0.9.1", "1.0.0-webdataset")}
+    tags["v1.0.0-rc.9-webdataset"] = "sha"
+    tags["latest"] = "sha"
+    assert published_versions(tags) == ["0.9.1", "1.0.0-rc.9", "1.0.0-rc.10", "1.0.0"]
