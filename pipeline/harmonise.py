@@ -55,6 +55,7 @@ from pipeline.dedup import compare_duplicate
 from pipeline.imagecheck import ImageRejected
 from pipeline.parquet_writer import SCHEMA_FIELDS, STRING_COLUMNS, hf_features
 from pipeline.records import FATES, LedgerEntry
+from pipeline.release_files import ManifestError, ReleaseDir, load_manifest
 from pipeline.resources import harmonised_map_path
 
 # Columns a harmonised release adds to every release's columns.
@@ -83,6 +84,7 @@ class Source:
     license: str
     image_size: tuple[int, int]
     shards: dict[str, list[str]]  # split -> shard paths, as its manifest lists them
+    release_date: str
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,10 @@ def open_source(path: Path) -> Source:
         listed = "\n  ".join(problems[:20])
         raise HarmoniseError(f"{path}: the release does not verify, so it cannot be a source (run `mll23 verify {path}`):\n  {listed}")
     where = path / manifest_mod.MANIFEST
-    doc = manifest_mod.read_manifest(path)
+    try:  # read as verify reads it: no link, size-capped, the manifest schema
+        doc = load_manifest(ReleaseDir(path))
+    except ManifestError as exc:
+        raise HarmoniseError(f"{path}: {exc}") from None
     name = str(doc.get("name", ""))
     if not _SOURCE_NAME.match(name):
         raise HarmoniseError(f"{where}: name {name!r} is not a dataset name (lower-case letters, digits, '_', '.', '-')")
@@ -203,6 +208,7 @@ def open_source(path: Path) -> Source:
         license=str((doc.get("config") or {}).get("license", "other")),
         image_size=_image_size(doc, where),
         shards=_shards(doc),
+        release_date=str(doc.get("release_date", "")),
     )
 
 
@@ -790,7 +796,7 @@ def harmonise(
     items = [item for s in sources for item in read_items(s, label_map)]
     _exclude_unmapped(items)
     duplicates = find_cross_source_duplicates(items, sources)
-    release_date = max(str(manifest_mod.read_manifest(s.dir).get("release_date", "")) for s in sources)
+    release_date = max(s.release_date for s in sources)
 
     staging = _staging(out)
     if staging.exists():
