@@ -123,11 +123,18 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verify-only", action="store_true", help="only the remote verify measurement")
+    parser.add_argument("--no-verify", action="store_true", help="leave out the remote verify measurement")
+    parser.add_argument("--no-fresh", action="store_true", help="leave out the 'xet, fresh machine' rows")
+    parser.add_argument("--keep", type=Path, help="build in this directory and keep it (releases for byte-level diffs)")
     args = parser.parse_args()
     constants.HF_HUB_DISABLE_XET = False
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     constants.HF_HUB_DISABLE_TELEMETRY = True
-    work = Path(tempfile.mkdtemp(prefix="mll23-bench-hub-"))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=False)
+        work = args.keep.resolve()
+    else:
+        work = Path(tempfile.mkdtemp(prefix="mll23-bench-hub-"))
     os.environ["HF_HOME"] = str(work / "hf_home")
     os.environ["XDG_CACHE_HOME"] = str(work / "xdg")
     config = load_config()
@@ -135,15 +142,21 @@ def main() -> None:
     synthesize(raw, config=config, scale=args.scale, seed=args.seed, workers=2)
     v1 = build_release(raw, work / "v1.0.0", config, workers=2).out_dir
     if not args.verify_only:
-        rerelease_table(v1, raw, config, work, args.scale)
-    v = remote_verify_bytes(v1, work)
-    print(f"remote verify of v1.0.0 (sample 300): {v['served']:,} B served of {v['bytes']:,} B"
-          f" ({v['served'] / v['bytes']:.2%}); {v['row_groups']} row groups, {v['images']} images of {v['rows']};"
-          f" with the streaming smoke test {v['served_with_smoke']:,} B ({v['served_with_smoke'] / v['bytes']:.2%})")
-    shutil.rmtree(work, ignore_errors=True)
+        hows = ("xet, same machine", "lfs") if args.no_fresh else ("xet, same machine", "xet, fresh machine", "lfs")
+        rerelease_table(v1, raw, config, work, args.scale, hows)
+    if not args.no_verify:
+        v = remote_verify_bytes(v1, work)
+        print(f"remote verify of v1.0.0 (sample 300): {v['served']:,} B served of {v['bytes']:,} B"
+              f" ({v['served'] / v['bytes']:.2%}); {v['row_groups']} row groups, {v['images']} images of {v['rows']};"
+              f" with the streaming smoke test {v['served_with_smoke']:,} B ({v['served_with_smoke'] / v['bytes']:.2%})")
+    if args.keep:
+        for cas in work.glob("cas-*"):
+            shutil.rmtree(cas, ignore_errors=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def rerelease_table(v1: Path, raw: Path, config, work: Path, scale: float) -> None:
+def rerelease_table(v1: Path, raw: Path, config, work: Path, scale: float, hows: tuple[str, ...]) -> None:
     labels = list(config.class_names)
     raw_removed = copy_raw(raw, work / "raw-removed")
     remove_one_percent(raw_removed)
@@ -157,13 +170,14 @@ def rerelease_table(v1: Path, raw: Path, config, work: Path, scale: float) -> No
         build_release(raw_label, work / "v1.0.2", config_with(config, version="1.0.2"), workers=2,
                       previous=v1).out_dir,
     ]
-    results = [measure(v1, r, how, work) for r in releases for how in ("xet, same machine", "xet, fresh machine", "lfs")]
-    print(f"scale {scale}: v1.0.0 {release_bytes(v1):,} B")
+    print(f"scale {scale}: v1.0.0 {release_bytes(v1):,} B", flush=True)
     print("| re-release | transport | newly stored B | share of the release | xorbs | shards | LFS | s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r['release']} | {r['how']} | {r['stored']:,} | {r['stored'] / r['bytes']:.2%} | {r['xorbs']:,} |"
-              f" {r['shards']:,} | {r['lfs']:,} | {r['seconds']} |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|", flush=True)
+    for release in releases:
+        for how in hows:
+            r = measure(v1, release, how, work)
+            print(f"| {r['release']} | {r['how']} | {r['stored']:,} | {r['stored'] / r['bytes']:.2%} |"
+                  f" {r['xorbs']:,} | {r['shards']:,} | {r['lfs']:,} | {r['seconds']} |", flush=True)
 
 
 if __name__ == "__main__":
