@@ -273,7 +273,9 @@ def run_exclude_and_validate(
 
 
 def run_split(records: list[ReleaseRecord], config: ReleaseConfig, previous: dict[str, str] | None = None) -> list[ReleaseRecord]:
-    """Records with their split, in publishing order: split, then label, then image_id."""
+    """Records with their split, in publishing order: split, then image_id (not the label: a relabelled image
+    keeps its place, so a re-release rewrites only its own row's bytes, not every row between its old and new
+    class; and, the image_id being a pixel hash, every shard holds a mix of classes)."""
     assignment = assign_splits(
         [SplitItem(r.image_id, r.label_name, r.group_id, r.patient_id) for r in records],
         config.split_fractions,
@@ -282,7 +284,7 @@ def run_split(records: list[ReleaseRecord], config: ReleaseConfig, previous: dic
     )
     return sorted(
         (replace(r, split=assignment[r.image_id]) for r in records),
-        key=lambda r: (SPLITS.index(r.split), r.label, r.image_id),
+        key=lambda r: (SPLITS.index(r.split), r.image_id),
     )
 
 
