@@ -122,3 +122,70 @@ def test_a_date_only_rebuild_changes_only_the_small_files(raw, tmp_path):
     assert shards and any(p.endswith(".tar") for p in shards)
     assert changed & shards == set()
     assert "README.md" in changed and "croissant.json" in changed
+
+
+def _parquet_column_chunks(path, column):
+    """The file bytes of `column`'s chunk in every row group (pages, headers and all)."""
+    import pyarrow.parquet as pq
+
+    meta, data = pq.ParquetFile(path).metadata, path.read_bytes()
+    chunks = []
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        col = next(group.column(c) for c in range(meta.num_columns) if group.column(c).path_in_schema == column)
+        start = col.dictionary_page_offset or col.data_page_offset
+        chunks.append(data[start:start + col.total_compressed_size])
+    return chunks
+
+
+def test_a_relabel_rewrites_only_its_own_row(tmp_path, config):
+    """Rows are ordered by (split, image_id), not by label: relabelling one image keeps every row where it was, so a
+    re-release rewrites one Parquet shard (its label and metadata columns; the image column's bytes stay the same)
+    and one tar (the sample's .cls and .json members), and no other shard."""
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    from pipeline.config import validate_config
+    from pipeline.wds_writer import shard_name
+    from tests.consumerkit import small_shards
+
+    raw = tmp_path / "raw"
+    rows = simple_raw(raw, LABELS, per_class=8)
+    cfg = small_shards(config)
+    v1 = build_release(raw, tmp_path / "v1", cfg, workers=1).out_dir
+    ledger = read_ledger(v1 / "ledger.csv")
+    moved = next(e for e in ledger if e["fate"] == "kept" and e["split"] == "train" and e["label"] == LABELS[0])
+    new_rel = f"{LABELS[-1]}/relabelled_{moved['source_file'].split('/')[1]}"  # not a name the folder has
+    (raw / moved["source_file"]).rename(raw / new_rel)
+    for row in rows:
+        if row["image"] == moved["source_file"]:
+            row["image"], row["label"] = new_rel, LABELS[-1]
+    write_annotations(raw, rows)
+    v2 = build_release(raw, tmp_path / "v2", validate_config({**cfg.raw, "version": "1.0.1"}, "test config"), workers=1,
+                       previous=v1).out_dir
+
+    shards = sorted(p.relative_to(v1).as_posix() for p in v1.glob("data/*.parquet"))
+    tars = sorted(p.relative_to(v1).as_posix() for p in v1.glob("wds/*.tar"))
+    assert len([s for s in shards if "/train-" in s]) >= 2 and tars
+    assert shards == sorted(p.relative_to(v2).as_posix() for p in v2.glob("data/*.parquet"))
+    assert tars == sorted(p.relative_to(v2).as_posix() for p in v2.glob("wds/*.tar"))
+    for s in shards:  # every row where it was, in every shard of every split
+        assert pq.read_table(v1 / s, columns=["image_id"]) == pq.read_table(v2 / s, columns=["image_id"]), s
+    changed = [s for s in shards + tars if sha256_file(v1 / s) != sha256_file(v2 / s)]
+    holder = next(s for s in shards if moved["image_id"] in pq.read_table(v1 / s, columns=["image_id"]).column(0).to_pylist())
+    split, index = holder.split("/")[1].split("-of-")[0].rsplit("-", 1)
+    assert changed == [holder, f"wds/{shard_name(split, int(index))}"], changed
+
+    old, new = pq.read_table(v1 / holder).to_pylist(), pq.read_table(v2 / holder).to_pylist()
+    differ = {(r1["image_id"], k) for r1, r2 in zip(old, new) for k in r1 if r1[k] != r2[k]}
+    assert differ == {(moved["image_id"], "label"), (moved["image_id"], "source_file")}
+    assert _parquet_column_chunks(v1 / holder, "image.bytes") == _parquet_column_chunks(v2 / holder, "image.bytes")
+
+    def members(release):
+        with tarfile.open(release / changed[1]) as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+    m1, m2 = members(v1), members(v2)
+    assert sorted(m1) == sorted(m2)
+    assert {n for n in m1 if m1[n] != m2[n]} == {f"{moved['image_id']}.cls", f"{moved['image_id']}.json"}
