@@ -7,9 +7,9 @@ Steps: a synthetic archive (`mll23 synth`) and its release (`mll23 build`, timed
 publish to a local Hub (tests/hubserver.py, LFS mode: the server keeps the objects in memory, so it needs about the
 release's size in RAM); then `mll23 verify hf://datasets/org/mll23@v1.0.0` in a child process (the CLI as a user
 runs it, default sample of 300 images, with the streaming smoke test), whose HF_HOME and TMPDIR are fresh
-directories polled for their size every 0.2 s while it runs (peak disk it wrote; a file that lives shorter than
-a poll can be missed, so read it as a lower bound of the peak beside the small files' bytes, which verify keeps
-in its temporary directory until it ends). Reported: the bytes the server sent (`HubServer.requests()`, every
+directories polled for their size every 0.05 s while it runs (a file that lives shorter than a poll can be
+missed), and every temporary directory's size logged just before it is deleted (verify keeps what it downloads
+there until then): the peak disk is the larger of the two. Reported: the bytes the server sent (`HubServer.requests()`, every
 response body, redirects and the smoke test's child included) against the release's bytes, peak disk, wall time. Then one byte of a Parquet shard is flipped in the server's store, inside an
 image of a row group the default sample reads, and the same command must exit 1 naming that shard (and the row).
 `--sample all` and `--no-smoke` runs are optional (`--also-all`, `--also-no-smoke`).
@@ -48,7 +48,7 @@ def du(path: Path) -> int:
     for root, _, files in os.walk(path):
         for name in files:
             try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+                total += os.lstat(os.path.join(root, name)).st_size
             except OSError:
                 pass  # removed while walking
     return total
@@ -59,14 +59,14 @@ def release_bytes(release: Path) -> int:
 
 
 def run_timed(cmd: list[str], env: dict | None = None, watch: list[Path] = ()) -> dict:
-    """Run `cmd`; wall time, exit code, output, and the peak of du(watch) polled every 0.2 s (and at the end)."""
+    """Run `cmd`; wall time, exit code, output, and the peak of du(watch) polled every 0.05 s (and at the end)."""
     peak = [0]
     done = threading.Event()
 
     def poll() -> None:
         while not done.is_set():
             peak[0] = max(peak[0], sum(du(w) for w in watch))
-            done.wait(0.2)
+            done.wait(0.05)
 
     poller = threading.Thread(target=poll, daemon=True)
     start = time.perf_counter()
@@ -91,6 +91,24 @@ def timed_cli(args: list[str], work: Path, name: str) -> float:
     return time.perf_counter() - start
 
 
+# The CLI, with every tempfile.TemporaryDirectory's size (apparent bytes of its files) logged just before it is
+# deleted: verify keeps what it downloads in such directories until they go (its small files, the smoke test's
+# HF_HOME), so the largest logged size is the most they held at once, which a poll can miss.
+_CLI_LOGGING_TEMP_DIRS = """
+import os, sys, tempfile
+_cleanup = tempfile.TemporaryDirectory.cleanup
+def cleanup(self):
+    size = sum(os.lstat(os.path.join(r, f)).st_size for r, _, fs in os.walk(self.name) for f in fs)
+    with open(os.environ["BENCH_TEMP_LOG"], "a") as fh:
+        fh.write(self.name + chr(9) + str(size) + chr(10))
+    _cleanup(self)
+tempfile.TemporaryDirectory.cleanup = cleanup
+sys.argv[0] = "mll23"
+from pipeline.cli import app
+app()
+"""
+
+
 def verify_cli(hub: HubServer, token: str, work: Path, name: str, extra: list[str] = ()) -> dict:
     home, tmp = work / f"{name}-hf_home", work / f"{name}-tmp"
     for d in (home, tmp):
@@ -99,9 +117,14 @@ def verify_cli(hub: HubServer, token: str, work: Path, name: str, extra: list[st
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update({"HF_TOKEN": token, "HF_HOME": str(home), "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT),
                 "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
+    temp_log = work / f"{name}-tempdirs.tsv"
+    temp_log.unlink(missing_ok=True)
+    env["BENCH_TEMP_LOG"] = str(temp_log)
     hub.clear_log()
-    result = run_timed([sys.executable, "-m", "pipeline", "verify", URL, "--endpoint", hub.url, *extra], env,
-                       watch=[home, tmp])
+    result = run_timed([sys.executable, "-c", _CLI_LOGGING_TEMP_DIRS, "verify", URL, "--endpoint", hub.url, *extra],
+                       env, watch=[home, tmp])
+    sizes = [int(line.split("\t")[1]) for line in temp_log.read_text().splitlines()] if temp_log.exists() else []
+    result["largest_temp"] = max(sizes, default=0)
     result["served"] = sum(r.bytes_out for r in hub.requests())
     small = re.search(r"small files downloaded \(([\d,]+) B\)", result["out"])
     result["small"] = int(small.group(1).replace(",", "")) if small else 0
@@ -181,15 +204,15 @@ def main() -> None:
             runs.append(("no-smoke", ["--no-smoke"]))
         if args.also_all:
             runs.append(("sample-all", ["--sample", "all", "--no-smoke"]))
-        print("| run | exit | served B | share of the release | requests | small files B | peak disk B (polled) |"
-              " disk at end B | wall s |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+        print("| run | exit | served B | share of the release | requests | small files B | largest temp dir B |"
+              " peak disk B (polled) | disk at end B | wall s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
         for name, extra in runs:
             r = verify_cli(hub, token, work, name, extra)
             command = " ".join(["mll23 verify", URL, *extra])
             print(f"| `{command}` | {r['rc']} | {r['served']:,} |"
-                  f" {r['served'] / total:.2%} | {r['requests']} | {r['small']:,} | {r['peak_disk']:,} |"
-                  f" {r['disk_at_end']:,} | {r['seconds']:.0f} |", flush=True)
+                  f" {r['served'] / total:.2%} | {r['requests']} | {r['small']:,} | {r['largest_temp']:,} |"
+                  f" {r['peak_disk']:,} | {r['disk_at_end']:,} | {r['seconds']:.1f} |", flush=True)
             (work / f"verify-{name}.out").write_text(r["out"])
             if r["rc"] != 0:
                 print(r["out"][-3000:])
@@ -200,7 +223,8 @@ def main() -> None:
         (work / "verify-tampered.out").write_text(r["out"])
         named = [line.strip() for line in r["out"].splitlines() if shard in line]
         print(f"| tampered: `mll23 verify {URL}` | {r['rc']} | {r['served']:,} | {r['served'] / total:.2%} |"
-              f" {r['requests']} | {r['small']:,} | {r['peak_disk']:,} | {r['disk_at_end']:,} | {r['seconds']:.0f} |")
+              f" {r['requests']} | {r['small']:,} | {r['largest_temp']:,} | {r['peak_disk']:,} | {r['disk_at_end']:,} |"
+              f" {r['seconds']:.1f} |")
         print("lines naming the shard:", *named[:5], sep="\n  ", flush=True)
         ok = r["rc"] == 1 and named
         print("tamper detected and named" if ok else "TAMPER NOT REPORTED AS EXPECTED", flush=True)
