@@ -33,11 +33,12 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from pipeline import dedup, neardup  # noqa: E402
+from pipeline.stages import dedup
+from pipeline.stages import neardup  # noqa: E402
 from pipeline.build import Progress, _load_pixels, run_decode, run_ingest  # noqa: E402
-from pipeline.cache import FactsCache  # noqa: E402
+from pipeline.runtime.cache import FactsCache  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.executor import make_executor  # noqa: E402
+from pipeline.runtime.executor import make_executor  # noqa: E402
 
 
 def candidates(items, cfg) -> list[tuple[int, int]]:

@@ -14,8 +14,8 @@ threshold sits.
 
 The crops are NOT the synthetic archive's: ``--source scene`` (default) draws fields with a generator
 of its own (below: smear background, red cells, one nucleated cell with a textured nucleus, optional
-white field-edge padding), independent of ``pipeline.synth``; ``--source field`` uses
-``pipeline.synth``'s field model with a random stream the synth never uses (its archive draws from
+white field-edge padding), independent of ``pipeline.synth.generator``; ``--source field`` uses
+``pipeline.synth.generator``'s field model with a random stream the synth never uses (its archive draws from
 ``[seed, 0xF1E1D, cell]``). So the thresholds are checked on crops they were not tuned on.
 
 What each row should give (the paper's semantics, README "Dedup: where the line is"): a copy of one scan
@@ -45,9 +45,9 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import dedup  # noqa: E402
+from pipeline.stages import dedup  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.decode import decode_image  # noqa: E402
+from pipeline.stages.decode import decode_image  # noqa: E402
 
 SIZE = 288
 MARGIN = 32  # canvas margin around the crop: room for re-crops up to 24 px
@@ -70,7 +70,7 @@ def _disc(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: f
 
 
 class SceneCell:
-    """A field around one nucleated cell, from this module's own generator (not pipeline.synth)."""
+    """A field around one nucleated cell, from this module's own generator (not pipeline.synth.generator)."""
 
     def __init__(self, rng: np.random.Generator):
         yy, xx = np.mgrid[:CANVAS, :CANVAS].astype(np.float32)
@@ -115,12 +115,12 @@ class SceneCell:
 
 
 class FieldCell:
-    """pipeline.synth's field model, drawn from a random stream the synth's archives never use."""
+    """pipeline.synth.generator's field model, drawn from a random stream the synth's archives never use."""
 
     def __init__(self, rng: np.random.Generator, label: str):
-        from pipeline import synth
+        from pipeline.synth import generator
 
-        self._field = synth._Field(label, rng)
+        self._field = generator._Field(label, rng)
 
     def render(self, rng: np.random.Generator, offset: tuple[int, int] = (0, 0), extra_sigma: float = 0.0) -> np.ndarray:
         sigma = math.hypot(self._field.sigma0, extra_sigma) if extra_sigma else None

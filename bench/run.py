@@ -97,7 +97,7 @@ def measure(name: str, cmd: list[str]) -> Run:
 
 
 def archive(scale: float, seed: int, workers: int) -> Path:
-    """The synthetic archive for (scale, seed) of pipeline.synth, generated once into bench/.cache/."""
+    """The synthetic archive for (scale, seed) of pipeline.synth.generator, generated once into bench/.cache/."""
     raw = CACHE / f"raw-synth-scale{scale:g}-seed{seed}"
     if (raw / ".complete").is_file():
         return raw
@@ -106,7 +106,7 @@ def archive(scale: float, seed: int, workers: int) -> Path:
     print(f"generating {raw.name} (once; cached) ...", flush=True)
     from pipeline.config import load_config
 
-    from pipeline.synth import synthesize
+    from pipeline.synth.generator import synthesize
 
     start = time.perf_counter()
     files = synthesize(raw, config=load_config(), scale=scale, seed=seed, workers=workers).files

@@ -13,21 +13,28 @@ from functools import partial
 from pathlib import Path
 
 import pipeline
-from pipeline import card, croissant, figures, integrity, lineage, manifest, notes, wds_writer
-from pipeline.cache import EncodedCache, FactsCache, file_sha256_or_none, rebuild
+from pipeline.release import card
+from pipeline.release import croissant
+from pipeline.release import figures
+from pipeline.runtime import integrity
+from pipeline.lifecycle import ancestry
+from pipeline.release import manifest
+from pipeline.lifecycle import notes
+from pipeline.release import wds
+from pipeline.runtime.cache import EncodedCache, FactsCache, file_sha256_or_none, rebuild
 from pipeline.config import SPLITS, ReleaseConfig
-from pipeline.decode import ENCODING, EncodedStore, decode_file, load_rgb, publish_as_original, publishable_bytes
-from pipeline.dedup import PairMemo, deduplicate
-from pipeline.executor import Executor, batch_size, batched, make_executor
-from pipeline.exclude import exclusion_reason
-from pipeline.ingest import AnnotationsError, IngestResult, ingest
-from pipeline.overlap import ReadAhead, prefetch
-from pipeline.parquet_writer import ShardInfo, write_split
-from pipeline.sample import SAMPLE_DIR, sample_ids
-from pipeline.shards import ShardPlanError, plan_release_split, published_size_bound
+from pipeline.stages.decode import ENCODING, EncodedStore, decode_file, load_rgb, publish_as_original, publishable_bytes
+from pipeline.stages.dedup import PairMemo, deduplicate
+from pipeline.runtime.executor import Executor, batch_size, batched, make_executor
+from pipeline.stages.exclude import exclusion_reason
+from pipeline.stages.ingest import AnnotationsError, IngestResult, ingest
+from pipeline.runtime.overlap import ReadAhead, prefetch
+from pipeline.release.parquet import ShardInfo, write_split
+from pipeline.release.sample import SAMPLE_DIR, sample_ids
+from pipeline.release.shards import ShardPlanError, plan_release_split, published_size_bound
 from pipeline.records import FATES, DecodeFailure, DedupResult, ImageFacts, LedgerEntry, RawItem, ReleaseRecord
-from pipeline.split import SplitItem, assign_splits
-from pipeline.validate import record_errors, record_validator
+from pipeline.stages.split import SplitItem, assign_splits
+from pipeline.stages.validate import record_errors, record_validator
 
 
 class BuildError(RuntimeError):
@@ -56,7 +63,7 @@ class BuildReport:
     work: dict[str, int] = field(default_factory=dict)  # per-image work: images, from_cache, decoded
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per stage, worker processes included
     # images of the previous release that changed split (their unit now straddles earlier splits)
-    split_moves: list[lineage.SplitMove] = field(default_factory=list)
+    split_moves: list[ancestry.SplitMove] = field(default_factory=list)
     notes_path: str = ""  # the release notes, relative to the release directory
 
     @property
@@ -297,12 +304,12 @@ def shard_checker(records: list[ReleaseRecord], facts: dict[str, ImageFacts], co
     return integrity.ShardChecker(expected, config.image_size, threads)
 
 
-def run_split_report(records: list[ReleaseRecord], prev: lineage.PreviousRelease | None) -> list[lineage.SplitMove]:
+def run_split_report(records: list[ReleaseRecord], prev: ancestry.PreviousRelease | None) -> list[ancestry.SplitMove]:
     """Images of the previous release that changed split because their unit joins earlier splits."""
     if prev is None:
         return []
     items = [SplitItem(r.image_id, r.label_name, r.group_id, r.patient_id) for r in records]
-    return lineage.split_moves(items, {r.image_id: r.split for r in records}, prev.splits)
+    return ancestry.split_moves(items, {r.image_id: r.split for r in records}, prev.splits)
 
 
 def refuse_if_strict(ledger: list[LedgerEntry]) -> None:
@@ -399,7 +406,7 @@ def write_release(
     progress.start("write", len(records))
     split_bytes: dict[str, int] = {}
     shards: dict[str, list[str]] = {}
-    tar_shards: dict[str, list[wds_writer.TarShard]] = {}
+    tar_shards: dict[str, list[wds.TarShard]] = {}
     written: list[dict] = []  # path, size, sha256 of each shard, hashed while it was written
     grid = figures.SampleGrid(records, config.class_names)
     picked = sample_ids(records, config.sample_fraction)
@@ -430,7 +437,7 @@ def write_release(
         split_records = [r for r in records if r.split == split]
         plan = shard_plan(split_records, [published_size_bound(raw / r.source_file, facts[r.source_file], codec) for r in split_records], config)
         # One read per image feeds both formats: the tar writer takes each image as the Parquet writer asks for it.
-        with wds_writer.ShardedTarWriter(staging, split, plan, config.max_shard_bytes, wds_writer.MEMBER_MTIME, on_shard=checker and checker.tar) as tars:
+        with wds.ShardedTarWriter(staging, split, plan, config.max_shard_bytes, wds.MEMBER_MTIME, on_shard=checker and checker.tar) as tars:
             infos = write_split(
                 staging / "data",
                 split,
@@ -463,7 +470,7 @@ def write_release(
     )
     body = dict(manifest_body)
     body["splits"] = {
-        s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s], "webdataset": wds_writer.manifest_entry(s, tar_shards[s])}
+        s: {"num_examples": counts["splits"][s]["total"], "parquet": shards[s], "webdataset": wds.manifest_entry(s, tar_shards[s])}
         for s in SPLITS
     }
     body["sample"] = {
@@ -474,7 +481,7 @@ def write_release(
 
 
 def shard_plan(split_records: list[ReleaseRecord], sizes: list[int], config: ReleaseConfig, min_shards: int | None = None) -> list[int]:
-    """Rows per shard of one split, the same for both formats (pipeline/shards.py); ``sizes``: each image's
+    """Rows per shard of one split, the same for both formats (pipeline/release/shards.py); ``sizes``: each image's
     published bytes, exact or an upper bound."""
     try:
         return plan_release_split(split_records, sizes, config, min_shards=min_shards)
@@ -483,7 +490,7 @@ def shard_plan(split_records: list[ReleaseRecord], sizes: list[int], config: Rel
 
 
 def write_sample_split(staging: Path, split: str, picked: list[ReleaseRecord], images: dict[str, bytes], config: ReleaseConfig) -> list[ShardInfo]:
-    """The card's `sample` config for one split (pipeline/sample.py): Parquet only, as few shards as the byte
+    """The card's `sample` config for one split (pipeline/release/sample.py): Parquet only, as few shards as the byte
     bound allows, the very bytes of the full split's rows (taken out of ``images``)."""
     return write_split(
         staging / SAMPLE_DIR,
@@ -504,7 +511,7 @@ def write_cards_and_pictures(
     config: ReleaseConfig,
     counts: dict,
     split_bytes: dict[str, int],
-    tar_shards: dict[str, list[wds_writer.TarShard]],
+    tar_shards: dict[str, list[wds.TarShard]],
     sample_rows: dict[str, int],
     grid: figures.SampleGrid,
     dedup: DedupResult,
@@ -540,7 +547,7 @@ def build_release(
     notes_dir: Path | None = None,
 ) -> BuildReport:
     """Build a release. Per-image work runs on ``executor`` (default: a local pool of ``workers`` processes);
-    with ``cache_dir`` per-image results are reused from and saved to that cache (pipeline/cache.py).
+    with ``cache_dir`` per-image results are reused from and saved to that cache (pipeline/runtime/cache.py).
     previous: the earlier release whose image ids and splits this one keeps (raises LineageError when it
     is not an earlier version of this dataset). notes_dir: where the editable release notes live; their
     maintainer section is kept and the regenerated file is written back there (raises NotesError when the
@@ -551,7 +558,7 @@ def build_release(
     warnings = integrity.clean_stale_staging(out)
     if out.exists() and not overwrite:
         raise BuildError(f"{out} already exists; pass --overwrite to replace it")
-    prev = lineage.load_previous(previous, config) if previous is not None else None
+    prev = ancestry.load_previous(previous, config) if previous is not None else None
     notes_rel = notes.notes_relpath(config.version)
     words = notes.maintainer_words(Path(notes_dir) / Path(notes_rel).name if notes_dir is not None else Path(out) / notes_rel)
     timings: dict[str, float] = {}
@@ -577,7 +584,7 @@ def build_release(
         ledger += failed
         lap("decode")
         decoded = [i for i in ingested.items if i.relpath in facts]
-        prefer = lineage.dedup_preference(prev) if prev else None
+        prefer = ancestry.dedup_preference(prev) if prev else None
         dedup = run_dedup(raw, decoded, facts, config, prefer=prefer, executor=executor, pair_memo=cache)
     finally:
         if cache is not None:
@@ -613,7 +620,7 @@ def build_release(
     staging.mkdir()
     try:
         body = _manifest_body(config, counts, ingested, facts)
-        body.update(lineage.manifest_fields(config, prev, {r.image_id for r in records}, notes_rel))
+        body.update(ancestry.manifest_fields(config, prev, {r.image_id for r in records}, notes_rel))
         notes_text = notes.notes_for_build(body, manifest.ledger_text(ledger), prev.path if prev else None, words)
         card_link = notes.card_section(config.version, prev.version if prev else None)
         checker = shard_checker(records, facts, config, check_threads)

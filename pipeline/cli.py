@@ -17,8 +17,8 @@ from rich.table import Table
 
 from pipeline import build as build_mod
 from pipeline.config import SPLITS, ConfigError, load_config
-from pipeline.integrity import IntegrityError
-from pipeline.safetext import DEFAULT_LIMIT, printable
+from pipeline.runtime.integrity import IntegrityError
+from pipeline.untrusted.safetext import DEFAULT_LIMIT, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Build, check and publish MLL23 dataset releases.")
 
@@ -109,7 +109,7 @@ def synth(
     config: Annotated[Path | None, typer.Option(help="Release config TOML, or a shipped config by name: mll23 (default), matek19, acevedo20")] = None,
 ) -> None:
     """Write realistic synthetic raw crops with planted duplicates, conflicts, dysplastic cells and look-alikes."""
-    from pipeline.synth import synthesize
+    from pipeline.synth.generator import synthesize
 
     out, _ = _consoles()
     cfg = _load_config(config, None)
@@ -145,10 +145,10 @@ def build(
     ] = None,
 ) -> None:
     """Build a release: ingest, decode, dedup, exclude, validate, split, write."""
-    from pipeline.cache import default_cache_dir
-    from pipeline.executor import ExecutorError, make_executor
-    from pipeline.lineage import LineageError
-    from pipeline.notes import NotesError
+    from pipeline.runtime.cache import default_cache_dir
+    from pipeline.runtime.executor import ExecutorError, make_executor
+    from pipeline.lifecycle.ancestry import LineageError
+    from pipeline.lifecycle.notes import NotesError
 
     out, err = _consoles()
     cfg = _load_config(config, version, repo, release_date)
@@ -214,7 +214,7 @@ def diff(
     """Print what changed between two releases: the same text as the release notes' generated part."""
     import json
 
-    from pipeline.diff import DiffError, diff_releases, render_diff
+    from pipeline.lifecycle.diff import DiffError, diff_releases, render_diff
 
     try:
         d = diff_releases(old, new)
@@ -238,8 +238,8 @@ def verify(
     smoke: Annotated[bool, typer.Option(help="hf:// only: finish with a streaming load_dataset of the release")] = True,
 ) -> None:
     """Check a release for CI: exit 0 only when every check holds; each failure is named. An hf:// release is
-    checked on the Hub without downloading it (pipeline.remote_verify)."""
-    from pipeline.verify import run_checks
+    checked on the Hub without downloading it (pipeline.lifecycle.verify.remote)."""
+    from pipeline.lifecycle.verify.local import run_checks
 
     out, err = _consoles()
     if release_arg.startswith("hf://"):
@@ -257,7 +257,7 @@ def verify(
         out.print(f"{status} {r.name:<16} {r.description}", highlight=False, soft_wrap=True)
         if r.skipped:
             out.print(f"     ({r.skipped})", highlight=False, markup=False, soft_wrap=True)
-        # verify escapes what it quotes from the release (pipeline.safetext); markup=False: printed as written
+        # verify escapes what it quotes from the release (pipeline.untrusted.safetext); markup=False: printed as written
         for f in r.failures:
             out.print(f"     - {f.message}", highlight=False, markup=False, soft_wrap=True)
     if failed:
@@ -272,7 +272,7 @@ def _verify_remote(url: str, sample: str, endpoint: str | None, smoke: bool, out
 
     from huggingface_hub import get_token
 
-    from pipeline.remote_verify import RemoteError, release_urls, verify_remote
+    from pipeline.lifecycle.verify.remote import RemoteError, release_urls, verify_remote
 
     if sample != "all" and not (sample.isdigit() and int(sample) > 0):
         raise _fail(f"--sample must be a positive number or 'all', got {printable(sample)}", EXIT_USAGE)
@@ -334,9 +334,9 @@ def publish(
     goes to branch `webdataset`, tagged vX.Y.Z-webdataset.
 
     The token comes from the usual huggingface_hub places (HF_TOKEN, `hf auth login`); it is never printed."""
-    from pipeline.publish import PublishError
-    from pipeline.verify import verify_messages
-    from pipeline.publish import publish as publish_release
+    from pipeline.lifecycle.publish.plan import PublishError
+    from pipeline.lifecycle.verify.local import verify_messages
+    from pipeline.lifecycle.publish.plan import publish as publish_release
 
     out, _ = _consoles()
     if not (release_dir / "manifest.json").is_file():
@@ -371,8 +371,8 @@ def harmonise(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing release directory")] = False,
 ) -> None:
     """One release of several releases' shared classes: a `source` column, per-source and leave-one-source-out configs."""
-    from pipeline.harmonise import HarmoniseError, iter_report_lines
-    from pipeline.harmonise import harmonise as harmonise_releases
+    from pipeline.lifecycle.harmonise import HarmoniseError, iter_report_lines
+    from pipeline.lifecycle.harmonise import harmonise as harmonise_releases
 
     out, _ = _consoles()
     try:

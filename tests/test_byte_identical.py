@@ -68,7 +68,7 @@ def _edit_raw(raw: Path) -> None:
 def build_both(work: Path) -> dict[str, Path]:
     from pipeline.build import build_release
     from pipeline.config import load_config
-    from pipeline.synth import synthesize
+    from pipeline.synth.generator import synthesize
 
     raw = work / "raw"
     synthesize(raw, config=load_config(), scale=SCALE, seed=SEED, workers=1)

@@ -15,8 +15,8 @@ import yaml
 
 from pipeline.build import build_release
 from pipeline.config import validate_config
-from pipeline.publish import WDS_TAG_SUFFIX, publish
-from pipeline.snippets import WDS_TAG_SUFFIX as CARD_WDS_TAG_SUFFIX
+from pipeline.lifecycle.publish.plan import WDS_TAG_SUFFIX, publish
+from pipeline.release.snippets import WDS_TAG_SUFFIX as CARD_WDS_TAG_SUFFIX
 from tests.consumerkit import consumer_env, mixed_format_raw
 
 pytest.importorskip("torch")
@@ -93,7 +93,7 @@ def test_every_card_block_runs_as_printed_from_the_hub_and_from_the_download(hub
 
 
 def test_sample_config_is_a_stratified_percent_of_every_split(tmp_path, config):
-    from pipeline.synth import synthesize
+    from pipeline.synth.generator import synthesize
 
     import datasets
 
@@ -123,7 +123,7 @@ def test_sample_config_is_a_stratified_percent_of_every_split(tmp_path, config):
 
 
 def test_card_flags_rare_classes_from_the_measured_counts(tmp_path, config):
-    from pipeline.card import rare_classes
+    from pipeline.release.card import rare_classes
 
     counts = {"splits": {s: {"total": 10, "per_class": {}} for s in ("train", "validation", "test")}}
     for c in config.class_names:

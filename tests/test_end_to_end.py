@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from pipeline.build import build_release
-from pipeline.manifest import read_ledger
-from pipeline.synth import expected_counts, synthesize
+from pipeline.release.manifest import read_ledger
+from pipeline.synth.generator import expected_counts, synthesize
 
 SCALE = 0.01
 

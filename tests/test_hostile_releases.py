@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.config import load_config
-from pipeline.publish import PublishError, publish
+from pipeline.lifecycle.publish.plan import PublishError, publish
 from tests import hostile_release_kit as kit
 from tests.hostile_release_kit import OUTSIDE_SECRET, SECRET_ENV, SECRET_VALUE, Expect, Scene
 from tests.hostilekit import png_declaring
@@ -629,7 +629,7 @@ def ledger_of_240_mb(s: Scene) -> Expect:
 
 def _shard_table(release: Path, rows: int, text: str, image: bytes = b"") -> pa.Table:
     """`rows` rows of the build's schema, every text column `text`, every image `image`."""
-    from pipeline.parquet_writer import arrow_schema
+    from pipeline.release.parquet import arrow_schema
 
     schema = arrow_schema(json.loads((release / "manifest.json").read_text())["class_names"])
     columns = {}
@@ -1097,7 +1097,7 @@ def test_publish_refuses_what_verify_refuses_before_any_request(hub, token, scen
 def test_page_headers_are_read_where_pyarrow_wrote_them(good_release, tmp_path):
     """The page walk finds every page of real shards (their declared sizes and headers add up to what the footer
     says) and stops a shard whose pages declare more than the limit."""
-    from pipeline.parquet_bounds import ParquetLimits, page_headers, page_problem
+    from pipeline.untrusted.parquet_bounds import ParquetLimits, page_headers, page_problem
 
     for shard in sorted((good_release / "data").glob("*.parquet")):
         meta = pq.read_metadata(shard)

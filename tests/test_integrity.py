@@ -12,11 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline import build as build_mod
-from pipeline import integrity, parquet_writer, wds_writer
+from pipeline.runtime import integrity
+from pipeline.release import parquet
+from pipeline.release import wds
 from pipeline.build import build_release
 from pipeline.cli import app
-from pipeline.integrity import IntegrityError, check_nothing_lost, verify_published_pixels
-from pipeline.manifest import read_ledger
+from pipeline.runtime.integrity import IntegrityError, check_nothing_lost, verify_published_pixels
+from pipeline.release.manifest import read_ledger
 from pipeline.records import LedgerEntry
 from pipeline.resources import default_config_path
 from tests.codeckit import with_codec
@@ -98,7 +100,7 @@ def _swap_bytes(monkeypatch, victim: str, replacement: bytes) -> None:
 
 def _corrupt_parquet(monkeypatch, victim: str, replacement: bytes) -> None:
     """Fault injection: the Parquet writer stores `replacement` for `victim` (the tar shards keep the right bytes)."""
-    real = parquet_writer._table
+    real = parquet._table
 
     def corrupting(rows, schema, *rest):
         return real([(r, replacement if r.source_file == victim else data) for r, data in rows], schema, *rest)
@@ -108,7 +110,7 @@ def _corrupt_parquet(monkeypatch, victim: str, replacement: bytes) -> None:
 
 def _corrupt_tar(monkeypatch, victim: str, replacement: bytes) -> None:
     """Fault injection: the WebDataset writer stores `replacement` as the image of `victim`."""
-    real = wds_writer.sample_members
+    real = wds.sample_members
 
     def corrupting(record, image):
         return real(record, replacement if record.source_file == victim else image)
@@ -203,7 +205,7 @@ def test_config_errors_name_the_key_before_any_work(mutate, message, tmp_path: P
 
 
 def test_nothing_lost_on_a_synthetic_archive_with_hostile_additions(tmp_path: Path, config):
-    from pipeline.synth import synthesize
+    from pipeline.synth.generator import synthesize
 
     raw = tmp_path / "raw"
     synthesize(raw, config=config, scale=0.001, seed=3, workers=1)

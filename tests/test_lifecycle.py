@@ -12,11 +12,11 @@ import pipeline
 from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.config import load_config
-from pipeline.diff import config_changes, diff_releases, render_diff
-from pipeline.lineage import LineageError, version_key
-from pipeline.manifest import read_ledger, read_manifest
-from pipeline.notes import BEGIN, END, NotesError
-from pipeline.verify import verify_release
+from pipeline.lifecycle.diff import config_changes, diff_releases, render_diff
+from pipeline.lifecycle.ancestry import LineageError, version_key
+from pipeline.release.manifest import read_ledger, read_manifest
+from pipeline.lifecycle.notes import BEGIN, END, NotesError
+from pipeline.lifecycle.verify.local import verify_release
 from tests.rawkit import crop, save, simple_raw, write_annotations
 
 LABELS = ["myeloblast", "monocyte", "eosinophil"]
@@ -259,8 +259,8 @@ def test_a_patient_link_across_old_splits_moves_the_unit_towards_train_and_is_re
 
 
 def test_a_unit_straddling_old_splits_goes_to_the_split_nearest_train():
-    from pipeline.lineage import split_moves
-    from pipeline.split import SplitItem, assign_splits
+    from pipeline.lifecycle.ancestry import split_moves
+    from pipeline.stages.split import SplitItem, assign_splits
 
     fractions = {"train": 0.7, "validation": 0.1, "test": 0.2}
     # one patient whose earlier images were mostly in test, one in validation: a majority rule would pick test

@@ -13,7 +13,7 @@ import pytest
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from pipeline.publish import PublishError, plan_publish, publish, self_check
+from pipeline.lifecycle.publish.plan import PublishError, plan_publish, publish, self_check
 from tests.hubserver import HubServer
 from tests.release_fixture import build_release, read_manifest, split_counts
 
@@ -301,7 +301,7 @@ def test_plan_compares_sha256_for_lfs_and_git_blob_ids_for_small_files(hub, toke
 def test_an_unchanged_release_is_not_verified_again(hub, token, release_v1, tmp_path):
     import os
 
-    from pipeline import verify_stamp
+    from pipeline.lifecycle.verify import stamp
 
     calls: list[Path] = []
 
@@ -317,7 +317,7 @@ def test_an_unchanged_release_is_not_verified_again(hub, token, release_v1, tmp_
     run(verify_name="checks")
     lines = run(verify_name="checks")  # the no-op publish: nothing changed since the verify
     assert len(calls) == 1 and any("not verified again" in line for line in lines)
-    stamps = list(verify_stamp.stamp_dir().iterdir())
+    stamps = list(stamp.stamp_dir().iterdir())
     assert len(stamps) == 1 and not any(release_v1.rglob("*stamp*"))  # kept outside the release
     run()  # an anonymous verifier is never skipped
     assert len(calls) == 2
@@ -342,7 +342,7 @@ def test_an_unchanged_release_is_not_verified_again(hub, token, release_v1, tmp_
 
 
 def test_published_versions_follow_semver_precedence_as_lineage_does():
-    from pipeline.publish import published_versions
+    from pipeline.lifecycle.publish.plan import published_versions
 
     tags = {f"v{v}": "sha" for v in ("1.0.0", "1.0.0-rc.10", "1.0.0-rc.9", "0.9.1", "1.0.0-webdataset")}
     tags["v1.0.0-rc.9-webdataset"] = "sha"

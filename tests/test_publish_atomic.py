@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.publish import PublishError, choose_branch, publish
+from pipeline.lifecycle.publish.plan import PublishError, choose_branch, publish
 from tests.release_fixture import build_release, split_counts
 from tests.test_publish import fast_retries, hub_tree, release_tree  # noqa: F401 (fixture)
 
@@ -183,7 +183,7 @@ import sys
 from pathlib import Path
 from huggingface_hub import constants
 constants.HF_HUB_DISABLE_XET = False
-from pipeline.publish import publish
+from pipeline.lifecycle.publish.plan import publish
 print("START", flush=True)
 publish(Path(sys.argv[1]), sys.argv[2], token=sys.argv[3], endpoint=sys.argv[4], log=lambda _: None)
 print("DONE", flush=True)
@@ -249,7 +249,7 @@ def test_a_xet_publish_killed_at_random_moments(hf_env, tmp_path, release_v1, re
 
 
 def test_publish_targets_and_branch_starts_of_an_old_line(release_v1):
-    from pipeline.publish import FileSource, PublishTarget, branch_start, publish_targets, read_manifest
+    from pipeline.lifecycle.publish.plan import FileSource, PublishTarget, branch_start, publish_targets, read_manifest
 
     tags = {"v1.0.0": "c100", "v1.0.0-webdataset": "w100", "v1.2.0": "c120", "v1.2.0-webdataset": "w120"}
     manifest = {**read_manifest(release_v1), "version": "1.0.1"}

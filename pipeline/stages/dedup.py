@@ -14,7 +14,7 @@ How it is found, with per-image state limited to the ImageFacts:
 
 1. identical ``pixel_sha256`` -> duplicates (no pixels read);
 2. candidates: one representative per distinct pixel hash; pairs whose 64-bit pHash differs by at
-   most ``lookalike_threshold`` bits (``pipeline.neardup.near_pairs``, exact and sub-quadratic), plus
+   most ``lookalike_threshold`` bits (``pipeline.stages.neardup.near_pairs``, exact and sub-quadratic), plus
    pairs whose *centre hash* (a pHash of a window registered on the stained cell: see
    :func:`centre_hash`; robust to re-crops, which move the ordinary pHash by up to ~24 bits) differs
    by at most ``CENTRE_RADIUS``, when the facts carry one (attribute ``centre_hash``) or the caller
@@ -54,8 +54,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.fft import next_fast_len
 
-from pipeline import neardup
-from pipeline.phash import phash_of_grey
+from pipeline.stages import neardup
+from pipeline.stages.phash import phash_of_grey
 from pipeline.records import DedupResult, ImageFacts, Pair
 
 __all__ = [
@@ -462,7 +462,7 @@ def _centre_hash_of(g: np.ndarray, d: np.ndarray) -> int:
     y0 = int(round(min(max(cy - half, 0), h - 2 * half)))
     x0 = int(round(min(max(cx - half, 0), w - 2 * half)))
     win = np.clip(g[y0 : y0 + 2 * half, x0 : x0 + 2 * half] + 0.5, 0, 255).astype(np.uint8)
-    return phash_of_grey(win)  # = int(str(imagehash.phash(Image.fromarray(win, "L"))), 16), faster (pipeline.phash)
+    return phash_of_grey(win)  # = int(str(imagehash.phash(Image.fromarray(win, "L"))), 16), faster (pipeline.stages.phash)
 
 
 class _UnionFind:
@@ -524,7 +524,7 @@ def deduplicate(
     filled with counts (candidates, pixel loads, tests run) for reports. ``map_fn(fn, items)`` (results in
     order, e.g. an executor's map) runs the same-cell tests' image work in parallel; ``fn`` and
     ``load_pixels`` must then be picklable. The outcome is the same with or without it. ``pair_memo``
-    remembers same-cell test results by the pair's file sha256s across builds (pipeline.cache).
+    remembers same-cell test results by the pair's file sha256s across builds (pipeline.runtime.cache).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown conflict policy {policy!r}; expected one of {POLICIES}")

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 
-from pipeline import parquet_writer, wds_writer
+from pipeline.release import parquet
+from pipeline.release import wds
 from pipeline.config import ReleaseConfig
-from pipeline.decode import publish_as_original
+from pipeline.stages.decode import publish_as_original
 from pipeline.records import ImageFacts, ReleaseRecord
 
 # zlib's compressBound: deflate never makes n bytes longer than this (stored blocks in the worst case).
@@ -132,19 +133,19 @@ def plan_split(costs: Sequence[RowCost], budget: ShardBudget, *, describe_row=la
 
 
 def release_budget(config: ReleaseConfig, records: Sequence[ReleaseRecord], min_shards: int | None = None) -> ShardBudget:
-    longest = max((len(t.encode("utf-8")) for r in records for t in parquet_writer.string_values(r).values() if t), default=0)
+    longest = max((len(t.encode("utf-8")) for r in records for t in parquet.string_values(r).values() if t), default=0)
     return ShardBudget(
         max_shard_bytes=config.max_shard_bytes,
         min_shards=config.min_shards_per_split if min_shards is None else min_shards,
         max_row_group_bytes=config.max_row_group_bytes,
-        parquet_file_overhead=parquet_writer.file_overhead_bound(config.class_names),
-        parquet_row_group_overhead=parquet_writer.row_group_overhead_bound(longest, config.max_row_group_bytes),
-        tar_end=wds_writer.TAR_END_BYTES,
+        parquet_file_overhead=parquet.file_overhead_bound(config.class_names),
+        parquet_row_group_overhead=parquet.row_group_overhead_bound(longest, config.max_row_group_bytes),
+        tar_end=wds.TAR_END_BYTES,
     )
 
 
 def row_cost(record: ReleaseRecord, image_bytes: int) -> RowCost:
-    return RowCost(parquet_writer.row_bytes_bound(record, image_bytes), wds_writer.sample_bytes(record, image_bytes), image_bytes)
+    return RowCost(parquet.row_bytes_bound(record, image_bytes), wds.sample_bytes(record, image_bytes), image_bytes)
 
 
 def plan_release_split(

@@ -53,8 +53,8 @@ import numpy as np
 import PIL
 import scipy
 
-from pipeline import decode
-from pipeline.dedup import DuplicateTest, PairVerdict, SameCellTest
+from pipeline.stages import decode
+from pipeline.stages.dedup import DuplicateTest, PairVerdict, SameCellTest
 from pipeline.records import DecodeFailure, ImageFacts
 
 # Bump to drop every cached result. Not needed for code changes: the context hashes the source of the
@@ -95,7 +95,7 @@ def default_cache_dir() -> Path:
 
 
 def facts_modules() -> list[ModuleType]:
-    """pipeline.decode and every pipeline module it uses, directly or not (what computes the facts)."""
+    """pipeline.stages.decode and every pipeline module it uses, directly or not (what computes the facts)."""
     seen: dict[str, ModuleType] = {}
     todo = [decode]
     while todo:

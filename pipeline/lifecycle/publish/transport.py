@@ -11,7 +11,7 @@ off, without asking the server, and fails where the server has no Xet. So we ask
 (`server_offers_xet`: the xet-write-token route of the branch) and run the upload with Xet disabled
 (`xet_disabled`) when the answer is LFS or the user disabled Xet.
 
-What is uploaded is what was checked: every file is opened once through `pipeline.release_files` (no link, no
+What is uploaded is what was checked: every file is opened once through `pipeline.untrusted.files` (no link, no
 hard link, no special file, at most the manifest's size). Small files are read from that descriptor, checked
 against the manifest's sha256 and sent as bytes. Large files are given to the client as `/proc/self/fd/N` of
 that same descriptor: Xet needs a path (an open buffer makes huggingface_hub fall back to LFS), and a path to the
@@ -41,7 +41,7 @@ from huggingface_hub.utils import (
     hf_raise_for_status,
 )
 
-from pipeline.safetext import printable
+from pipeline.untrusted.safetext import printable
 
 REPO_TYPE = "dataset"
 # Files up to this size are read whole, checked and sent as bytes (the Hub keeps files up to 10 MiB in git).

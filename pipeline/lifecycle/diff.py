@@ -5,7 +5,7 @@ releases is quick whatever their size. `mll23 diff OLD NEW` prints `render_diff`
 the very same text.
 
 Either release may come from a pull request, so both files are read as verify reads them
-(pipeline.release_files: no links or special files, size caps, the manifest schema, ledger rows of exactly the
+(pipeline.untrusted.files: no links or special files, size caps, the manifest schema, ledger rows of exactly the
 build's columns), and every value of a release is escaped where it is rendered (a ledger name holding a newline
 and `::error::` would otherwise forge a line of the CI log, or of the notes a build writes from it).
 """
@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.config import SPLITS
-from pipeline.manifest import MANIFEST
-from pipeline.release_files import ManifestError, ReleaseDir, ReleaseFileError, load_manifest, read_ledger
-from pipeline.safetext import printable
+from pipeline.release.manifest import MANIFEST
+from pipeline.untrusted.files import ManifestError, ReleaseDir, ReleaseFileError, load_manifest, read_ledger
+from pipeline.untrusted.safetext import printable
 
 # Config keys every release changes; the notes' heading already states them.
 _CONFIG_KEYS_IN_HEADING = frozenset({"version", "release_date"})
@@ -288,7 +288,7 @@ def _signed(n: int) -> str:
 
 
 def _safe(value: object) -> str:
-    """A value of a release as one line of visible characters (pipeline.safetext), backslashes kept: ledger
+    """A value of a release as one line of visible characters (pipeline.untrusted.safetext), backslashes kept: ledger
     names are ingest's readable names, whose backslashes already are escapes."""
     return "\\".join(printable(part, limit=0) for part in str(value).split("\\"))
 

@@ -25,7 +25,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.annotations import ANNOTATIONS, AnnotationRow, AnnotationsError, closest, normalise_relpath, parse_bool, parse_row, path_problem, read_annotations
+from pipeline.stages.annotations import ANNOTATIONS, AnnotationRow, AnnotationsError, closest, normalise_relpath, parse_bool, parse_row, path_problem, read_annotations
 from pipeline.config import ReleaseConfig
 from pipeline.records import RawItem
 

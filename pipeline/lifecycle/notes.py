@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 from pipeline.config import SPLITS
-from pipeline.diff import ReleaseSummary, diff_summaries, markdown_table, render_diff, summary_from_dir, summary_from_parts
+from pipeline.lifecycle.diff import ReleaseSummary, diff_summaries, markdown_table, render_diff, summary_from_dir, summary_from_parts
 
 NOTES_DIR = "release_notes"
 BEGIN = "<!-- mll23:maintainer-notes:begin -->"

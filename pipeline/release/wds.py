@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.overlap import HashingWriter
-from pipeline.parquet_writer import check_shard_size
+from pipeline.runtime.overlap import HashingWriter
+from pipeline.release.parquet import check_shard_size
 from pipeline.records import ReleaseRecord
 
 WDS_DIR = "wds"
@@ -89,7 +89,7 @@ class ShardedTarWriter:
 
     release_dir: Path
     split: str
-    shard_rows: Sequence[int]  # samples in each shard (pipeline/shards.py), the same as the Parquet shards'
+    shard_rows: Sequence[int]  # samples in each shard (pipeline/release/shards.py), the same as the Parquet shards'
     max_shard_bytes: int  # checked on every finished shard, every byte of the file
     mtime: int
     on_shard: Callable[[Path], None] | None = None  # called with each shard's path as soon as it is complete

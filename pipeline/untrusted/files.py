@@ -31,9 +31,9 @@ from typing import BinaryIO
 
 import jsonschema
 
-from pipeline.manifest import LEDGER, LEDGER_COLUMNS
+from pipeline.release.manifest import LEDGER, LEDGER_COLUMNS
 from pipeline.resources import load_schema
-from pipeline.safetext import printable
+from pipeline.untrusted.safetext import printable
 
 MANIFEST = "manifest.json"
 MAX_RELPATH_CHARS = 1024

@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import SPLITS, ReleaseConfig
-from pipeline.manifest import MANIFEST, dumps_json, file_entries
-from pipeline.parquet_writer import STRING_COLUMNS
+from pipeline.release.manifest import MANIFEST, dumps_json, file_entries
+from pipeline.release.parquet import STRING_COLUMNS
 
 CROISSANT = "croissant.json"
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"

@@ -44,18 +44,19 @@ import pyarrow.parquet as pq
 import yaml
 
 import pipeline
-from pipeline import manifest as manifest_mod
-from pipeline import neardup, notes
-from pipeline.card import size_category
+from pipeline.release import manifest as manifest_mod
+from pipeline.stages import neardup
+from pipeline.lifecycle import notes
+from pipeline.release.card import size_category
 from pipeline.config import LABEL_PATTERN, SPLITS, ConfigError, ReleaseConfig
-from pipeline.croissant import CROISSANT, croissant_document
-from pipeline.decode import open_rgb
-from pipeline.diff import markdown_table
-from pipeline.dedup import compare_duplicate
-from pipeline.imagecheck import ImageRejected
-from pipeline.parquet_writer import SCHEMA_FIELDS, STRING_COLUMNS, hf_features
+from pipeline.release.croissant import CROISSANT, croissant_document
+from pipeline.stages.decode import open_rgb
+from pipeline.lifecycle.diff import markdown_table
+from pipeline.stages.dedup import compare_duplicate
+from pipeline.stages.imagecheck import ImageRejected
+from pipeline.release.parquet import SCHEMA_FIELDS, STRING_COLUMNS, hf_features
 from pipeline.records import FATES, LedgerEntry
-from pipeline.release_files import ManifestError, ReleaseDir, load_manifest
+from pipeline.untrusted.files import ManifestError, ReleaseDir, load_manifest
 from pipeline.resources import harmonised_map_path
 
 # Columns a harmonised release adds to every release's columns.
@@ -140,7 +141,7 @@ class HarmoniseReport:
 
 
 def _source_problems(path: Path) -> list[str]:
-    from pipeline.verify import CHECKS, run_checks  # verify imports many readers; load it only when harmonising
+    from pipeline.lifecycle.verify.local import CHECKS, run_checks  # verify imports many readers; load it only when harmonising
 
     linked = [p.relative_to(path).as_posix() for p in sorted(path.rglob("*")) if p.is_symlink()]
     if linked:

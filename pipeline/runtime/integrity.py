@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from pyarrow import Buffer
 from PIL import Image, ImageOps
 
-from pipeline.overlap import drop_from_page_cache
+from pipeline.runtime.overlap import drop_from_page_cache
 from pipeline.records import FATES, LedgerEntry
 
 

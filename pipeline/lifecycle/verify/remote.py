@@ -36,8 +36,8 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session
 
 from pipeline import __version__
-from pipeline.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, size_problem
-from pipeline.release_files import (
+from pipeline.untrusted.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, size_problem
+from pipeline.untrusted.files import (
     MANIFEST,
     MAX_ENTRIES,
     MAX_LISTED_FILE_BYTES,
@@ -49,8 +49,8 @@ from pipeline.release_files import (
     relpath_problem,
     show,
 )
-from pipeline.release_formats import decode_image
-from pipeline.safetext import printable
+from pipeline.untrusted.formats import decode_image
+from pipeline.untrusted.safetext import printable
 
 _URL = re.compile(r"^hf://datasets/([A-Za-z0-9][A-Za-z0-9._-]{0,95})/([A-Za-z0-9][A-Za-z0-9._-]{0,95})@([A-Za-z0-9._/-]{1,200})$")
 DEFAULT_SAMPLE = 300
@@ -86,7 +86,7 @@ def parse_url(url: str) -> tuple[str, str]:
 
 def release_urls(url: str, *, endpoint: str | None = None, token: str | None = None) -> list[str]:
     """hf://datasets/ORG/NAME (no revision): one URL per release tagged vX.Y.Z on the Hub, oldest first."""
-    from pipeline.publish import published_versions
+    from pipeline.lifecycle.publish.plan import published_versions
 
     repo_id, _ = parse_url(f"{url}@main")
     api = HfApi(endpoint=(endpoint or constants.ENDPOINT).rstrip("/"), token=token or False)
@@ -362,7 +362,7 @@ def _fetch_small_files(api: HfApi, token: str | None, report: RemoteReport, tree
 
 def _small_file_checks(local: Path) -> list[str]:
     """`mll23 verify`'s checks that need only the small files, on the partial copy."""
-    from pipeline.verify import CHECKS, run_checks
+    from pipeline.lifecycle.verify.local import CHECKS, run_checks
 
     skip = [c.name for c in CHECKS if c.name not in SMALL_FILE_CHECKS]
     return [str(f) for r in run_checks(local, skip=skip) for f in r.failures]

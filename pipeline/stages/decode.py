@@ -11,9 +11,9 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, features
 
-from pipeline.dedup import cell_features
-from pipeline.imagecheck import ImageRejected, decode_checked
-from pipeline.phash import phash, phash_of_grey
+from pipeline.stages.dedup import cell_features
+from pipeline.stages.imagecheck import ImageRejected, decode_checked
+from pipeline.stages.phash import phash, phash_of_grey
 from pipeline.records import DecodeFailure, ImageFacts
 
 # TIFF compressions that give back the scanned pixels exactly; anything else is re-encoded as PNG.
@@ -24,7 +24,7 @@ _PUBLISHED_AS_LOSSY_ORIGINAL = {"JPEG"}
 
 
 def phash_int(img: Image.Image) -> int:
-    """imagehash.phash(img) as an unsigned 64-bit int (computed by pipeline.phash, bit-identical and faster)."""
+    """imagehash.phash(img) as an unsigned 64-bit int (computed by pipeline.stages.phash, bit-identical and faster)."""
     return phash(img)
 
 

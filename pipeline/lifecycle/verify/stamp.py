@@ -20,8 +20,8 @@ import stat
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.cache import default_cache_dir
-from pipeline.release_files import MANIFEST, TEXT_CAPS, ReleaseDir, ReleaseFileError
+from pipeline.runtime.cache import default_cache_dir
+from pipeline.untrusted.files import MANIFEST, TEXT_CAPS, ReleaseDir, ReleaseFileError
 
 
 def stamp_dir() -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.overlap import BackgroundWriter, BinaryColumnBuffers, HashingWriter
+from pipeline.runtime.overlap import BackgroundWriter, BinaryColumnBuffers, HashingWriter
 from pipeline.records import ReleaseRecord
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -155,7 +155,7 @@ def write_split(
     image_compression: str = "none",
     on_shard: Callable[[Path], None] | None = None,
 ) -> list[ShardInfo]:
-    """Write one split's shards, ``shard_rows[i]`` rows in shard i (pipeline/shards.py plans them); files are
+    """Write one split's shards, ``shard_rows[i]`` rows in shard i (pipeline/release/shards.py plans them); files are
     named -of-N. An empty split writes no shard. Each shard is checked against ``max_shard_bytes`` (every byte
     of the file). ``on_shard(path)`` is called with each shard's temporary path as soon as it is complete."""
     schema = arrow_schema(class_names)

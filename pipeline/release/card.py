@@ -10,12 +10,12 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import snippets
+from pipeline.release import snippets
 from pipeline.config import SPLITS, ReleaseConfig
-from pipeline.dedup import CENTRE_RADIUS
-from pipeline.sample import SAMPLE_DIR
-from pipeline.snippets import fence
-from pipeline.wds_writer import IMAGE_FIELD, WDS_DIR, TarShard, brace_pattern
+from pipeline.stages.dedup import CENTRE_RADIUS
+from pipeline.release.sample import SAMPLE_DIR
+from pipeline.release.snippets import fence
+from pipeline.release.wds import IMAGE_FIELD, WDS_DIR, TarShard, brace_pattern
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ From the previous release a build takes:
 - which file represented each published image, so that when a duplicate group changes (a new copy
   arrives, a copy disappears) the image that was published stays the published one.
 
-The previous release is read as verify reads a release (pipeline.release_files): `verify --rebuild` finds it
+The previous release is read as verify reads a release (pipeline.untrusted.files): `verify --rebuild` finds it
 beside the release of a pull request, so its author controls it as much as the release itself.
 """
 
@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import SPLITS, ReleaseConfig
-from pipeline.manifest import LEDGER, MANIFEST
-from pipeline.release_files import TEXT_CAPS, ManifestError, ReleaseDir, ReleaseFileError, load_manifest, read_ledger
+from pipeline.release.manifest import LEDGER, MANIFEST
+from pipeline.untrusted.files import TEXT_CAPS, ManifestError, ReleaseDir, ReleaseFileError, load_manifest, read_ledger
 from pipeline.records import ImageFacts
-from pipeline.split import SplitItem, units
+from pipeline.stages.split import SplitItem, units
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?$")
 

@@ -1,5 +1,5 @@
 """Readers for the formats inside a release that check before they read: the card's YAML header, WebDataset
-tars and images. Each takes bytes or an open file from pipeline.release_files and reports what it refuses with
+tars and images. Each takes bytes or an open file from pipeline.untrusted.files and reports what it refuses with
 the reason; nothing here follows a name, expands a pattern or starts a process.
 
 - the card: safe YAML without aliases, anchors or tags (a few hundred bytes of aliases expand to gigabytes:
@@ -8,7 +8,7 @@ the reason; nothing here follows a name, expands a pattern or starts a process.
   regular files only, and `tarfile` reads an extended header whole into memory whatever its size), compressed
   tars are refused, every member must be `<key>.<suffix>` with a suffix of the format and within its size cap,
   and hold what its suffix says (an integer, JSON, an accepted image);
-- images: only the decoders and bomb limits the build accepts (pipeline.imagecheck), so no other Pillow plugin
+- images: only the decoders and bomb limits the build accepts (pipeline.stages.imagecheck), so no other Pillow plugin
   (EPS and its Ghostscript among them) ever sees release bytes.
 """
 
@@ -24,8 +24,8 @@ from typing import BinaryIO
 import numpy as np
 import yaml
 
-from pipeline.imagecheck import ImageRejected, open_image
-from pipeline.release_files import show
+from pipeline.stages.imagecheck import ImageRejected, open_image
+from pipeline.untrusted.files import show
 
 # The members of a WebDataset sample: `<key>.<suffix>` with these suffixes only (wds_writer.sample_members).
 # Both `webdataset` and `datasets` decode a member by its suffix (pickle for .pyd, torch for .pth, gunzip

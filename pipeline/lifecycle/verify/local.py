@@ -7,13 +7,13 @@ failures (an empty list means the release passed); `publish` calls it before upl
 
 A release directory may come from anyone (the CI workflow runs verify on pull requests), so verify runs in
 three stages. The manifest is read with a size cap and checked against schemas/manifest.schema.json before any
-value of it is used. Then the checks that read the release themselves, through `pipeline.release_files` (no
+value of it is used. Then the checks that read the release themselves, through `pipeline.untrusted.files` (no
 links, no special files, size caps) with bounded work: Parquet footers and decompressed sizes are checked before
 any data is read, tar members by name, type and size before any byte of them is read, images only with the
 decoders and bomb limits the build accepts, the card's YAML with a loader that refuses aliases and tags. The
 loader checks (`datasets`, `webdataset`, `mlcroissant`), which parse the files by their own rules, run last
 and only on a release that passed every check before them. Nothing read from a release is executed, expanded
-as a pattern or used as a URL, and every failure is escaped for printing (`pipeline.safetext`).
+as a pattern or used as a URL, and every failure is escaped for printing (`pipeline.untrusted.safetext`).
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ import pyarrow.parquet as pq
 
 from pipeline.build import BuildError, build_release
 from pipeline.config import SPLITS, ConfigError, validate_config
-from pipeline.imagecheck import ImageRejected
-from pipeline.lineage import LineageError, version_key
-from pipeline.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST, list_release_files, sha256_file
-from pipeline.notes import NOTES_DIR, NotesError
-from pipeline.parquet_writer import SCHEMA_FIELDS
-from pipeline.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, open_bounded
+from pipeline.stages.imagecheck import ImageRejected
+from pipeline.lifecycle.ancestry import LineageError, version_key
+from pipeline.release.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST, list_release_files, sha256_file
+from pipeline.lifecycle.notes import NOTES_DIR, NotesError
+from pipeline.release.parquet import SCHEMA_FIELDS
+from pipeline.untrusted.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, open_bounded
 from pipeline.records import FATES
-from pipeline.release_formats import (
+from pipeline.untrusted.formats import (
     MAX_LISTED_MEMBERS,
     MEMBERS_PER_SAMPLE,
     WDS_IMAGE_SUFFIXES,
@@ -57,7 +57,7 @@ from pipeline.release_formats import (
     decode_image,
     tar_problems,
 )
-from pipeline.release_files import (
+from pipeline.untrusted.files import (
     MAX_LISTED_FILE_BYTES,
     NOTES_CAP,
     Listing,
@@ -72,9 +72,9 @@ from pipeline.release_files import (
     relpath_problem,
     show,
 )
-from pipeline.safetext import printable
-from pipeline.validate import record_errors, record_validator
-from pipeline.wds_writer import WDS_DIR, brace_pattern, shard_name
+from pipeline.untrusted.safetext import printable
+from pipeline.stages.validate import record_errors, record_validator
+from pipeline.release.wds import WDS_DIR, brace_pattern, shard_name
 
 CARD = "README.md"
 WDS_CARD = f"{WDS_DIR}/{CARD}"
@@ -82,7 +82,7 @@ CROISSANT = "croissant.json"
 # re.ASCII: `\d` alone also matches the digits of other scripts ("train-٠٠٠٠٠-of-00001.parquet" looks like a shard)
 _SHARD = re.compile(r"^data/(train|validation|test)-\d{5}-of-\d{5}\.parquet$", re.ASCII)
 _TAR = re.compile(r"^wds/(train|validation|test)-\d{6}\.tar$", re.ASCII)
-# the card's `sample` config: a stratified subset of each split's rows, the very same bytes (pipeline/sample.py)
+# the card's `sample` config: a stratified subset of each split's rows, the very same bytes (pipeline/release/sample.py)
 _SAMPLE = re.compile(r"^sample/(train|validation|test)-\d{5}-of-\d{5}\.parquet$", re.ASCII)
 _CARD_SHARD = re.compile(f"{_SHARD.pattern}|{_SAMPLE.pattern}", re.ASCII)
 # The files a release holds (README: Output layout); verify refuses any other name, so no file a loader would
@@ -255,7 +255,7 @@ class ReleaseView:
     def shard_schema(self) -> pa.Schema:
         """The columns the build writes; a harmonised release (`mll23 harmonise`) adds its per-source columns."""
         if "harmonised_from" in self.manifest:
-            from pipeline.harmonise import SOURCE_FIELDS
+            from pipeline.lifecycle.harmonise import SOURCE_FIELDS
 
             return pa.schema(SCHEMA_FIELDS + SOURCE_FIELDS)
         return _SHARD_SCHEMA
@@ -357,7 +357,7 @@ def _capped(check: str, messages: Iterable[str]) -> list[Failure]:
 
 
 def open_parquet(fh: BinaryIO, rel: str, limits: ReadLimits, schema: pa.Schema = _SHARD_SCHEMA) -> pq.ParquetFile:
-    """The shard, once its columns, footer, column chunks and page headers passed the limits (pipeline.parquet_bounds)."""
+    """The shard, once its columns, footer, column chunks and page headers passed the limits (pipeline.untrusted.parquet_bounds)."""
     try:
         return open_bounded(fh, limits.parquet, schema)
     except ParquetRefused as exc:
@@ -498,7 +498,7 @@ def _pattern_problem(pattern: object, base: str, allowed: re.Pattern, by_folder:
 def check_webdataset_tars(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     """The manifest's WebDataset entries name the release's own tars, and every member of every tar is a regular
     file `<key>.<suffix>` with a suffix of the format, within its size limit (both from the headers, before any
-    member is read) and holding what its suffix says (pipeline.release_formats.tar_problems)."""
+    member is read) and holding what its suffix says (pipeline.untrusted.formats.tar_problems)."""
     tars = set(view.tar_paths)
     named = set()
     for split, info in sorted(view.manifest["splits"].items()):
@@ -1086,7 +1086,7 @@ def _croissant_doc(view: ReleaseView) -> dict:
         doc = parse_json(view.read_text(CROISSANT), CROISSANT)
     except ReleaseFileError as exc:
         raise Refused(str(exc)) from None
-    except ValueError as exc:  # bounded before parsing, duplicate keys refused (pipeline.release_files.parse_json)
+    except ValueError as exc:  # bounded before parsing, duplicate keys refused (pipeline.untrusted.files.parse_json)
         raise Refused(str(exc)) from None
     if not isinstance(doc, dict):
         raise Refused(f"{CROISSANT} is a JSON {type(doc).__name__}, not an object")
@@ -1097,12 +1097,12 @@ def _croissant_build_parts(view: ReleaseView) -> dict:
     """The parts of croissant.json that mlcroissant acts on (the JSON-LD context, the record sets with their
     regexes and column paths, the file sets with their glob patterns), as this tool writes them for the
     release's config: verify lets mlcroissant run only these, never a regex, glob or remote context from a release."""
-    from pipeline import croissant
+    from pipeline.release import croissant
 
     if not isinstance(view.manifest.get("config"), dict):
         raise ConfigError(f"{MANIFEST} records no config")
     if "harmonised_from" in view.manifest:  # `mll23 harmonise`: per-source columns, a config of its own shape
-        from pipeline.harmonise import add_source_fields, croissant_config_of
+        from pipeline.lifecycle.harmonise import add_source_fields, croissant_config_of
 
         config = croissant_config_of(view.manifest)
         images = add_source_fields(croissant.images_record_set(config))

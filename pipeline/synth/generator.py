@@ -59,7 +59,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pipeline.config import ReleaseConfig
-from pipeline.decode import phash_int
+from pipeline.stages.decode import phash_int
 
 __all__ = ["SynthSummary", "expected_counts", "synthesize", "KINDS", "DUPLICATE_KINDS", "LOOKALIKE_KINDS"]
 

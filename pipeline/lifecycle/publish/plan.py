@@ -1,6 +1,6 @@
 """Publish a release directory to the Hugging Face Hub as a dataset repo, tagged ``v{version}``.
 
-With `pipeline.hub_upload` (the transport), the only code that touches the network. It uses the public
+With `pipeline.lifecycle.publish.transport` (the transport), the only code that touches the network. It uses the public
 `huggingface_hub` API (`HfApi`): `repo_info`, `list_repo_refs`, `list_repo_tree`, `create_repo`, `create_branch`,
 `preupload_lfs_files`, `create_commit` and `create_tag`.
 
@@ -27,7 +27,7 @@ Hub: only ``.gitattributes``), so its tree is exactly ``wds/`` and its history c
 already in the repo's store from the main branch, so they are not sent again. Both tags are checked before
 anything is written: a publish that would have to move either of them is refused up front.
 
-Xet or LFS: asked of the server per branch (see `pipeline.hub_upload`).
+Xet or LFS: asked of the server per branch (see `pipeline.lifecycle.publish.transport`).
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from pipeline import __version__, verify_stamp
-from pipeline.hub_upload import (
+from pipeline import __version__
+from pipeline.lifecycle.verify import stamp
+from pipeline.lifecycle.publish.transport import (
     Addition,
     BranchUpdate,
     UploadError,
@@ -54,9 +55,9 @@ from pipeline.hub_upload import (
     server_offers_xet,
     xet_disabled_by_user,
 )
-from pipeline.lineage import SEMVER, LineageError
-from pipeline.lineage import version_key as lineage_version_key
-from pipeline.release_files import (
+from pipeline.lifecycle.ancestry import SEMVER, LineageError
+from pipeline.lifecycle.ancestry import version_key as lineage_version_key
+from pipeline.untrusted.files import (
     PUBLISH_KEYS,
     TEXT_CAPS,
     ManifestError,
@@ -65,8 +66,8 @@ from pipeline.release_files import (
     file_problems,
     load_manifest,
 )
-from pipeline.safetext import printable
-from pipeline.wds_writer import WDS_DIR
+from pipeline.untrusted.safetext import printable
+from pipeline.release.wds import WDS_DIR
 
 REPO_TYPE = "dataset"
 DEFAULT_BRANCH = "main"
@@ -118,7 +119,7 @@ class FileSource:
 
     @contextmanager
     def open(self, path: str) -> Iterator:
-        """A file of this source, opened only through pipeline.release_files (no links, no hard links, no
+        """A file of this source, opened only through pipeline.untrusted.files (no links, no hard links, no
         special files, no more than the manifest's size): what is uploaded is what was checked."""
         size = self.files[path][0]
         with ReleaseDir(self.release or self.root).open(self.prefix + path, max_bytes=size, allow_hard_links=False) as fh:
@@ -249,7 +250,7 @@ def read_manifest(release_dir: Path) -> dict:
 
 
 def self_check(release_dir: Path) -> list[str]:
-    """The file check of `mll23 verify` (pipeline.release_files.file_problems), stricter for publishing: every
+    """The file check of `mll23 verify` (pipeline.untrusted.files.file_problems), stricter for publishing: every
     file manifest.json lists is present, regular, with the listed size and sha256; there is no file it does not
     list, no link, no special file and no hard link (one may be a file from outside the release, such as the
     token file). Returns failures."""
@@ -470,12 +471,12 @@ def _describe(err: BaseException, token: str | None) -> str:
 def _check_release(release_dir: Path, verify: Callable[[Path], list[str]] | None, verify_name: str | None,
                    token: str | None, say: Callable[[str], None]) -> dict:
     """manifest.json, once the release passed the self-check and `verify`; PublishError naming the failures.
-    A release unchanged since it last passed the same checks on this machine (pipeline.verify_stamp) is not
+    A release unchanged since it last passed the same checks on this machine (pipeline.lifecycle.verify.stamp) is not
     checked again; `verify` without a `verify_name` is always run (an anonymous check cannot be stamped)."""
     manifest = read_manifest(release_dir)
     checks = "self-check" if verify is None else (f"self-check + {verify_name}" if verify_name else None)
-    key = verify_stamp.release_key(release_dir, checks) if checks else None
-    if verify_stamp.is_stamped(key):
+    key = stamp.release_key(release_dir, checks) if checks else None
+    if stamp.is_stamped(key):
         say(f"{release_dir} is unchanged since it passed {checks} (files' stat and manifest.json's sha256 as"
             " then): not verified again")
         return manifest
@@ -488,7 +489,7 @@ def _check_release(release_dir: Path, verify: Callable[[Path], list[str]] | None
     if failures:
         shown = "\n  ".join(failures[:20]) + (f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else "")
         raise PublishError(_redact(f"release {release_dir} failed verification; not publishing:\n  {shown}", token))
-    verify_stamp.stamp(key)  # the key of the files as they were before the checks began
+    stamp.stamp(key)  # the key of the files as they were before the checks began
     return manifest
 
 
@@ -520,7 +521,7 @@ def publish(
     - The version is manifest.json's. Before anything else the release is checked: `verify(release_dir)` (a list
       of failure messages, e.g. `mll23 verify`) and a self-check of the manifest against the files; any failure
       refuses the publish. When `verify_name` names the checks `verify` makes, a release unchanged since it
-      passed them on this machine is not verified again (a stamp in the user's cache, `pipeline.verify_stamp`).
+      passed them on this machine is not verified again (a stamp in the user's cache, `pipeline.lifecycle.verify.stamp`).
     - Branch: ``main`` when the version is newer than every version tagged in the repo (main only moves
       forward); an older version (a patch of an old line, e.g. 1.0.1 after 1.2.0) goes to its line branch
       ``v1.0.x`` (WebDataset: ``v1.0.x-webdataset``), created from the line's newest tag.
