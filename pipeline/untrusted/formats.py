@@ -27,7 +27,7 @@ import yaml
 from pipeline.stages.imagecheck import ImageRejected, open_image
 from pipeline.untrusted.files import show
 
-# The members of a WebDataset sample: `<key>.<suffix>` with these suffixes only (wds_writer.sample_members).
+# The members of a WebDataset sample: `<key>.<suffix>` with these suffixes only (release/wds.py, sample_members).
 # Both `webdataset` and `datasets` decode a member by its suffix (pickle for .pyd, torch for .pth, gunzip
 # for .gz), so any other suffix fails the release before either library sees the tar.
 WDS_MEMBER_SUFFIXES = ("cls", "json", "png")
@@ -37,7 +37,7 @@ _COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"
 MAX_LISTED_MEMBERS = 20  # refused members of one tar listed before the scan stops naming them
 
 
-MEMBERS_PER_SAMPLE = 3  # <key>.cls, <key>.json and one image (wds_writer.sample_members)
+MEMBERS_PER_SAMPLE = 3  # <key>.cls, <key>.json and one image (release/wds.py, sample_members)
 
 
 @dataclass(frozen=True)
