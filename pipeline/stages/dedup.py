@@ -84,7 +84,7 @@ POLICIES = ("drop_all", "majority")
 CENTRE_RADIUS = 10  # re-crops by 6-20 px: centre-hash distance 0-12 (pHash: 2-24); ~half the candidates
 COARSE_BATCH = 512  # coarse same-cell tests per task: ~2 x 0.7 MB of signatures, ~0.1 s of work
 
-Fate = tuple[str, str, "str | None"]  # (fate, reason, duplicate_of)
+Fate = tuple[str, str, str | None]  # (fate, reason, duplicate_of)
 Candidate = tuple[int, int]  # indices into the items sorted by relpath, smaller first
 
 

@@ -194,6 +194,21 @@ def compare_duplicate(a: np.ndarray, b: np.ndarray) -> DuplicateTest:
     if a.shape != b.shape:
         return DuplicateTest(0, 0, math.inf, math.nan, math.nan, False)
     ga, gb = _grey(a), _grey(b)
+    dy, dx = _best_shift(ga, gb)
+    sa, sb = _overlap(*ga.shape, dy, dx)
+    A = np.asarray(a[sa], dtype=np.float32)
+    B = np.asarray(b[sb], dtype=np.float32)
+    rms = _compensated_rms(A, B)
+    GA, GB = A @ _LUMA, B @ _LUMA
+    gain = float(GB.mean() / max(float(GA.mean()), 1e-6))
+    hf = _hf_ratio(GA, GB)
+    dup = rms <= DUP_MAX_RMS and abs(gain - 1.0) <= DUP_MAX_GAIN and DUP_HF_RATIO[0] <= hf <= DUP_HF_RATIO[1]
+    return DuplicateTest(dy, dx, rms, gain, hf, dup)
+
+
+def _best_shift(ga: np.ndarray, gb: np.ndarray) -> tuple[int, int]:
+    """The shift (dy, dx) within +-DUP_MAX_SHIFT with the smallest grey residual after a least-squares gain
+    and offset (the first one met on a tie)."""
     h, w = ga.shape
     best = (math.inf, 0, 0)
     for dy in range(-DUP_MAX_SHIFT, DUP_MAX_SHIFT + 1):
@@ -205,22 +220,25 @@ def compare_duplicate(a: np.ndarray, b: np.ndarray) -> DuplicateTest:
             r = vb - cov * cov / va if va > 0 else vb
             if r < best[0] - 1e-9:
                 best = (r, dy, dx)
-    _, dy, dx = best
-    sa, sb = _overlap(h, w, dy, dx)
-    A = np.asarray(a[sa], dtype=np.float32)
-    B = np.asarray(b[sb], dtype=np.float32)
+    return best[1], best[2]
+
+
+def _compensated_rms(A: np.ndarray, B: np.ndarray) -> float:
+    """RMS residual per RGB channel of aligned crops after per-channel mean-brightness compensation. Pixels
+    saturated in either (white padding, clipped highlights) are left out unless they are most of the crop."""
     ok = (_channel_max(A) < 250) & (_channel_max(B) < 250)
     if ok.sum() < 0.25 * ok.size:
         ok = np.ones_like(ok)
-    res, gains = [], []
+    res = []
     for c in range(3):
         x, y = A[..., c][ok], B[..., c][ok]
         g = float(y.mean() / max(float(x.mean()), 1e-6))
         res.append(float(((y - g * x) ** 2).mean()))
-        gains.append(g)
-    rms = math.sqrt(sum(res) / 3)
-    GA, GB = A @ _LUMA, B @ _LUMA
-    gain = float(GB.mean() / max(float(GA.mean()), 1e-6))
+    return math.sqrt(sum(res) / 3)
+
+
+def _hf_ratio(GA: np.ndarray, GB: np.ndarray) -> float:
+    """High-frequency energy of aligned grey crops, b's over a's, with the contrast gain divided out."""
     la = _lap(ndimage.gaussian_filter(GA, HF_PRESMOOTH))
     lb = _lap(ndimage.gaussian_filter(GB, HF_PRESMOOTH))
     ea = float((la * la).mean())
@@ -230,9 +248,7 @@ def compare_duplicate(a: np.ndarray, b: np.ndarray) -> DuplicateTest:
     dA, dB = GA - GA.mean(), GB - GB.mean()
     va = float((dA * dA).mean())
     slope = float((dA * dB).mean()) / va if va > 0 else 1.0
-    hf = (eb / (slope * slope)) / ea if ea > 0 and slope > 0 else (1.0 if eb == ea == 0 else math.inf)
-    dup = rms <= DUP_MAX_RMS and abs(gain - 1.0) <= DUP_MAX_GAIN and DUP_HF_RATIO[0] <= hf <= DUP_HF_RATIO[1]
-    return DuplicateTest(dy, dx, rms, gain, hf, dup)
+    return (eb / (slope * slope)) / ea if ea > 0 and slope > 0 else (1.0 if eb == ea == 0 else math.inf)
 
 
 def signature(rgb: np.ndarray) -> np.ndarray:
