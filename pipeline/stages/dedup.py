@@ -63,6 +63,7 @@ from pipeline.stages.similarity import (
     coarse_tests,
     gate_corrs,
     needs_pixel_stage,
+    pair_index,
     pixel_verdict,
     signature,
     signature_shape,
@@ -305,14 +306,14 @@ class PairMemo(Protocol):
     def remember(self, results: dict[tuple[str, str], PairVerdict]) -> None: ...
 
 
-def _file_key(items: list[ImageFacts], pair: tuple[int, int]) -> tuple[str, str] | None:
+def _file_key(items: list[ImageFacts], pair: Candidate) -> tuple[str, str] | None:
     a, b = items[pair[0]].file_sha256, items[pair[1]].file_sha256
     return (a, b) if a and b else None
 
 
 def _remembered(
-    items: list[ImageFacts], tested: list[tuple[int, int]], memo: PairMemo | None, floor: set[tuple[int, int]]
-) -> dict[tuple[int, int], PairVerdict]:
+    items: list[ImageFacts], tested: list[Candidate], memo: PairMemo | None, floor: set[Candidate]
+) -> dict[Candidate, PairVerdict]:
     """Verdicts the memo holds, except those without a duplicate test for a pair that needs one now
     (within ``phash_threshold``, which a build may have raised since)."""
     if memo is None:
@@ -324,12 +325,12 @@ def _remembered(
 
 def _pair_verdicts(
     items: list[ImageFacts],
-    tested: list[tuple[int, int]],
-    floor: set[tuple[int, int]],
+    tested: list[Candidate],
+    floor: set[Candidate],
     load_pixels: Callable[[str], np.ndarray],
     map_fn: Callable,
     counters: Counter,
-) -> dict[tuple[int, int], PairVerdict]:
+) -> dict[Candidate, PairVerdict]:
     """The verdict on every pair: the coarse stages for all (vectorised, no pixels), then, for the pairs
     that pass the duplicate gate or the same-cell prefilter and those in ``floor``, one load of both
     images for the pixel duplicate test and, when it fails and the coarse stage allows, the fine
@@ -345,10 +346,9 @@ def _pair_verdicts(
     return verdicts
 
 
-
 def _coarse_stage(
-    items: list[ImageFacts], tested: list[tuple[int, int]], load_pixels: Callable[[str], np.ndarray], map_fn: Callable, counters: Counter
-) -> tuple[dict[tuple[int, int], SameCellTest], dict[int, np.ndarray]]:
+    items: list[ImageFacts], tested: list[Candidate], load_pixels: Callable[[str], np.ndarray], map_fn: Callable, counters: Counter
+) -> tuple[dict[Candidate, SameCellTest], dict[int, np.ndarray]]:
     """The coarse same-cell test of every pair, and the signatures it used, in two rounds mapped with
     ``map_fn``: the signature of each image the facts lack (one load each; the decode stage normally
     stored them all), then the pairs, vectorised, COARSE_BATCH a task. Batches are cut from the sorted
@@ -384,12 +384,9 @@ def _coarse_batch(task: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[SameC
     return coarse_tests(*task)
 
 
-def _coarse_task(batch: list[tuple[int, int]], sig: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _coarse_task(batch: list[Candidate], sig: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(signatures of the images in ``batch``, once each; index of a and of b for each pair)."""
-    images = sorted({i for pair in batch for i in pair})
-    where = {i: k for k, i in enumerate(images)}
-    ia = np.array([where[a] for a, _ in batch], dtype=np.intp)
-    ib = np.array([where[b] for _, b in batch], dtype=np.intp)
+    images, ia, ib = pair_index(batch)
     return np.stack([sig[i] for i in images]), ia, ib
 
 

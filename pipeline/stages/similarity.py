@@ -17,7 +17,7 @@ and the robustness sweep (README, "Dedup: where the line is"; bench/RESULTS.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,7 @@ __all__ = [
     "fine_test",
     "gate_corr",
     "gate_corrs",
+    "pair_index",
     "needs_pixel_stage",
     "pixel_verdict",
 ]
@@ -363,6 +364,16 @@ def fine_test(coarse: float, fine_a: np.ndarray, fine_b: np.ndarray) -> SameCell
     return SameCellTest(dy, dx, coarse, corr, corr >= SAME_CELL_MIN_CORR)
 
 
+def pair_index(pairs: Sequence[tuple[int, int]]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """The images ``pairs`` name, sorted and once each, and every pair's positions of a and of b among them
+    (the ``ia``/``ib`` of :func:`coarse_tests`)."""
+    images = sorted({i for pair in pairs for i in pair})
+    where = {i: k for k, i in enumerate(images)}
+    ia = np.array([where[a] for a, _ in pairs], dtype=np.intp)
+    ib = np.array([where[b] for _, b in pairs], dtype=np.intp)
+    return images, ia, ib
+
+
 def gate_corr(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
     """The duplicate gate's score of two coarse signatures (:func:`signature`)."""
     return float(gate_corrs({0: sig_a, 1: sig_b}, [(0, 1)])[0])
@@ -376,15 +387,12 @@ def gate_corrs(sig: Mapping[int, np.ndarray], pairs: list[tuple[int, int]], chun
 
 
 def _gate_chunk(sig: Mapping[int, np.ndarray], pairs: list[tuple[int, int]]) -> np.ndarray:
-    images = sorted({i for pair in pairs for i in pair})
-    where = {i: k for k, i in enumerate(images)}
+    images, ia, ib = pair_index(pairs)
     cut = DUP_GATE_BORDER
     z = np.stack([sig[i][cut:-cut, cut:-cut].ravel() for i in images]).astype(np.float64)
     z -= z.mean(axis=1, keepdims=True)
     norm = np.sqrt((z * z).sum(axis=1, keepdims=True))
     z = np.divide(z, norm, out=np.zeros_like(z), where=norm > 0)  # a flat interior correlates with nothing
-    ia = np.array([where[a] for a, _ in pairs], dtype=np.intp)
-    ib = np.array([where[b] for _, b in pairs], dtype=np.intp)
     return np.einsum("ij,ij->i", z[ia], z[ib])
 
 
