@@ -1,5 +1,6 @@
-"""Dedup's grouping and policy: candidate pairs, duplicate and look-alike groups, the label-conflict policy,
-and the deciding test and scores behind every fate.
+"""Dedup's grouping and policy: candidate pairs, duplicate and look-alike groups, label conflicts, each fate's reason.
+
+Every fate names the test that decided it and its scores against the bounds (for the ledger and the card).
 
 What counts as what (the duplicate semantics of the MLL23 paper, Tran et al., Scientific Data 2025,
 doi:10.1038/s41597-025-06223-x, as README "What a build does" and "Dedup: where the line is" state them):

@@ -1,9 +1,9 @@
-"""Image similarity maths for dedup: coarse signatures, the centre hash, the duplicate gate, and the pixel
-duplicate and same-cell tests (pure functions of one or two images).
+"""The similarity maths dedup decides with: signatures, centre hash, duplicate gate, duplicate and same-cell tests.
 
-The decode stage computes :func:`cell_features` (centre hash and coarse signature) for every image;
-:mod:`pipeline.stages.dedup` proposes candidate pairs and asks these tests which are duplicates (the same
-scan of one cell) and which look-alikes (the same cell refocused or re-cropped).
+Every function here is pure: a function of one or two images (or their signatures). The decode stage
+computes :func:`cell_features` (centre hash and coarse signature) for every image; :mod:`pipeline.stages.dedup`
+proposes candidate pairs and asks these tests which are duplicates (the same scan of one cell) and which
+look-alikes (the same cell refocused or re-cropped).
 
 Both tests have a coarse stage on the 36 x 36 signatures (vectorised over many pairs, no pixels) and a pixel
 stage. A pair whose signatures, without their border (where a shifted copy's fill lands), correlate below
