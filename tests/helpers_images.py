@@ -65,7 +65,7 @@ def facts_of(root: Path) -> tuple[ImageFacts, ...]:
 @cache
 def centre_hashes_of(root: Path) -> dict[str, int]:
     """What decode would add per image (computed here from the pixels, as decode does once per image)."""
-    from pipeline.stages.dedup import centre_hash
+    from pipeline.stages.similarity import centre_hash
 
     return {rel: centre_hash(load_rgb(root / rel, SIZE)) for rel in sorted(annotations(root))}
 

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from pipeline.synth import generator
-from pipeline.stages.dedup import (
+from pipeline.stages.dedup import deduplicate
+from pipeline.stages.similarity import (
     DUP_HF_RATIO,
     SAME_CELL_MIN_CORR,
-    _coarse_test,
-    _coarse_tests,
     cell_features,
     centre_hash,
+    coarse_test,
+    coarse_tests,
     compare_duplicate,
-    deduplicate,
     same_cell,
     signature,
 )
@@ -318,10 +318,10 @@ def test_batched_coarse_tests_equal_one_pair_at_a_time(root):
     """The vectorised coarse test gives the same bits as testing each pair alone, whatever the batch."""
     sigs = [signature(load_rgb(root / rel, SIZE)) for rel in sorted(annotations(root))[:24]]
     pairs = list(combinations(range(len(sigs)), 2))[:60]
-    alone = [_coarse_test((sigs[a], sigs[b])) for a, b in pairs]
+    alone = [coarse_test((sigs[a], sigs[b])) for a, b in pairs]
     for cut in (1, 7, 60):
         batched = []
         for k in range(0, len(pairs), cut):
             chunk = pairs[k : k + cut]
-            batched += _coarse_tests(np.stack(sigs), np.array([a for a, _ in chunk]), np.array([b for _, b in chunk]))
+            batched += coarse_tests(np.stack(sigs), np.array([a for a, _ in chunk]), np.array([b for _, b in chunk]))
         assert batched == alone

@@ -14,7 +14,8 @@ from pipeline.release import figures
 from pipeline.synth import generator
 from pipeline.build import build_release
 from pipeline.stages.decode import decode_file, load_rgb
-from pipeline.stages.dedup import DUP_MAX_RMS, deduplicate
+from pipeline.stages.dedup import deduplicate
+from pipeline.stages.similarity import DUP_MAX_RMS
 from pipeline.release.manifest import read_ledger
 from tests.rawkit import save, simple_raw, write_annotations
 

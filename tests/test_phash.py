@@ -67,7 +67,7 @@ def test_decode_file_phash(tmp_path):
     dtype=st.sampled_from([np.float32, np.float64]),
 )
 def test_dedup_downscale_fast_path_equals_numpy_mean(size, factor, seed, dtype):
-    from pipeline.stages.dedup import _down
+    from pipeline.stages.similarity import _down
 
     g = (np.random.default_rng(seed).random(size) * 255).astype(dtype)
     h, w = size

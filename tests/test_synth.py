@@ -150,7 +150,7 @@ def test_byte_identical_for_same_seed_whatever_the_workers():
 
 
 def test_originals_are_distinct_cells():
-    from pipeline.stages.dedup import same_cell
+    from pipeline.stages.similarity import same_cell
 
     root = archive(0.01)
     t = truth(root)

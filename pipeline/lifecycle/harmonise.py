@@ -9,7 +9,7 @@ domain generalisation (FACTS.md, "Sibling datasets"):
   Matek's NGS; the shipped one is the paper's 11 classes) gives each source class its harmonised class;
   images of classes the map leaves out get an `excluded` ledger row each;
 - the same image in two sources (identical pixels, or a pHash near-duplicate confirmed on pixels by
-  dedup.compare_duplicate) is kept once: lossless copies first, then the source given first on the command
+  similarity.compare_duplicate) is kept once: lossless copies first, then the source given first on the command
   line; the other copy gets a `duplicate` ledger row naming the kept one, so no leave-one-source-out
   evaluation tests on an image it trained on;
 - each kept image keeps its source's split, its bytes (never re-encoded), its image_id and its original
@@ -52,7 +52,7 @@ from pipeline.config import LABEL_PATTERN, SPLITS, ConfigError, ReleaseConfig
 from pipeline.release.croissant import CROISSANT, croissant_document
 from pipeline.stages.decode import open_rgb
 from pipeline.lifecycle.diff import markdown_table
-from pipeline.stages.dedup import compare_duplicate
+from pipeline.stages.similarity import compare_duplicate
 from pipeline.stages.imagecheck import ImageRejected
 from pipeline.release.parquet import SCHEMA_FIELDS, STRING_COLUMNS, hf_features
 from pipeline.records import FATES, LedgerEntry
@@ -403,7 +403,7 @@ def _mark_copies(live: list[Item], members: list[int], order: dict[str, int]) ->
 
 def find_cross_source_duplicates(items: list[Item], sources: list[Source], phash_threshold: int = PHASH_THRESHOLD) -> list[CrossDuplicate]:
     """The same image in two sources: identical pixels, or a pHash near-duplicate confirmed on the pixels
-    (dedup.compare_duplicate). Every copy but the preferred one becomes a duplicate of it; returns those."""
+    (similarity.compare_duplicate). Every copy but the preferred one becomes a duplicate of it; returns those."""
     live = [i for i in items if i.fate == "kept"]
     groups = _Groups(len(live))
     for a, b in _exact_pairs(live):

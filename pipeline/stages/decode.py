@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, features
 
-from pipeline.stages.dedup import cell_features
+from pipeline.stages.similarity import cell_features
 from pipeline.stages.imagecheck import ImageRejected, decode_checked
 from pipeline.stages.phash import phash, phash_of_grey
 from pipeline.records import DecodeFailure, ImageFacts

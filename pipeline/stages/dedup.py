@@ -1,43 +1,40 @@
-"""The paper's duplicate semantics: exact and perceptual duplicates confirmed on pixels, look-alike groups,
-and the label-conflict policy.
+"""Dedup's grouping and policy: candidate pairs, duplicate and look-alike groups, label conflicts, each fate's reason.
 
-What counts as what (FACTS.md, "Clean-up the paper describes"):
+Every fate names the test that decided it and its scores against the bounds (for the ledger and the card).
+
+What counts as what (the duplicate semantics of the MLL23 paper, Tran et al., Scientific Data 2025,
+doi:10.1038/s41597-025-06223-x, as README "What a build does" and "Dedup: where the line is" state them):
 
 * duplicate: the same scan of the same cell, whatever happened to the file afterwards: identical
   pixels (any file name or lossless encoding), or the same pixels up to lossy re-compression (JPEG
-  q >= 90), a shift by 1-2 px or a small global brightness change. One copy is kept.
+  q >= 80), a shift by 1-2 px or a small global brightness change. One copy is kept.
 * look-alike: the same cell in another image, refocused (another focal plane) or re-cropped (the cell
   6-20 px off centre). NOT a duplicate: the release keeps every look-alike. Look-alikes (and
   duplicates) share a look-alike group id so that a split can keep one cell in one split.
 
-How it is found, with per-image state limited to the ImageFacts:
+How it is found, with per-image state limited to the ImageFacts (the tests themselves are
+:mod:`pipeline.stages.similarity`'s):
 
 1. identical ``pixel_sha256`` -> duplicates (no pixels read);
 2. candidates: one representative per distinct pixel hash; pairs whose 64-bit pHash differs by at
    most ``lookalike_threshold`` bits (``pipeline.stages.neardup.near_pairs``, exact and sub-quadratic), plus
-   pairs whose *centre hash* (a pHash of a window registered on the stained cell: see
-   :func:`centre_hash`; robust to re-crops, which move the ordinary pHash by up to ~24 bits) differs
-   by at most ``CENTRE_RADIUS``, when the facts carry one (attribute ``centre_hash``) or the caller
-   passes ``centre_hashes``;
-3. every candidate pair gets the duplicate test first (:func:`compare_duplicate`): the hashes only
-   *propose* pairs, they never decide that a pair cannot be a duplicate (a copy shifted by one pixel
-   into a white margin moves the pHash by 6 bits or more). A confirmed pair is a duplicate. Pairs that
-   fail it get the same-cell test (:func:`same_cell`): a confirmed pair is a look-alike;
-4. union-find over duplicate pairs gives duplicate groups (labels agree -> keep one; disagree ->
-   ``policy``), and over all confirmed pairs the look-alike groups.
+   pairs whose *centre hash* (a pHash of a window registered on the stained cell: robust to re-crops,
+   which move the ordinary pHash by up to ~24 bits) differs by at most ``CENTRE_RADIUS``, when every
+   fact carries one (``ImageFacts.centre_hash``) or the caller passes ``centre_hashes``;
+3. every candidate pair gets the duplicate test first: the hashes only *propose* pairs, they never
+   decide that a pair cannot be a duplicate (a copy shifted by one pixel into a white margin moves the
+   pHash by 6 bits or more). A confirmed pair is a duplicate. Pairs that fail it get the same-cell
+   test: a confirmed pair is a look-alike;
+4. union-find (:mod:`pipeline.stages.groups`) over duplicate pairs gives duplicate groups (labels
+   agree -> keep one; disagree -> ``policy``), and over all confirmed pairs the look-alike groups.
 
-Both tests have a coarse stage on the 36 x 36 signatures (vectorised over all candidates, no pixels)
-and a pixel stage. A pair whose signatures, without their border (where a shifted copy's fill lands),
-correlate below ``DUP_GATE_MIN_CORR`` cannot be a duplicate (copies correlate >= 0.975 there:
-bench/bench_dedup_sweep.py), and one below ``SAME_CELL_COARSE_CORR`` at every shift is not the same
-cell. Only the pairs that pass either, and every pair within ``phash_threshold`` bits whatever it
-scores, are loaded, once, for the pixel duplicate test and, when that fails, the fine same-cell test on
-the same pixels (1,565 of 99,044 candidates at full scale: bench/RESULTS.md). The coarse same-cell
-signature (36 x 36 uint8, 1.3 kB) comes with the facts (the decode stage computes it with the centre
-hash: :func:`cell_features`); it is computed here only for facts that lack it. With ``map_fn`` the index searches and every pixel test run
-in parallel; tests are pure functions of their two images, cut into batches from sorted lists, so the
-result is the same for any number of workers. Everything is sorted by relpath first, so the result
-does not depend on the input order.
+The coarse stages of both tests run on the signatures the decode stage stored (computed here only for
+facts that lack one), vectorised over all candidates; only the pairs they leave open, and every pair
+within ``phash_threshold`` bits whatever it scores, are loaded, once, for the pixel stage (1,565 of 99,044
+candidates at full scale: bench/RESULTS.md). With ``map_fn`` the index searches and every test run in
+parallel; tests are pure functions of their two images, cut into batches from sorted lists, so the
+result is the same for any number of workers. Everything is sorted by relpath first, so the result does
+not depend on the input order.
 """
 
 from __future__ import annotations
@@ -51,455 +48,46 @@ from functools import partial
 from typing import Protocol
 
 import numpy as np
-from scipy import ndimage
-from scipy.fft import next_fast_len
 
-from pipeline.stages import neardup
-from pipeline.stages.phash import phash_of_grey
 from pipeline.records import DedupResult, ImageFacts, Pair
+from pipeline.stages import neardup
+from pipeline.stages.groups import UnionFind
+from pipeline.stages.similarity import (
+    DUP_HF_RATIO,
+    DUP_MAX_GAIN,
+    DUP_MAX_RMS,
+    SAME_CELL_COARSE_CORR,
+    SAME_CELL_MIN_CORR,
+    DuplicateTest,
+    PairVerdict,
+    SameCellTest,
+    coarse_tests,
+    gate_corrs,
+    needs_pixel_stage,
+    pair_index,
+    pixel_verdict,
+    signature,
+    signature_shape,
+)
 
 __all__ = [
     "deduplicate",
-    "compare_duplicate",
-    "same_cell",
-    "centre_hash",
-    "signature",
-    "DuplicateTest",
-    "SameCellTest",
-    "PairVerdict",
+    "PairMemo",
     "POLICIES",
+    "CENTRE_RADIUS",
+    "describe_duplicate",
+    "describe_lookalike",
+    "duplicate_failures",
+    "duplicate_margin",
+    "lookalike_margin",
 ]
 
 POLICIES = ("drop_all", "majority")
-
-# ---- Duplicate confirmation (calibrated on the synthetic archive's planted cases; see the tests) ----
-# A copy may be shifted by up to this many px (planted: 1-2 px, edge replicated).
-DUP_MAX_SHIFT = 2
-# RMS residual (grey levels, per RGB channel, after per-channel mean-brightness compensation) at the
-# best shift. Measured on the full-scale synthetic archive: JPEG q90-95 1.36-2.26, shifted/brighter
-# copies <= 0.33; re-crops 10-32; different cells >> 10. Refocused look-alikes score 1.58-4.61, i.e.
-# they overlap JPEG (PSNR alone cannot tell them apart), so this only rejects different images and
-# misalignment; focus is tested by the high-frequency ratio below. The robustness sweep
-# (bench/bench_dedup_sweep.py, two generators, crops the synth never writes) puts the line: copies up to
-# JPEG q80 3.30 and added noise std 3 3.02; a re-crop by 4 px (2 px left after the shift search) 3.80
-# at least. The bound sits in the middle of that gap (~7% either side).
-DUP_MAX_RMS = 3.55
-# Global brightness change allowed (mean-brightness ratio). Planted brighter copies: 1.031-1.058.
-DUP_MAX_GAIN = 0.12
-# Ratio of the high-frequency energy of the two images over the overlap: mean square of the
-# 4-neighbour Laplacian after a Gaussian of sigma 1 (which removes pixel noise but keeps cell
-# structure), the contrast gain divided out. Re-encoding, shifts and brightness leave it near 1,
-# a refocus changes it a lot. Measured at scale 1 (112 confirmed duplicate pairs, 119 refocused
-# look-alikes): duplicates 0.952-1.013; blurred look-alikes (extra sigma 1-2) 0.175-0.686, sharper ones
-# 1.569-2.761. The robustness sweep narrows the lower gap: copies (JPEG q80, contrast +-5%, brightness
-# +-8 with white clipping) >= 0.92, a refocus by extra sigma 1 of an already soft crop <= 0.83; the lower
-# bound is the geometric middle (0.875, ~5% either side). Upper: added noise std 2 <= 1.21, sharper focal
-# planes >= 1.569; noise std 3-4 reaches 1.86 (the documented line: such a copy is kept as a look-alike).
-DUP_HF_RATIO = (0.875, 1.25)
-HF_PRESMOOTH = 1.0
-
-# ---- Same-cell (look-alike) confirmation ----
-# Both images are blurred (sigma 2 px: refocus differences vanish) and compared by normalised
-# correlation over the overlap at the best shift within +-SAME_CELL_MAX_SHIFT px (re-crops move the
-# cell by 6-20 px). Coarse stage: 36 x 36 signatures (8x downscale, 1.3 kB per image, cached for every
-# image met in a candidate pair). Fine stage, only above SAME_CELL_COARSE_CORR: 144 x 144 (2x).
-SAME_CELL_BLUR = 2.0
-SAME_CELL_MAX_SHIFT = 24
-# Coarse correlation, measured at scale 1: the 179 planted look-alikes >= 0.949; the 98,753 other
-# candidate pairs (pHash or centre hash within 10 bits): median 0.70, 99th percentile 0.905, max 0.968.
-# About 1.3% of candidates pass this prefilter and get the fine stage.
-SAME_CELL_COARSE_CORR = 0.90
-# Fine correlation, measured at scale 1: look-alikes (refocused sigma 1-2, sharper, re-cropped 6-20 px)
-# >= 0.992; different cells that passed the prefilter <= 0.969. The bound is the middle of that gap.
-SAME_CELL_MIN_CORR = 0.98
-
-# ---- Which candidates get pixels (the duplicate test's gate) ----
-# A copy of one scan keeps its coarse signature except near the border, where a shift's fill (edge
-# repeated, white or black) lands: the zero-shift correlation of the two signatures without their outer
-# DUP_GATE_BORDER cells (16 px) is >= DUP_GATE_MIN_CORR for every copy in the robustness sweep
-# (bench/bench_dedup_sweep.py, crops the synth never writes: shifts <= 3 px with any fill, brightness
-# +-8, contrast +-5%, JPEG q >= 80, noise std <= 4 all >= 0.975). Pairs below it, and below the same-cell
-# prefilter (SAME_CELL_COARSE_CORR), cannot be duplicates, so their pixels are not loaded; the pairs that
-# pass either, and every pair within phash_threshold bits, get the pixel duplicate test (and, when it
-# fails and the coarse stage allows, the fine same-cell test on the same loaded pixels).
-DUP_GATE_BORDER = 2
-DUP_GATE_MIN_CORR = 0.95
-
-# ---- Centre hash (re-crop candidates) ----
-CENTRE_HALF = 96  # the hashed window is 192 x 192 px around the stained cell's centroid
 CENTRE_RADIUS = 10  # re-crops by 6-20 px: centre-hash distance 0-12 (pHash: 2-24); ~half the candidates
-
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 COARSE_BATCH = 512  # coarse same-cell tests per task: ~2 x 0.7 MB of signatures, ~0.1 s of work
 
-
-def _grey(rgb: np.ndarray) -> np.ndarray:
-    return np.asarray(rgb, dtype=np.float32) @ _LUMA
-
-
-def _channel_max(rgb: np.ndarray) -> np.ndarray:
-    """rgb.max(axis=-1), the same values ~20x faster (numpy reduces a length-3 last axis slowly)."""
-    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
-
-
-def _lap(g: np.ndarray) -> np.ndarray:
-    return g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4.0 * g[1:-1, 1:-1]
-
-
-def _overlap(h: int, w: int, dy: int, dx: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
-    """Slices of a and b that coincide when b(y, x) = a(y - dy, x - dx)."""
-    sa = (slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx)))
-    sb = (slice(max(0, dy), h + min(0, dy)), slice(max(0, dx), w + min(0, dx)))
-    return sa, sb
-
-
-def _down(g: np.ndarray, f: int) -> np.ndarray:
-    h, w = g.shape
-    blocks = g[: h // f * f, : w // f * f].reshape(h // f, f, w // f, f)
-    if f < 8 and blocks.flags.c_contiguous:
-        # The same float additions, in the same order, as blocks.mean(axis=(1, 3)) makes (numpy sums runs
-        # shorter than 8 one element after the other), so the same bits, ~10x faster than the generic
-        # two-axis reduction (tests/test_phash.py compares them).
-        rows = blocks[:, :, :, 0]
-        for b in range(1, f):
-            rows = rows + blocks[:, :, :, b]
-        total = rows[:, 0]
-        for a in range(1, f):
-            total = total + rows[:, a]
-        return total / (f * f)
-    return blocks.mean(axis=(1, 3))
-
-
-@dataclass(frozen=True)
-class DuplicateTest:
-    dy: int
-    dx: int
-    rms: float
-    gain: float
-    hf_ratio: float
-    duplicate: bool
-
-
-@dataclass(frozen=True)
-class SameCellTest:
-    dy: int
-    dx: int
-    coarse_corr: float
-    corr: float
-    same: bool
-
-
-@dataclass(frozen=True)
-class PairVerdict:
-    """What the tests said about one candidate pair (a pure function of the two images' pixels).
-
-    ``duplicate`` is None when the pixel duplicate test was not run (coarse correlation below
-    both gates and pHash beyond phash_threshold); ``same_cell`` is None when the pair is a
-    duplicate (the same-cell test is only asked of pairs that are not)."""
-
-    duplicate: DuplicateTest | None
-    same_cell: SameCellTest | None
-
-    @property
-    def is_duplicate(self) -> bool:
-        return self.duplicate is not None and self.duplicate.duplicate
-
-    @property
-    def is_same_cell(self) -> bool:
-        return self.same_cell is not None and self.same_cell.same
-
-
-def compare_duplicate(a: np.ndarray, b: np.ndarray) -> DuplicateTest:
-    """Is b the same scan as a, up to re-encoding noise, lossy compression, a 1-2 px shift and brightness?
-
-    Search integer shifts in [-2, 2]^2 for the smallest grey residual after a least-squares gain and
-    offset; at that shift measure the per-channel RMS residual after mean-brightness compensation
-    (saturated pixels, e.g. white padding, left out), the gain, and the focus-sensitive ratio of
-    high-frequency energy (contrast gain divided out). Duplicate iff all three are within the module's
-    bounds.
-    """
-    if a.shape != b.shape:
-        return DuplicateTest(0, 0, math.inf, math.nan, math.nan, False)
-    ga, gb = _grey(a), _grey(b)
-    h, w = ga.shape
-    best = (math.inf, 0, 0)
-    for dy in range(-DUP_MAX_SHIFT, DUP_MAX_SHIFT + 1):
-        for dx in range(-DUP_MAX_SHIFT, DUP_MAX_SHIFT + 1):
-            sa, sb = _overlap(h, w, dy, dx)
-            A, B = ga[sa], gb[sb]
-            dA, dB = A - A.mean(), B - B.mean()
-            va, cov, vb = float((dA * dA).mean()), float((dA * dB).mean()), float((dB * dB).mean())
-            r = vb - cov * cov / va if va > 0 else vb
-            if r < best[0] - 1e-9:
-                best = (r, dy, dx)
-    _, dy, dx = best
-    sa, sb = _overlap(h, w, dy, dx)
-    A = np.asarray(a[sa], dtype=np.float32)
-    B = np.asarray(b[sb], dtype=np.float32)
-    ok = (_channel_max(A) < 250) & (_channel_max(B) < 250)
-    if ok.sum() < 0.25 * ok.size:
-        ok = np.ones_like(ok)
-    res, gains = [], []
-    for c in range(3):
-        x, y = A[..., c][ok], B[..., c][ok]
-        g = float(y.mean() / max(float(x.mean()), 1e-6))
-        res.append(float(((y - g * x) ** 2).mean()))
-        gains.append(g)
-    rms = math.sqrt(sum(res) / 3)
-    GA, GB = A @ _LUMA, B @ _LUMA
-    gain = float(GB.mean() / max(float(GA.mean()), 1e-6))
-    la = _lap(ndimage.gaussian_filter(GA, HF_PRESMOOTH))
-    lb = _lap(ndimage.gaussian_filter(GB, HF_PRESMOOTH))
-    ea = float((la * la).mean())
-    eb = float((lb * lb).mean())
-    # Structure scales with the contrast gain (the regression slope of b on a), not the mean ratio: an
-    # added offset (+8 grey levels) changes the mean ratio by ~10% but no edge.
-    dA, dB = GA - GA.mean(), GB - GB.mean()
-    va = float((dA * dA).mean())
-    slope = float((dA * dB).mean()) / va if va > 0 else 1.0
-    hf = (eb / (slope * slope)) / ea if ea > 0 and slope > 0 else (1.0 if eb == ea == 0 else math.inf)
-    dup = rms <= DUP_MAX_RMS and abs(gain - 1.0) <= DUP_MAX_GAIN and DUP_HF_RATIO[0] <= hf <= DUP_HF_RATIO[1]
-    return DuplicateTest(dy, dx, rms, gain, hf, dup)
-
-
-def signature(rgb: np.ndarray) -> np.ndarray:
-    """The coarse same-cell signature: grey, 8x downscaled (blur ~2 px), uint8 36 x 36 for 288 x 288."""
-    return _signature_of_down4(_down(_grey(rgb), 4))
-
-
-def _signature_of_down4(d: np.ndarray) -> np.ndarray:
-    g = ndimage.gaussian_filter(d, SAME_CELL_BLUR / 4)
-    return np.clip(_down(g, 2) + 0.5, 0, 255).astype(np.uint8)
-
-
-def signature_shape(width: int, height: int) -> tuple[int, int]:
-    """The shape of :func:`signature` for an image of that size (stored as bytes in ImageFacts)."""
-    return (height // 4) // 2, (width // 4) // 2
-
-
-def cell_features(rgb: np.ndarray) -> tuple[int, bytes]:
-    """(:func:`centre_hash`, :func:`signature` as bytes) from one grey conversion and one downscale.
-
-    The decode stage computes both for every image, so dedup's same-cell tests need no pixels for their
-    coarse stage: only the ~1% of candidate pairs that reach the fine stage are decoded again.
-    """
-    g = _grey(rgb)
-    d = _down(g, 4)
-    return _centre_hash_of(g, d), _signature_of_down4(d).tobytes()
-
-
-def _fine_signature(rgb: np.ndarray) -> np.ndarray:
-    return _down(ndimage.gaussian_filter(_grey(rgb), SAME_CELL_BLUR), 2).astype(np.float64)
-
-
-def _rect_sums(ii: np.ndarray, y0: np.ndarray, y1: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
-    """Sums over [y0, y1) x [x0, x1) from integral images with a zero first row/column (broadcasting)."""
-    return ii[..., y1, x1] - ii[..., y0, x1] - ii[..., y1, x0] + ii[..., y0, x0]
-
-
-def _integral(x: np.ndarray) -> np.ndarray:
-    ii = np.zeros((*x.shape[:-2], x.shape[-2] + 1, x.shape[-1] + 1), dtype=np.float64)
-    ii[..., 1:, 1:] = x.cumsum(-2).cumsum(-1)
-    return ii
-
-
-def _ncc_all_shifts(A: np.ndarray, B: np.ndarray, R: int) -> np.ndarray:
-    """Normalised correlation over the overlap of A and B for every shift in [-R, R]^2 (B(y) ~ A(y - d)).
-
-    FFT cross-correlation for the products, integral images for the overlap sums: O(n log n) per pair
-    instead of (2R + 1)^2 passes.
-    """
-    return _ncc_indexed(np.stack([A, B]), np.array([0]), np.array([1]), R)[0]
-
-
-def _ncc_indexed(images: np.ndarray, ia: np.ndarray, ib: np.ndarray, R: int) -> np.ndarray:
-    """_ncc_all_shifts(images[ia[k]], images[ib[k]], R) for every k, shape (k, 2R + 1, 2R + 1).
-
-    Whatever belongs to one image (its transform, its overlap sums) is computed once per image, not once
-    per pair; each pair gets the same arithmetic as alone (transforms work line by line).
-    """
-    h, w = images.shape[-2:]
-    # Any padding >= size + R + 1 keeps the shifts <= R free of wrap-around; a 5-smooth one is fast (the
-    # fine stage's 157 is prime, and a prime-length FFT is several times slower than one of 160).
-    N0, N1 = next_fast_len(h + R + 1, real=True), next_fast_len(w + R + 1, real=True)
-    F = np.fft.rfft2(images, (N0, N1))
-    cc = np.fft.irfft2(np.conj(F[ia]) * F[ib], (N0, N1))  # cc[d] = sum_y A[y] B[y + d]
-    d = np.arange(-R, R + 1)
-    dyy, dxx = d[:, None], d[None, :]
-    sab = cc[..., dyy % N0, dxx % N1]
-    ay0, ay1 = np.maximum(0, -dyy), h - np.maximum(0, dyy)
-    ax0, ax1 = np.maximum(0, -dxx), w - np.maximum(0, dxx)
-    by0, by1, bx0, bx1 = ay0 + dyy, ay1 + dyy, ax0 + dxx, ax1 + dxx
-    n = (ay1 - ay0) * (ax1 - ax0)
-    ii, ii2 = _integral(images), _integral(images * images)
-    sa, saa = _rect_sums(ii, ay0, ay1, ax0, ax1)[ia], _rect_sums(ii2, ay0, ay1, ax0, ax1)[ia]
-    sb, sbb = _rect_sums(ii, by0, by1, bx0, bx1)[ib], _rect_sums(ii2, by0, by1, bx0, bx1)[ib]
-    cov = sab - sa * sb / n
-    var = np.maximum(saa - sa * sa / n, 0) * np.maximum(sbb - sb * sb / n, 0)
-    return np.where(var > 0, cov / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
-
-
-def _best(ncc: np.ndarray, R: int, scale: int) -> tuple[float, int, int]:
-    k = int(np.argmax(ncc))
-    return float(ncc.flat[k]), scale * (k // ncc.shape[1] - R), scale * (k % ncc.shape[1] - R)
-
-
-def _same_cell(sig_a: np.ndarray, sig_b: np.ndarray, fine_a: Callable[[], np.ndarray], fine_b: Callable[[], np.ndarray]) -> SameCellTest:
-    coarse = _coarse_test((sig_a, sig_b))
-    if coarse.coarse_corr < SAME_CELL_COARSE_CORR:
-        return coarse
-    return _fine_test(coarse.coarse_corr, fine_a(), fine_b())
-
-
-def _coarse_test(sigs: tuple[np.ndarray, np.ndarray]) -> SameCellTest:
-    """The coarse stage of the same-cell test; final (not same) unless coarse_corr >= SAME_CELL_COARSE_CORR."""
-    return _coarse_tests(np.stack(sigs), np.array([0]), np.array([1]))[0]
-
-
-def _coarse_tests(sigs: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> list[SameCellTest]:
-    """_coarse_test of (sigs[ia[k]], sigs[ib[k]]) for every k, in one vectorised pass."""
-    R = max(1, SAME_CELL_MAX_SHIFT // 8)
-    ncc = _ncc_indexed(sigs.astype(np.float64), ia, ib, R)
-    out = []
-    for k in range(ncc.shape[0]):
-        coarse, dy, dx = _best(ncc[k], R, 8)
-        out.append(SameCellTest(dy, dx, coarse, coarse, False))
-    return out
-
-
-def _coarse_batch(task: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[SameCellTest]:
-    return _coarse_tests(*task)
-
-
-def _coarse_task(batch: list[tuple[int, int]], sig: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(signatures of the images in ``batch``, once each; index of a and of b for each pair)."""
-    images = sorted({i for pair in batch for i in pair})
-    where = {i: k for k, i in enumerate(images)}
-    ia = np.array([where[a] for a, _ in batch], dtype=np.intp)
-    ib = np.array([where[b] for _, b in batch], dtype=np.intp)
-    return np.stack([sig[i] for i in images]), ia, ib
-
-
-def _fine_test(coarse: float, fine_a: np.ndarray, fine_b: np.ndarray) -> SameCellTest:
-    R = SAME_CELL_MAX_SHIFT // 2
-    corr, dy, dx = _best(_ncc_all_shifts(fine_a, fine_b, R), R, 2)
-    return SameCellTest(dy, dx, coarse, corr, corr >= SAME_CELL_MIN_CORR)
-
-
-# Worker-side pieces of the parallel same-cell tests (module level: picklable for process pools).
-def _signature_of(load_pixels: Callable[[str], np.ndarray], relpath: str) -> np.ndarray:
-    return signature(np.asarray(load_pixels(relpath)))
-
-
-def _near_pairs_task(search: tuple[np.ndarray, int]) -> np.ndarray:
-    return neardup.near_pairs(*search)
-
-
-def gate_corr(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
-    """The duplicate gate's score of two coarse signatures (:func:`signature`)."""
-    return float(_gate_corrs({0: sig_a, 1: sig_b}, [(0, 1)])[0])
-
-
-def _gate_corrs(sig: Mapping[int, np.ndarray], pairs: list[tuple[int, int]], chunk: int = 2048) -> np.ndarray:
-    """Zero-shift normalised correlation of the signatures' interiors (DUP_GATE_BORDER cells cut from each
-    side), for every pair. Pairs go in chunks, each centring and scaling just its own images' interiors
-    (the same arithmetic per image whatever the chunk), so memory stays ~30 MB at any scale."""
-    return np.concatenate([np.zeros(0)] + [_gate_chunk(sig, pairs[k : k + chunk]) for k in range(0, len(pairs), chunk)])
-
-
-def _gate_chunk(sig: Mapping[int, np.ndarray], pairs: list[tuple[int, int]]) -> np.ndarray:
-    images = sorted({i for pair in pairs for i in pair})
-    where = {i: k for k, i in enumerate(images)}
-    cut = DUP_GATE_BORDER
-    z = np.stack([sig[i][cut:-cut, cut:-cut].ravel() for i in images]).astype(np.float64)
-    z -= z.mean(axis=1, keepdims=True)
-    norm = np.sqrt((z * z).sum(axis=1, keepdims=True))
-    z = np.divide(z, norm, out=np.zeros_like(z), where=norm > 0)  # a flat interior correlates with nothing
-    ia = np.array([where[a] for a, _ in pairs], dtype=np.intp)
-    ib = np.array([where[b] for _, b in pairs], dtype=np.intp)
-    return np.einsum("ij,ij->i", z[ia], z[ib])
-
-
-def _pixel_tests_of(load_pixels: Callable[[str], np.ndarray], job: tuple[str, str, SameCellTest]) -> PairVerdict:
-    """The pixel stage of one pair: the duplicate test; if it fails, the fine same-cell test on the same
-    pixels when the coarse stage passed (else the coarse result stands)."""
-    a_rel, b_rel, coarse = job
-    a, b = np.asarray(load_pixels(a_rel)), np.asarray(load_pixels(b_rel))
-    dup = compare_duplicate(a, b)
-    if dup.duplicate:
-        return PairVerdict(dup, None)
-    if coarse.coarse_corr < SAME_CELL_COARSE_CORR:
-        return PairVerdict(dup, coarse)
-    return PairVerdict(dup, _fine_test(coarse.coarse_corr, _fine_signature(a), _fine_signature(b)))
-
-
-def same_cell(a: np.ndarray, b: np.ndarray) -> SameCellTest:
-    """Do two RGB images show the same cell, possibly refocused or re-cropped (shift <= 24 px)?"""
-    return _same_cell(signature(a), signature(b), lambda: _fine_signature(a), lambda: _fine_signature(b))
-
-
-def centre_hash(rgb: np.ndarray) -> int:
-    """64-bit pHash of a 192 x 192 window centred on the stained cell (robust to re-crops).
-
-    The centroid of the dark (stained) mass on a 4x-downscaled grey image registers the window, so a
-    crop of the same field taken 6-20 px off centre hashes (nearly) the same. Meant to be computed
-    once per image where the image is decoded (like pHash) and handed to :func:`deduplicate`.
-    """
-    g = _grey(rgb)
-    return _centre_hash_of(g, _down(g, 4))
-
-
-def _centre_hash_of(g: np.ndarray, d: np.ndarray) -> int:
-    h, w = g.shape
-    wgt = np.clip(np.median(d) - d - 60.0, 0, None)
-    if wgt.sum() > 0:
-        yy, xx = np.mgrid[: d.shape[0], : d.shape[1]]
-        cy = float((wgt * yy).sum() / wgt.sum()) * 4 + 1.5
-        cx = float((wgt * xx).sum() / wgt.sum()) * 4 + 1.5
-    else:
-        cy, cx = h / 2, w / 2
-    half = min(CENTRE_HALF, h // 2, w // 2)
-    y0 = int(round(min(max(cy - half, 0), h - 2 * half)))
-    x0 = int(round(min(max(cx - half, 0), w - 2 * half)))
-    win = np.clip(g[y0 : y0 + 2 * half, x0 : x0 + 2 * half] + 0.5, 0, 255).astype(np.uint8)
-    return phash_of_grey(win)  # = int(str(imagehash.phash(Image.fromarray(win, "L"))), 16), faster (pipeline.stages.phash)
-
-
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        root = i
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[i] != root:
-            self.parent[i], i = root, self.parent[i]
-        return root
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)
-
-    def groups(self) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        for i in range(len(self.parent)):
-            out.setdefault(self.find(i), []).append(i)
-        return out
-
-
-def _default_prefer(f: ImageFacts) -> tuple:
-    return (not f.lossless,)
-
-
-def _hamming(a: int, b: int) -> int:
-    return (int(a) ^ int(b)).bit_count()
-
-
-def _others(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+Fate = tuple[str, str, str | None]  # (fate, reason, duplicate_of)
+Candidate = tuple[int, int]  # indices into the items sorted by relpath, smaller first
 
 
 def deduplicate(
@@ -519,112 +107,196 @@ def deduplicate(
 
     ``prefer(f)`` gives a sort key; within a duplicate group the smallest (key, relpath) is kept. The
     default key prefers lossless files, so the kept copy is the first lossless one by relpath.
-    ``centre_hashes`` (relpath -> :func:`centre_hash`) adds re-crop candidates; without it a
-    ``centre_hash`` attribute of the facts is used when every fact has one. ``stats``, when given, is
+    ``centre_hashes`` (relpath -> :func:`pipeline.stages.similarity.centre_hash`) adds re-crop candidates;
+    without it the facts' ``centre_hash`` is used when every fact has one. ``stats``, when given, is
     filled with counts (candidates, pixel loads, tests run) for reports. ``map_fn(fn, items)`` (results in
     order, e.g. an executor's map) runs the same-cell tests' image work in parallel; ``fn`` and
     ``load_pixels`` must then be picklable. The outcome is the same with or without it. ``pair_memo``
     remembers same-cell test results by the pair's file sha256s across builds (pipeline.runtime.cache).
     """
+    _check_options(policy, phash_threshold, lookalike_threshold)
+    found = _Found.of(_sorted_by_relpath(facts))
+    run = map_fn or map
+    representatives = _join_identical_pixels(found)
+    candidates = _candidate_pairs(found, representatives, lookalike_threshold, centre_hashes, run)
+    verdicts = _verdicts(found, candidates, phash_threshold, load_pixels, run, pair_memo)
+    _join_confirmed(found, candidates, verdicts)
+    found.pairs.sort(key=lambda p: (p.a, p.b, p.kind))
+    fates = _duplicate_group_fates(found, prefer or _default_prefer, policy)
+    group_of = _lookalike_groups(found, fates)
+    _count_pairs(found)
+    if stats is not None:
+        stats.update(found.counters)
+    return DedupResult(fates=dict(sorted(fates.items())), group_of=dict(sorted(group_of.items())), pairs=found.pairs)
+
+
+@dataclass
+class _Found:
+    """What the steps of :func:`deduplicate` build up over the items sorted by relpath."""
+
+    items: list[ImageFacts]
+    duplicates: UnionFind[int]  # duplicate groups
+    cells: UnionFind[int]  # look-alike groups: every confirmed pair, duplicates included
+    pairs: list[Pair]  # the confirmed pairs
+    counters: Counter  # for ``stats``
+
+    @classmethod
+    def of(cls, items: list[ImageFacts]) -> _Found:
+        return cls(items, UnionFind(range(len(items))), UnionFind(range(len(items))), [], Counter())
+
+    def join(self, a: int, b: int, pair: Pair) -> None:
+        """Record a confirmed pair: a look-alike joins the look-alike groups, a duplicate both groupings."""
+        if pair.kind != "lookalike":
+            self.duplicates.union(a, b)
+        self.cells.union(a, b)
+        self.pairs.append(pair)
+
+
+def _check_options(policy: str, phash_threshold: int, lookalike_threshold: int) -> None:
     if policy not in POLICIES:
         raise ValueError(f"unknown conflict policy {policy!r}; expected one of {POLICIES}")
     if lookalike_threshold < phash_threshold:
         raise ValueError("lookalike_threshold must be >= phash_threshold")
+
+
+def _sorted_by_relpath(facts: Sequence[ImageFacts]) -> list[ImageFacts]:
     items = sorted(facts, key=lambda f: f.relpath)
     for x, y in zip(items, items[1:]):
         if x.relpath == y.relpath:
             raise ValueError(f"relpath given twice: {x.relpath}")
-    n = len(items)
-    key = prefer or _default_prefer
-    counters = Counter()
+    return items
 
-    dup_uf, cell_uf = _UnionFind(n), _UnionFind(n)
-    pairs: list[Pair] = []
 
-    # 1. Identical pixels.
+def _join_identical_pixels(found: _Found) -> list[int]:
+    """Step 1: files with identical pixels are duplicates (no pixels read). Returns one representative per
+    distinct pixel hash (its first file by relpath), in order."""
+    items = found.items
     by_sha: dict[str, list[int]] = {}
     for i, f in enumerate(items):
         by_sha.setdefault(f.pixel_sha256, []).append(i)
-    reps = sorted(members[0] for members in by_sha.values())
-    for members in by_sha.values():
-        for m in members[1:]:
-            dup_uf.union(members[0], m)
-            cell_uf.union(members[0], m)
-            pairs.append(Pair(items[members[0]].relpath, items[m].relpath, "exact", 0, "identical pixels", "pixel sha256 equal", math.inf))
-
-    # 2. Candidates among one representative per distinct pixel hash (the two index searches side by side).
-    cand: set[tuple[int, int]] = set()
-    run = map_fn or map
-    if len(reps) > 1:
-        searches = [(np.array([items[r].phash for r in reps], dtype=np.uint64), lookalike_threshold)]
-        ch_of = _centre_hashes(items, centre_hashes)
-        if ch_of is not None:
-            searches.append((np.array([ch_of[r] for r in reps], dtype=np.uint64), CENTRE_RADIUS))
-        found = list(run(_near_pairs_task, searches))
-        for k, pairs_found in enumerate(found):
-            before = len(cand)
-            for i, j in np.asarray(pairs_found).tolist():
-                cand.add((reps[min(i, j)], reps[max(i, j)]))
-            counters["phash_candidates" if k == 0 else "centre_candidates_added"] = len(cand) - before
+    for first, *copies in by_sha.values():
+        for m in copies:
+            found.join(first, m, Pair(items[first].relpath, items[m].relpath, "exact", 0, "identical pixels", "pixel sha256 equal", math.inf))
+    return sorted(members[0] for members in by_sha.values())
 
 
-    # 3. Test every candidate, in a fixed order. Every test is a pure function of the pair's pixels, so the
-    # pixel work runs beforehand (in parallel with map_fn) and is only looked up here.
-    ordered = sorted(cand)
-    floor = {(a, b) for a, b in ordered if _hamming(items[a].phash, items[b].phash) <= phash_threshold}
-    verdicts = _remembered(items, ordered, pair_memo, floor)
-    counters["pairs_remembered"] = len(verdicts)
-    fresh = _pair_verdicts(items, [pair for pair in ordered if pair not in verdicts], floor, load_pixels, run, counters)
+def _candidate_pairs(
+    found: _Found, reps: list[int], lookalike_threshold: int, centre_hashes: Mapping[str, int] | None, run: Callable
+) -> list[Candidate]:
+    """Step 2: the pairs of representatives whose pHash is within ``lookalike_threshold`` bits, or whose
+    centre hash is within ``CENTRE_RADIUS`` bits, sorted (the two index searches side by side)."""
+    items = found.items
+    if len(reps) < 2:
+        return []
+    searches = [(np.array([items[r].phash for r in reps], dtype=np.uint64), lookalike_threshold)]
+    centre = _centre_hashes(items, centre_hashes)
+    if centre is not None:
+        searches.append((np.array([centre[r] for r in reps], dtype=np.uint64), CENTRE_RADIUS))
+    cand: set[Candidate] = set()
+    for counter, pairs_found in zip(("phash_candidates", "centre_candidates_added"), list(run(_near_pairs_task, searches))):
+        before = len(cand)
+        for i, j in np.asarray(pairs_found).tolist():
+            cand.add((reps[min(i, j)], reps[max(i, j)]))
+        found.counters[counter] = len(cand) - before
+    return sorted(cand)
+
+
+def _centre_hashes(items: list[ImageFacts], given: Mapping[str, int] | None) -> list[int] | None:
+    if given is not None:
+        missing = [f.relpath for f in items if f.relpath not in given]
+        if missing:
+            raise ValueError(f"centre_hashes lacks {len(missing)} images, e.g. {missing[0]}")
+        return [int(given[f.relpath]) for f in items]
+    hashes = [f.centre_hash for f in items]
+    if items and all(h is not None for h in hashes):
+        return [int(h) for h in hashes]
+    return None
+
+
+def _verdicts(
+    found: _Found,
+    candidates: list[Candidate],
+    phash_threshold: int,
+    load_pixels: Callable[[str], np.ndarray],
+    run: Callable,
+    memo: PairMemo | None,
+) -> dict[Candidate, PairVerdict]:
+    """Step 3: the tests' verdict on every candidate, from ``memo`` where an earlier build tested the same
+    two files, else tested now (in parallel with ``run``) and remembered."""
+    items = found.items
+    floor = {(a, b) for a, b in candidates if _hamming(items[a].phash, items[b].phash) <= phash_threshold}
+    verdicts = _remembered(items, candidates, memo, floor)
+    found.counters["pairs_remembered"] = len(verdicts)
+    fresh = _pair_verdicts(items, [pair for pair in candidates if pair not in verdicts], floor, load_pixels, run, found.counters)
     verdicts.update(fresh)
-    if pair_memo is not None:
-        pair_memo.remember({fk: v for pair, v in fresh.items() if (fk := _file_key(items, pair)) is not None})
-    for a, b in ordered:
+    if memo is not None:
+        memo.remember({key: v for pair, v in fresh.items() if (key := _file_key(items, pair)) is not None})
+    return verdicts
+
+
+def _join_confirmed(found: _Found, candidates: list[Candidate], verdicts: Mapping[Candidate, PairVerdict]) -> None:
+    """Each candidate, in order, joined as its verdict says: a duplicate, a look-alike, or not at all."""
+    items, counters = found.items, found.counters
+    for a, b in candidates:
         h = _hamming(items[a].phash, items[b].phash)
         v = verdicts[(a, b)]
         counters["duplicate_tests"] += v.duplicate is not None
         if v.is_duplicate:
-            dup_uf.union(a, b)
-            cell_uf.union(a, b)
-            pairs.append(Pair(items[a].relpath, items[b].relpath, "near_duplicate", h, "duplicate test", describe_duplicate(v.duplicate), duplicate_margin(v.duplicate)))
+            score, margin = describe_duplicate(v.duplicate), duplicate_margin(v.duplicate)
+            found.join(a, b, Pair(items[a].relpath, items[b].relpath, "near_duplicate", h, "duplicate test", score, margin))
             continue
         counters["same_cell_tests"] += 1
         counters["same_cell_fine_tests"] += v.same_cell.coarse_corr >= SAME_CELL_COARSE_CORR
         if v.is_same_cell:
-            cell_uf.union(a, b)
-            pairs.append(Pair(items[a].relpath, items[b].relpath, "lookalike", h, "same-cell test", describe_lookalike(v), lookalike_margin(v)))
-    pairs.sort(key=lambda p: (p.a, p.b, p.kind))
+            found.join(a, b, Pair(items[a].relpath, items[b].relpath, "lookalike", h, "same-cell test", describe_lookalike(v), lookalike_margin(v)))
 
-    # 4. Fates per duplicate group; each reason names the test (and its scores) that put the file in it.
-    joins = _dup_edges(pairs)
-    fates: dict[str, tuple[str, str, str | None]] = {}
-    for members in dup_uf.groups().values():
+
+def _duplicate_group_fates(found: _Found, key: Callable[[ImageFacts], tuple], policy: str) -> dict[str, Fate]:
+    """Step 4: the fate of every file by its duplicate group; each reason names the test (and its scores)
+    that put the file in its group."""
+    items = found.items
+    joins = _dup_edges(found.pairs)
+    fates: dict[str, Fate] = {}
+    for members in found.duplicates.groups().values():
         if len(members) == 1:
             fates[items[members[0]].relpath] = ("kept", "", None)
-            continue
-        _group_fates(items, members, key, policy, fates, joins)
+        else:
+            fates.update(_group_fates(items, members, key, policy, joins))
+    return fates
 
-    # 5. Look-alike groups: id from the smallest pixel hash of the group (independent of order and names).
-    # Kept members of a group of several cells name its closest call (the smallest margin to a threshold).
-    closest = _closest_lookalike(items, pairs, dup_uf)
+
+def _lookalike_groups(found: _Found, fates: dict[str, Fate]) -> dict[str, str]:
+    """Step 5: relpath -> look-alike group id, from the group's smallest pixel hash (independent of order and
+    names). The kept members of a group of several cells get its closest call (the smallest margin to a
+    threshold) added to their reason in ``fates``."""
+    items = found.items
+    closest = _closest_lookalike(items, found.pairs, found.duplicates)
     group_of: dict[str, str] = {}
-    for members in cell_uf.groups().values():
+    for members in found.cells.groups().values():
         smallest = min(items[m].pixel_sha256 for m in members)
         gid = hashlib.sha256(smallest.encode("ascii")).hexdigest()[:16]
         for m in members:
             group_of[items[m].relpath] = gid
-            call = closest.get(dup_uf.find(m))
+            call = closest.get(found.duplicates.find(m))
             fate, reason, dup_of = fates[items[m].relpath]
             if call is not None and fate == "kept":
                 note = f"look-alike group {gid} of {len(members)} images; closest call {call.a} ~ {call.b}: {call.score}"
                 fates[items[m].relpath] = (fate, f"{reason}; {note}" if reason else note, dup_of)
+    return group_of
 
-    counters["pairs_exact"] = sum(p.kind == "exact" for p in pairs)
-    counters["pairs_near_duplicate"] = sum(p.kind == "near_duplicate" for p in pairs)
-    counters["pairs_lookalike"] = sum(p.kind == "lookalike" for p in pairs)
-    counters["images"] = n
-    if stats is not None:
-        stats.update(counters)
-    return DedupResult(fates=dict(sorted(fates.items())), group_of=dict(sorted(group_of.items())), pairs=pairs)
+
+def _count_pairs(found: _Found) -> None:
+    for kind in ("exact", "near_duplicate", "lookalike"):
+        found.counters[f"pairs_{kind}"] = sum(p.kind == kind for p in found.pairs)
+    found.counters["images"] = len(found.items)
+
+
+def _default_prefer(f: ImageFacts) -> tuple:
+    return (not f.lossless,)
+
+
+def _hamming(a: int, b: int) -> int:
+    return (int(a) ^ int(b)).bit_count()
 
 
 class PairMemo(Protocol):
@@ -635,14 +307,14 @@ class PairMemo(Protocol):
     def remember(self, results: dict[tuple[str, str], PairVerdict]) -> None: ...
 
 
-def _file_key(items: list[ImageFacts], pair: tuple[int, int]) -> tuple[str, str] | None:
+def _file_key(items: list[ImageFacts], pair: Candidate) -> tuple[str, str] | None:
     a, b = items[pair[0]].file_sha256, items[pair[1]].file_sha256
     return (a, b) if a and b else None
 
 
 def _remembered(
-    items: list[ImageFacts], tested: list[tuple[int, int]], memo: PairMemo | None, floor: set[tuple[int, int]]
-) -> dict[tuple[int, int], PairVerdict]:
+    items: list[ImageFacts], tested: list[Candidate], memo: PairMemo | None, floor: set[Candidate]
+) -> dict[Candidate, PairVerdict]:
     """Verdicts the memo holds, except those without a duplicate test for a pair that needs one now
     (within ``phash_threshold``, which a build may have raised since)."""
     if memo is None:
@@ -654,32 +326,30 @@ def _remembered(
 
 def _pair_verdicts(
     items: list[ImageFacts],
-    tested: list[tuple[int, int]],
-    floor: set[tuple[int, int]],
+    tested: list[Candidate],
+    floor: set[Candidate],
     load_pixels: Callable[[str], np.ndarray],
     map_fn: Callable,
     counters: Counter,
-) -> dict[tuple[int, int], PairVerdict]:
+) -> dict[Candidate, PairVerdict]:
     """The verdict on every pair: the coarse stages for all (vectorised, no pixels), then, for the pairs
     that pass the duplicate gate or the same-cell prefilter and those in ``floor``, one load of both
     images for the pixel duplicate test and, when it fails and the coarse stage allows, the fine
     same-cell test (mapped with ``map_fn``)."""
     coarse, sig = _coarse_stage(items, tested, load_pixels, map_fn, counters)
-    gate = dict(zip(tested, _gate_corrs(sig, tested)))
-    pixel_pairs = [
-        pair for pair in tested if pair in floor or gate[pair] >= DUP_GATE_MIN_CORR or coarse[pair].coarse_corr >= SAME_CELL_COARSE_CORR
-    ]
+    gate = dict(zip(tested, gate_corrs(sig, tested)))
+    pixel_pairs = [pair for pair in tested if pair in floor or needs_pixel_stage(gate[pair], coarse[pair])]
     counters["pixel_loads"] += 2 * len(pixel_pairs)
     counters["duplicate_tests_run"] += len(pixel_pairs)
     jobs = [(items[a].relpath, items[b].relpath, coarse[(a, b)]) for a, b in pixel_pairs]
     verdicts = {pair: PairVerdict(None, coarse[pair]) for pair in tested}
-    verdicts.update(zip(pixel_pairs, map_fn(partial(_pixel_tests_of, load_pixels), jobs)))
+    verdicts.update(zip(pixel_pairs, map_fn(partial(pixel_verdict, load_pixels), jobs)))
     return verdicts
 
 
 def _coarse_stage(
-    items: list[ImageFacts], tested: list[tuple[int, int]], load_pixels: Callable[[str], np.ndarray], map_fn: Callable, counters: Counter
-) -> tuple[dict[tuple[int, int], SameCellTest], dict[int, np.ndarray]]:
+    items: list[ImageFacts], tested: list[Candidate], load_pixels: Callable[[str], np.ndarray], map_fn: Callable, counters: Counter
+) -> tuple[dict[Candidate, SameCellTest], dict[int, np.ndarray]]:
     """The coarse same-cell test of every pair, and the signatures it used, in two rounds mapped with
     ``map_fn``: the signature of each image the facts lack (one load each; the decode stage normally
     stored them all), then the pairs, vectorised, COARSE_BATCH a task. Batches are cut from the sorted
@@ -710,22 +380,29 @@ class _LazyTasks(Sequence):
         return self._make(self._items[index])
 
 
+# Worker-side pieces of the parallel work (module level: picklable for process pools).
+def _coarse_batch(task: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[SameCellTest]:
+    return coarse_tests(*task)
+
+
+def _coarse_task(batch: list[Candidate], sig: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(signatures of the images in ``batch``, once each; index of a and of b for each pair)."""
+    images, ia, ib = pair_index(batch)
+    return np.stack([sig[i] for i in images]), ia, ib
+
+
+def _signature_of(load_pixels: Callable[[str], np.ndarray], relpath: str) -> np.ndarray:
+    return signature(np.asarray(load_pixels(relpath)))
+
+
+def _near_pairs_task(search: tuple[np.ndarray, int]) -> np.ndarray:
+    return neardup.near_pairs(*search)
+
+
 def _stored_signature(f: ImageFacts) -> np.ndarray | None:
-    data = getattr(f, "signature", None)
-    if data is None:
+    if f.signature is None:
         return None
-    return np.frombuffer(data, dtype=np.uint8).reshape(signature_shape(f.width, f.height))
-
-
-def _centre_hashes(items: list[ImageFacts], given: Mapping[str, int] | None) -> list[int] | None:
-    if given is not None:
-        missing = [f.relpath for f in items if f.relpath not in given]
-        if missing:
-            raise ValueError(f"centre_hashes lacks {len(missing)} images, e.g. {missing[0]}")
-        return [int(given[f.relpath]) for f in items]
-    if items and all(getattr(f, "centre_hash", None) is not None for f in items):
-        return [int(f.centre_hash) for f in items]  # type: ignore[attr-defined]
-    return None
+    return np.frombuffer(f.signature, dtype=np.uint8).reshape(signature_shape(f.width, f.height))
 
 
 def describe_duplicate(t: DuplicateTest) -> str:
@@ -802,7 +479,7 @@ def _join_text(me: str, kept: str | None, joins: dict[str, list[Pair]]) -> str:
     return f"{p.score}; against {other}, pHash distance {p.hamming}"
 
 
-def _closest_lookalike(items: list[ImageFacts], pairs: list[Pair], dup_uf: _UnionFind) -> dict[int, Pair]:
+def _closest_lookalike(items: list[ImageFacts], pairs: list[Pair], dup_uf: UnionFind[int]) -> dict[int, Pair]:
     """Per duplicate group (by its union-find root), its look-alike pair with the smallest margin."""
     index = {f.relpath: i for i, f in enumerate(items)}
     out: dict[int, Pair] = {}
@@ -816,53 +493,91 @@ def _closest_lookalike(items: list[ImageFacts], pairs: list[Pair], dup_uf: _Unio
     return out
 
 
-def _group_fates(items, members, key, policy, fates, joins) -> None:
+
+
+def _group_fates(
+    items: list[ImageFacts], members: list[int], key: Callable[[ImageFacts], tuple], policy: str, joins: dict[str, list[Pair]]
+) -> dict[str, Fate]:
+    """The fates of one duplicate group of several files: where its labels agree, one copy is kept and the
+    others are its duplicates; where they disagree, ``policy`` decides (``majority`` keeps a strict majority
+    label's copy; otherwise, and under ``drop_all``, every copy is a label conflict)."""
     by_label: dict[str, list[int]] = {}
     for m in members:
         by_label.setdefault(items[m].label, []).append(m)
-
-    def pick(ms: list[int]) -> int:
-        return min(ms, key=lambda m: (key(items[m]), items[m].relpath))
-
-    def mark_duplicates(ms: list[int], keep: int) -> None:
-        kr = items[keep].relpath
-        fates[kr] = ("kept", f"kept copy of a duplicate group of {len(ms)} files", None)
-        for m in ms:
-            if m == keep:
-                continue
-            me = items[m].relpath
-            if items[m].pixel_sha256 == items[keep].pixel_sha256:
-                how = "identical pixels"
-            else:
-                how = f"the same image up to re-encoding, shift or brightness ({_join_text(me, kr, joins)})"
-            fates[me] = ("duplicate", f"duplicate of {kr}: {how}", kr)
-
     if len(by_label) == 1:
-        mark_duplicates(members, pick(members))
-        return
-    names = sorted(items[m].relpath for m in members)
-    summary = ", ".join(f"{lab} x{len(ms)}" for lab, ms in sorted(by_label.items()))
+        return _keep_one(items, members, _preferred(items, members, key), joins)
     if policy == "majority":
-        lab, ms = max(by_label.items(), key=lambda kv: (len(kv[1]), kv[0]))
-        if 2 * len(ms) > len(members):
-            keep = pick(ms)
-            mark_duplicates(ms, keep)
-            kr = items[keep].relpath
-            for m in members:
-                if items[m].label != lab:
-                    fates[items[m].relpath] = (
-                        "label_conflict",
-                        f"label conflict: labelled {items[m].label} but the majority of {len(members)} copies say {lab} ({summary}); {kr} kept; "
-                        f"{_join_text(items[m].relpath, None, joins)}",
-                        None,
-                    )
-            return
+        label, agreeing = max(by_label.items(), key=lambda kv: (len(kv[1]), kv[0]))
+        if 2 * len(agreeing) > len(members):
+            return _keep_majority(items, members, _preferred(items, agreeing, key), label, _label_summary(by_label), joins)
     why = "no strict majority" if policy == "majority" else "policy drop_all drops every copy"
+    return _drop_conflicting(items, members, f"{_label_summary(by_label)} ({why})", joins)
+
+
+def _label_summary(by_label: dict[str, list[int]]) -> str:
+    return ", ".join(f"{lab} x{len(ms)}" for lab, ms in sorted(by_label.items()))
+
+
+def _preferred(items: list[ImageFacts], members: list[int], key: Callable[[ImageFacts], tuple]) -> int:
+    """The copy to keep: the smallest (key, relpath)."""
+    return min(members, key=lambda m: (key(items[m]), items[m].relpath))
+
+
+def _keep_one(items: list[ImageFacts], members: list[int], keep: int, joins: dict[str, list[Pair]]) -> dict[str, Fate]:
+    """``keep`` is kept; every other member is its duplicate."""
+    kept = items[keep].relpath
+    fates: dict[str, Fate] = {kept: ("kept", f"kept copy of a duplicate group of {len(members)} files", None)}
     for m in members:
+        if m == keep:
+            continue
         me = items[m].relpath
+        if items[m].pixel_sha256 == items[keep].pixel_sha256:
+            how = "identical pixels"
+        else:
+            how = f"the same image up to re-encoding, shift or brightness ({_join_text(me, kept, joins)})"
+        fates[me] = ("duplicate", f"duplicate of {kept}: {how}", kept)
+    return fates
+
+
+def _keep_majority(
+    items: list[ImageFacts],
+    members: list[int],
+    keep: int,
+    label: str,
+    summary: str,
+    joins: dict[str, list[Pair]],
+) -> dict[str, Fate]:
+    """Policy ``majority``: ``keep`` (a copy with the strict majority ``label``) is kept and the other copies
+    with that label are its duplicates; every copy with another label is a label conflict."""
+    agreeing = [m for m in members if items[m].label == label]
+    fates = _keep_one(items, agreeing, keep, joins)
+    kept = items[keep].relpath
+    for m in members:
+        if items[m].label != label:
+            me = items[m].relpath
+            fates[me] = (
+                "label_conflict",
+                f"label conflict: labelled {items[m].label} but the majority of {len(members)} copies say {label} ({summary}); {kept} kept; "
+                f"{_join_text(me, None, joins)}",
+                None,
+            )
+    return fates
+
+
+def _drop_conflicting(items: list[ImageFacts], members: list[int], labels: str, joins: dict[str, list[Pair]]) -> dict[str, Fate]:
+    """Every copy of a group with disagreeing ``labels`` is a label conflict, naming the others."""
+    names = sorted(items[m].relpath for m in members)
+    fates: dict[str, Fate] = {}
+    for me in names:
         fates[me] = (
             "label_conflict",
-            f"label conflict: copies of one image labelled {summary} ({why}); other copies: {_others([x for x in names if x != me])}; "
+            f"label conflict: copies of one image labelled {labels}; other copies: {_others([x for x in names if x != me])}; "
             f"{_join_text(me, None, joins)}",
             None,
         )
+    return fates
+
+
+def _others(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

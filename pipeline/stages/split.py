@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pipeline.config import SPLITS
+from pipeline.stages.groups import UnionFind
 
 
 @dataclass(frozen=True)
@@ -23,27 +24,9 @@ class SplitItem:
     patient_id: str | None
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            lo, hi = sorted((ra, rb))
-            self.parent[hi] = lo
-
-
 def units(items: Sequence[SplitItem]) -> dict[str, list[SplitItem]]:
     """Connected units: images joined by a shared patient or look-alike group."""
-    uf = _UnionFind()
+    uf: UnionFind[str] = UnionFind()
     for it in items:
         uf.union("i:" + it.key, "g:" + it.group_id)
         if it.patient_id:
