@@ -7,7 +7,8 @@ missing branch starts, and per file whether that exact content is already on the
 files, git blob sha1 for small ones), stored elsewhere in the repo (committed as a copy, nothing sent) or to be
 sent, and which branch files are not in the release. It reads the Hub only through the public
 `huggingface_hub` API (`repo_info`, `list_repo_refs`, `list_repo_tree`, `list_repo_commits`); sending is
-pipeline.lifecycle.publish.transport's job.
+pipeline.lifecycle.publish.transport's job. `read_manifest` and `self_check` are the release side: what the
+plan trusts, checked against the files first.
 """
 
 from __future__ import annotations
