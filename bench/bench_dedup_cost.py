@@ -59,13 +59,17 @@ def timed(fn, jobs) -> tuple[float, list]:
     return time.perf_counter() - start, out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--sample", type=int, default=300, help="candidate pairs timed to estimate the every-candidate rule")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _decoded(a: argparse.Namespace):
+    """The config, an executor, the archive's image facts sorted by path, and a picklable pixel loader."""
     raw = BENCH / ".cache" / f"raw-synth-scale{a.scale:g}-seed{a.seed}"
     if not raw.is_dir():
         raise SystemExit(f"{raw} not found: run `python bench/run.py --scale {a.scale:g} --seed {a.seed}` first (it makes the archive)")
@@ -76,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         facts, _, _ = run_decode(raw, ingested.items, cfg, executor, Progress(), cache)
     items = sorted(facts.values(), key=lambda f: f.relpath)
     load = partial(_load_pixels, os.path.abspath(raw), cfg.image_size)  # picklable: the executor's workers load too
+    return cfg, executor, items, load
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _arguments(argv)
+    cfg, executor, items, load = _decoded(a)
 
     t0 = time.perf_counter()
     cand = candidates(items, cfg)

@@ -15,7 +15,7 @@ threshold sits.
 The crops are NOT the synthetic archive's: ``--source scene`` (default) draws fields with a generator
 of its own (below: smear background, red cells, one nucleated cell with a textured nucleus, optional
 white field-edge padding), independent of ``pipeline.synth.generator``; ``--source field`` uses
-``pipeline.synth.generator``'s field model with a random stream the synth never uses (its archive draws from
+``pipeline.synth.field``'s field model with a random stream the synth never uses (its archive draws from
 ``[seed, 0xF1E1D, cell]``). So the thresholds are checked on crops they were not tuned on.
 
 What each row should give (the paper's semantics, README "Dedup: where the line is"): a copy of one scan
@@ -115,12 +115,12 @@ class SceneCell:
 
 
 class FieldCell:
-    """pipeline.synth.generator's field model, drawn from a random stream the synth's archives never use."""
+    """pipeline.synth.field's field model, drawn from a random stream the synth's archives never use."""
 
     def __init__(self, rng: np.random.Generator, label: str):
-        from pipeline.synth import generator
+        from pipeline.synth.field import Field
 
-        self._field = generator._Field(label, rng)
+        self._field = Field(label, rng)
 
     def render(self, rng: np.random.Generator, offset: tuple[int, int] = (0, 0), extra_sigma: float = 0.0) -> np.ndarray:
         sigma = math.hypot(self._field.sigma0, extra_sigma) if extra_sigma else None

@@ -336,7 +336,7 @@ def publish(
     The token comes from the usual huggingface_hub places (HF_TOKEN, `hf auth login`); it is never printed."""
     from pipeline.lifecycle.publish.plan import PublishError
     from pipeline.lifecycle.verify.local import verify_messages
-    from pipeline.lifecycle.publish.plan import publish as publish_release
+    from pipeline.lifecycle.publish.steps import publish as publish_release
 
     out, _ = _consoles()
     if not (release_dir / "manifest.json").is_file():

@@ -11,7 +11,7 @@ HF_DATASETS_CACHE at import. Patching all of those per test would be fragile, so
   telemetry off (with telemetry on, building the user agent fetches `{ENDPOINT}/api/agent-harnesses`, i.e. the
   real Hub), offline mode off, and HF_HOME in a throw-away directory so the in-process constants never point at
   the machine's ~/.cache/huggingface or its token;
-* `pipeline.lifecycle.publish.plan.publish` takes the endpoint as an argument (or reads HF_ENDPOINT when called) and gives it
+* `pipeline.lifecycle.publish.steps.publish` takes the endpoint as an argument (or reads HF_ENDPOINT when called) and gives it
   to `HfApi(endpoint=...)`, which all its calls honour, so publishing runs in-process against any server port;
 * consumers (`datasets.load_dataset`, `hf_hub_download`) run in a fresh Python subprocess whose environment has
   HF_ENDPOINT, HF_HOME and HF_DATASETS_CACHE pointing at this test's server and tmp_path, set before import, the

@@ -15,7 +15,8 @@ import yaml
 
 from pipeline.build import build_release
 from pipeline.config import validate_config
-from pipeline.lifecycle.publish.plan import WDS_TAG_SUFFIX, publish
+from pipeline.lifecycle.publish.plan import WDS_TAG_SUFFIX
+from pipeline.lifecycle.publish.steps import publish
 from pipeline.release.snippets import WDS_TAG_SUFFIX as CARD_WDS_TAG_SUFFIX
 from tests.consumerkit import consumer_env, mixed_format_raw
 

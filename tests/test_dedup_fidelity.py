@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline.release import figures
-from pipeline.synth import generator
+from pipeline.synth.field import Field
 from pipeline.build import build_release
 from pipeline.stages.decode import decode_file, load_rgb
 from pipeline.stages.dedup import deduplicate
@@ -39,7 +39,7 @@ def cell_raw(tmp_path_factory):
     raw = tmp_path_factory.mktemp("fidelity") / "raw"
     rows = simple_raw(raw, ["myeloblast", "monocyte"], per_class=4)
     rng = np.random.default_rng(FIELD_SEED)
-    field = generator._Field(LABEL, rng)
+    field = Field(LABEL, rng)
     a = field.render(rng)
     save(raw / LABEL / "a_original.tif", a)
     save(raw / LABEL / "b_copy.tif", _shifted_right_white_brighter(a))

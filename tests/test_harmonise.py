@@ -263,7 +263,7 @@ def test_published_harmonised_release_loads_its_configs_from_the_hub(harmonised,
     import subprocess
     import sys
 
-    from pipeline.lifecycle.publish.plan import publish
+    from pipeline.lifecycle.publish.steps import publish
     from tests.consumerkit import consumer_env
 
     publish(harmonised, "org/harmonised", token=token, endpoint=hub.url, log=lambda _: None)

@@ -31,7 +31,8 @@ from typer.testing import CliRunner
 from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.config import load_config
-from pipeline.lifecycle.publish.plan import PublishError, publish
+from pipeline.lifecycle.publish.plan import PublishError
+from pipeline.lifecycle.publish.steps import publish
 from tests import hostile_release_kit as kit
 from tests.hostile_release_kit import OUTSIDE_SECRET, SECRET_ENV, SECRET_VALUE, Expect, Scene
 from tests.hostilekit import png_declaring

@@ -13,7 +13,8 @@ import pytest
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from pipeline.lifecycle.publish.plan import PublishError, plan_publish, publish, self_check
+from pipeline.lifecycle.publish.plan import PublishError, plan_publish, self_check
+from pipeline.lifecycle.publish.steps import publish
 from tests.hubserver import HubServer
 from tests.release_fixture import build_release, read_manifest, split_counts
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.lifecycle.publish.plan import PublishError, choose_branch, publish
+from pipeline.lifecycle.publish.plan import PublishError, choose_branch
+from pipeline.lifecycle.publish.steps import publish
 from tests.release_fixture import build_release, split_counts
 from tests.test_publish import fast_retries, hub_tree, release_tree  # noqa: F401 (fixture)
 
@@ -183,7 +184,7 @@ import sys
 from pathlib import Path
 from huggingface_hub import constants
 constants.HF_HUB_DISABLE_XET = False
-from pipeline.lifecycle.publish.plan import publish
+from pipeline.lifecycle.publish.steps import publish
 print("START", flush=True)
 publish(Path(sys.argv[1]), sys.argv[2], token=sys.argv[3], endpoint=sys.argv[4], log=lambda _: None)
 print("DONE", flush=True)

@@ -10,7 +10,8 @@ import pytest
 from huggingface_hub import HfApi, constants
 
 import pipeline.lifecycle.publish.transport as hub_upload
-from pipeline.lifecycle.publish.plan import PublishError, publish
+from pipeline.lifecycle.publish.plan import PublishError
+from pipeline.lifecycle.publish.steps import publish
 from tests.hubserver import HubServer
 from tests.release_fixture import split_counts
 from tests.test_publish import hub_tree, release_tree

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.synth import generator
+from pipeline.synth.plan import plan_cells
 from pipeline.stages.decode import decode_file, load_rgb
 from pipeline.records import ImageFacts
 
@@ -35,7 +36,7 @@ def _files(root):
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.parent != root)
 
 
-def test_expected_counts_at_scale_one_are_classes_csv():
+def test_expected_counts_at_scale_one_are_the_configs_counts():
     cfg = config()
     counts = generator.expected_counts(cfg, 1.0)
     assert counts == {c.label: (c.raw_count, c.published_count) for c in cfg.classes}
@@ -46,7 +47,7 @@ def test_expected_counts_at_scale_one_are_classes_csv():
 def test_plan_at_scale_one_has_the_papers_shape():
     """The full-scale plan (no rendering): per class raw/kept counts and the planted mix."""
     cfg = config()
-    cells = generator._plan(cfg, 1.0, seed=0)
+    cells = plan_cells(cfg, 1.0, seed=0)
     outputs = [o for c in cells for o in c.outputs]
     raw = Counter(o.label for o in outputs)
     kept = Counter(o.label for o in outputs if o.fate == "kept")

@@ -1,60 +1,28 @@
-"""Publish a release directory to the Hugging Face Hub as a dataset repo, tagged ``v{version}``.
+"""Deciding what a publish does: which branch and tag each part of a release goes to, what the Hub lacks.
 
-With `pipeline.lifecycle.publish.transport` (the transport), the only code that touches the network. It uses the public
-`huggingface_hub` API (`HfApi`): `repo_info`, `list_repo_refs`, `list_repo_tree`, `create_repo`, `create_branch`,
-`preupload_lfs_files`, `create_commit` and `create_tag`.
-
-A publish goes: verify the release (the caller's `verify` plus a self-check of manifest.json against the files)
--> read the Hub (repo, refs, the target branch's tree) -> choose the branch (main only moves forward in version;
-an older version goes to its line branch v{X.Y}.x) -> plan: for every release file, is that exact content
-already on the branch (LFS sha256 for LFS files, git blob sha1 for small ones), and which branch files are not in
-the release -> upload every missing large object, then ONE commit with every addition and deletion -> check the
-branch now equals the release -> tag that commit ``v{version}``.
-
-Atomic: a branch moves from the old release to the new one in one commit, so `load_dataset` on it sees one or
-the other, never a mix. Re-running after an interruption sends only what the server lacks: objects uploaded by a
-killed run are in the repo's store (LFS: the batch API tells the client not to send them; Xet: hf_xet's dedup
-finds their chunks), a commit that landed before its tag makes the branch match, and only the tag is made. A tag
-is never moved: if ``v{version}`` exists and holds the same content the publish is a no-op; if it holds other
-content the publish refuses.
-
-The WebDataset variant: when the release has ``wds/README.md``, the ``wds/`` subtree is published the same way
-(same planner, one commit, same checks) as the root of branch ``webdataset`` (of ``v{X.Y}.x-webdataset`` for an
-older line), tagged ``v{version}-webdataset``, after the release's own branch is tagged. It needs a revision of
-its own because `datasets` picks one builder for all the configs of a card (upstream datasets#7101), so the tars
-cannot be a config of the root card. A new ``webdataset`` branch starts from the repo's first commit (on the
-Hub: only ``.gitattributes``), so its tree is exactly ``wds/`` and its history carries no Parquet; the tars are
-already in the repo's store from the main branch, so they are not sent again. Both tags are checked before
-anything is written: a publish that would have to move either of them is refused up front.
-
-Xet or LFS: asked of the server per branch (see `pipeline.lifecycle.publish.transport`).
+Read-only. For a release directory and a dataset repo it decides: the branch (main only moves forward in
+version; an older version goes to its line branch v{X.Y}.x), the tag ``v{version}``, the WebDataset variant's
+own branch and tag when the release has ``wds/README.md`` (see pipeline.lifecycle.publish.steps), where a
+missing branch starts, and per file whether that exact content is already on the branch (LFS sha256 for LFS
+files, git blob sha1 for small ones), stored elsewhere in the repo (committed as a copy, nothing sent) or to be
+sent, and which branch files are not in the release. It reads the Hub only through the public
+`huggingface_hub` API (`repo_info`, `list_repo_refs`, `list_repo_tree`, `list_repo_commits`); sending is
+pipeline.lifecycle.publish.transport's job. `read_manifest` and `self_check` are the release side: what the
+plan trusts, checked against the files first.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from pipeline import __version__
-from pipeline.lifecycle.verify import stamp
-from pipeline.lifecycle.publish.transport import (
-    Addition,
-    BranchUpdate,
-    UploadError,
-    commit_atomically,
-    quiet_progress,
-    server_offers_xet,
-    xet_disabled_by_user,
-)
 from pipeline.lifecycle.ancestry import SEMVER, LineageError
 from pipeline.lifecycle.ancestry import version_key as lineage_version_key
 from pipeline.untrusted.files import (
@@ -74,7 +42,7 @@ DEFAULT_BRANCH = "main"
 # Files the Hub writes itself (the first commit of every repo): not part of a release, never deleted.
 HUB_MANAGED = frozenset({".gitattributes"})
 MANIFEST = "manifest.json"
-# The WebDataset variant (see the module docstring): the release's WDS_DIR folder, its branch and tag suffix.
+# The WebDataset variant (see pipeline.lifecycle.publish.steps): the release's WDS_DIR folder, its branch and tag suffix.
 WDS_BRANCH = "webdataset"
 WDS_TAG_SUFFIX = "-webdataset"
 _CHUNK = 1 << 20
@@ -188,36 +156,15 @@ class PublishPlan:
             out.append(f"  tag {self.tag} already exists at {self.tag_commit[:12]} ({state})")
         width = max((len(f.status) for f in self.files), default=0)
         for f in self.files:
-            out.append(f"  {f.status:<{width}}  {_human(f.cost):>9}  {f.path}")
+            out.append(f"  {f.status:<{width}}  {human_size(f.cost):>9}  {f.path}")
         for path in self.deletions:
             out.append(f"  {'delete':<{width}}  {'':>9}  {path}")
         out.append(
-            f"  {len(self.to_send)} to upload ({_human(self.upload_bytes)}), {len(self.to_upload) - len(self.to_send)}"
+            f"  {len(self.to_send)} to upload ({human_size(self.upload_bytes)}), {len(self.to_upload) - len(self.to_send)}"
             f" stored elsewhere in the repo (copied, 0 B), {len(self.already_on_hub)} already on Hub,"
             f" {len(self.deletions)} to delete"
         )
         return out
-
-
-@dataclass
-class PublishResult:
-    repo_id: str
-    version: str
-    tag: str
-    url: str  # where the tagged release can be browsed
-    commit: str | None  # commit the tag points at (None for a dry run against a repo that does not exist)
-    dry_run: bool = False
-    already_published: bool = False  # the tag existed with identical content: nothing was changed
-    branch: str = DEFAULT_BRANCH
-    created_repo: bool = False
-    private: bool | None = None
-    uploaded: list[str] = field(default_factory=list)  # files committed by this run
-    skipped: list[str] = field(default_factory=list)  # files that were already on the Hub
-    deleted: list[str] = field(default_factory=list)
-    commits: list[str] = field(default_factory=list)  # commits created by this run, oldest first
-    plan: PublishPlan | None = None
-    # the wds/ folder as branch `webdataset`, tag v{version}-webdataset; None when the release has no wds/README.md
-    webdataset: PublishResult | None = None
 
 
 # ----------------------------------------------------------------------------------------------------- local side
@@ -232,7 +179,8 @@ def _git_blob_id(source: FileSource, path: str) -> str:
     return digest.hexdigest()
 
 
-def _human(n: int) -> str:
+def human_size(n: int) -> str:
+    """A byte count for people: 950 B, 1.2 kB, 3.4 MB."""
     value = float(n)
     for unit in ("B", "kB", "MB", "GB"):
         if value < 1000 or unit == "GB":
@@ -367,7 +315,8 @@ def _stored_objects(api: HfApi, repo_id: str, commits: list[str], read: dict[str
                     ) -> dict[str, tuple[str, str]]:
     """sha256 -> (commit, path) of every large (LFS/Xet) file in the trees of `commits` (the repo's branch heads
     and tags): objects the repo's store holds, which a commit can name without sending a byte. Objects uploaded
-    by a killed run but never committed are not in any tree; the upload itself finds those (see hub_upload)."""
+    by a killed run but never committed are not in any tree; the upload itself finds those (see
+    pipeline.lifecycle.publish.transport)."""
     stored: dict[str, tuple[str, str]] = {}
     for commit in dict.fromkeys(commits):
         tree = read.get(commit)
@@ -437,63 +386,7 @@ def plan_publish(release_dir: Path, repo_id: str, *, api: HfApi, branch: str = D
                        tag_commit, tag_matches, target.tag)
 
 
-# ------------------------------------------------------------------------------------------------------- publish
-
-
-_TOKEN_PATTERNS = (
-    re.compile(r"(?i)(bearer\s+)[^\s'\"]+"),
-    re.compile(r"\bhf_[A-Za-z0-9_-]{8,}"),  # anything shaped like a Hugging Face token
-)
-
-
-def _redact(text: str, token: str | None) -> str:
-    if token:
-        text = text.replace(token, "***")
-    text = _TOKEN_PATTERNS[0].sub(r"\1***", text)
-    return _TOKEN_PATTERNS[1].sub("hf_***", text)
-
-
-def _describe(err: BaseException, token: str | None) -> str:
-    """One line per exception in the chain (the Hub client wraps the transport error), redacted."""
-    parts, seen = [], set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        message = " ".join(str(current).split())
-        message = message if len(message) <= 400 else message[:400] + " ..."
-        part = f"{type(current).__name__}: {message}".strip()
-        if not parts or parts[-1] != part:  # transports re-raise the same error under the same name
-            parts.append(part)
-        current = current.__cause__ or current.__context__
-    return _redact(" <- ".join(parts), token)
-
-
-def _check_release(release_dir: Path, verify: Callable[[Path], list[str]] | None, verify_name: str | None,
-                   token: str | None, say: Callable[[str], None]) -> dict:
-    """manifest.json, once the release passed the self-check and `verify`; PublishError naming the failures.
-    A release unchanged since it last passed the same checks on this machine (pipeline.lifecycle.verify.stamp) is not
-    checked again; `verify` without a `verify_name` is always run (an anonymous check cannot be stamped)."""
-    manifest = read_manifest(release_dir)
-    checks = "self-check" if verify is None else (f"self-check + {verify_name}" if verify_name else None)
-    key = stamp.release_key(release_dir, checks) if checks else None
-    if stamp.is_stamped(key):
-        say(f"{release_dir} is unchanged since it passed {checks} (files' stat and manifest.json's sha256 as"
-            " then): not verified again")
-        return manifest
-    failures = self_check(release_dir)
-    if verify is not None and not failures:  # the verifier's loaders run only on files that passed the check
-        try:
-            failures += list(verify(release_dir))
-        except Exception as err:  # a crashing verifier must not let a release through
-            failures.append(f"verify raised {_describe(err, token)}")
-    if failures:
-        shown = "\n  ".join(failures[:20]) + (f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else "")
-        raise PublishError(_redact(f"release {release_dir} failed verification; not publishing:\n  {shown}", token))
-    stamp.stamp(key)  # the key of the files as they were before the checks began
-    return manifest
-
-
-def _repo_tags(api: HfApi, repo_id: str) -> dict[str, str]:
+def repo_tags(api: HfApi, repo_id: str) -> dict[str, str]:
     """Tag name -> commit of an existing repo; {} when it does not exist yet."""
     try:
         refs = api.list_repo_refs(repo_id, repo_type=REPO_TYPE)
@@ -502,234 +395,6 @@ def _repo_tags(api: HfApi, repo_id: str) -> dict[str, str]:
     return {ref.name: ref.target_commit for ref in refs.tags}
 
 
-def publish(
-    release_dir: Path,
-    repo_id: str,
-    *,
-    private: bool = False,
-    dry_run: bool = False,
-    token: str | None = None,
-    verify: Callable[[Path], list[str]] | None = None,
-    verify_name: str | None = None,
-    endpoint: str | None = None,
-    log: Callable[[str], None] = print,
-) -> PublishResult:
-    """Publish the release in `release_dir` to the dataset repo `repo_id` and tag it ``v{version}``; when the
-    release has ``wds/README.md``, then publish its ``wds/`` folder as the root of its WebDataset branch and tag
-    that ``v{version}-webdataset`` (`result.webdataset`), with the same guarantees as below.
-
-    - The version is manifest.json's. Before anything else the release is checked: `verify(release_dir)` (a list
-      of failure messages, e.g. `mll23 verify`) and a self-check of the manifest against the files; any failure
-      refuses the publish. When `verify_name` names the checks `verify` makes, a release unchanged since it
-      passed them on this machine is not verified again (a stamp in the user's cache, `pipeline.lifecycle.verify.stamp`).
-    - Branch: ``main`` when the version is newer than every version tagged in the repo (main only moves
-      forward); an older version (a patch of an old line, e.g. 1.0.1 after 1.2.0) goes to its line branch
-      ``v1.0.x`` (WebDataset: ``v1.0.x-webdataset``), created from the line's newest tag.
-    - Atomic: every large object is uploaded first, then one commit per branch adds, changes and deletes every
-      file at once, so a branch shows the old release or the new one, never a mix. An interrupted publish is
-      simply re-run: objects the server already stores are not sent again.
-    - Xet when the server offers it (asked per branch), Git LFS when not or when HF_HUB_DISABLE_XET is set.
-    - Visibility: a repo created by this call is **public by default**; ``private=True`` (``--private``) creates
-      it private. An existing repo keeps its visibility, but ``private=True`` refuses to publish into a public one.
-    - Idempotent: if tag ``v{version}`` exists with identical content nothing is done; if it exists with other
-      content the publish is refused (tags are never moved). Both tags are checked before anything is written.
-    - `dry_run=True` only reads from the Hub and prints the plan (file, size, "new" / "already on Hub").
-    - Token: `token`, else the usual huggingface_hub places (``HF_TOKEN``, the token file of ``hf auth login``).
-      It is never printed; error messages are redacted.
-    - Endpoint: `endpoint`, else ``HF_ENDPOINT`` as set when called, else huggingface_hub's default.
-
-    Raises `PublishError` when refused or when the Hub fails; the message says whether re-running will resume.
-    """
-    release_dir = Path(release_dir)
-    token = token or get_token()
-
-    def say(message: str) -> None:
-        log(_redact(message, token))
-
-    manifest = _check_release(release_dir, verify, verify_name, token, say)
-    if not dry_run and not token:
-        raise PublishError("no Hugging Face token: pass one, set HF_TOKEN, or run `hf auth login`")
-    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-    api = HfApi(endpoint=endpoint, token=token or False, library_name="mll23-pipeline", library_version=__version__)
-    progress = _Progress(f"v{manifest['version']}", "reading the repo from the Hub")
-    try:
-        with quiet_progress():
-            return _publish(api, release_dir, repo_id, manifest, private, dry_run, token, progress, say)
-    except PublishError:
-        raise
-    except Exception as err:  # Hub, network or disk failure: say where, redacted, and what to do
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        if status in (401, 403):
-            hint = f"Check that the token may write to '{repo_id.split('/')[0]}' (a write token of a member)."
-        else:
-            hint = "Re-run the same command to resume: objects already on the Hub are not uploaded again."
-        raise PublishError(
-            f"publishing {progress.tag} to {repo_id} failed while {progress.stage}: {_describe(err, token)}\n"
-            f"{progress.tag} is not tagged yet. {hint}"
-        ) from None
-
-
-def _publish(api: HfApi, release_dir: Path, repo_id: str, manifest: dict, private: bool, dry_run: bool,
-             token: str | None, progress: _Progress, say: Callable[[str], None]) -> PublishResult:
-    """`publish` once the release is checked: plan every branch, refuse early, then write branch by branch."""
-    tags = _repo_tags(api, repo_id)
-    targets = publish_targets(release_dir, manifest, tags)
-    plans = [plan_publish(release_dir, repo_id, api=api, target=target) for target in targets]
-    results = [
-        PublishResult(repo_id, manifest["version"], p.tag, f"{api.endpoint}/datasets/{repo_id}/tree/{p.tag}",
-                      commit=p.tag_commit, dry_run=dry_run, private=p.private, branch=p.branch, plan=p)
-        for p in plans
-    ]
-    result = results[0]
-    result.webdataset = results[1] if len(results) > 1 else None
-    if dry_run:
-        for plan, planned in zip(plans, results):
-            for line in plan.lines():
-                say(line)
-            planned.skipped = [f.path for f in plan.already_on_hub]
-        say("dry run: nothing was changed on the Hub")
-    for plan in plans:  # both tags are checked before anything is written
-        if plan.tag_commit is not None and not plan.tag_matches:
-            raise PublishError(
-                f"tag {plan.tag} already exists on {repo_id} (commit {plan.tag_commit[:12]}) with different"
-                " content; refusing to move a published tag. Release the change under a new version."
-            )
-    if dry_run:
-        return result
-    if not plans[0].repo_exists:
-        progress.stage = "creating the repo"
-        api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
-        say(f"created {'private' if private else 'public'} dataset repo {repo_id}")
-        result.created_repo = True
-        plans = [plan_publish(release_dir, repo_id, api=api, target=target) for target in targets]
-        if not plans[0].repo_exists:
-            raise PublishError(f"created {repo_id} but cannot read it back; check the token's permissions")
-    elif private and not plans[0].private and any(p.tag_commit is None for p in plans):
-        raise PublishError(
-            f"{repo_id} exists and is public but a private publish was requested; refusing. Make the repo"
-            " private on the Hub first, or publish without --private."
-        )
-    if targets[0].branch != DEFAULT_BRANCH:
-        say(f"{manifest['version']} is older than the version on main ({published_versions(tags)[-1]}): main is"
-            f" left alone, the release goes to branch {targets[0].branch}")
-    for target, plan, published in zip(targets, plans, results):
-        progress.tag = target.tag
-        _publish_branch(api, release_dir, manifest, target, plan, published, tags, token, progress, say)
-    return result
-
-
-@dataclass
-class _Progress:
-    """Where a publish is, for the error message if the Hub fails."""
-
-    tag: str
-    stage: str
-
-
-def _first_commit(api: HfApi, repo_id: str) -> str:
+def repo_first_commit(api: HfApi, repo_id: str) -> str:
     """The repo's first commit (on the Hub it holds only the Hub-managed .gitattributes)."""
     return api.list_repo_commits(repo_id, repo_type=REPO_TYPE, revision=DEFAULT_BRANCH)[-1].commit_id
-
-
-def _use_xet(api: HfApi, repo_id: str, branch: str, token: str | None, say: Callable[[str], None]) -> bool:
-    if xet_disabled_by_user():
-        say("Xet disabled by HF_HUB_DISABLE_XET: uploading over Git LFS")
-        return False
-    if server_offers_xet(api, repo_id, branch, token):
-        say(f"the Hub offers Xet storage for branch {branch}: uploading over Xet")
-        return True
-    say(f"the Hub offers no Xet storage for branch {branch}: uploading over Git LFS")
-    return False
-
-
-def _publish_branch(
-    api: HfApi,
-    release_dir: Path,
-    manifest: dict,
-    target: PublishTarget,
-    plan: PublishPlan,
-    result: PublishResult,
-    tags: dict[str, str],
-    token: str | None,
-    progress: _Progress,
-    say: Callable[[str], None],
-) -> None:
-    """Bring `target.branch` to exactly `target.source` in one commit and tag it `target.tag`; fills `result`.
-    A tag that already holds the same content means nothing to do (the caller refused other content)."""
-    repo_id, tag = plan.repo_id, target.tag
-    if plan.tag_commit is not None:
-        say(f"{tag} is already published on {repo_id} at {plan.tag_commit[:12]} with identical content:"
-            " nothing to do")
-        result.already_published = True
-        result.commit = plan.tag_commit
-        result.skipped = [f.path for f in plan.files]
-        return
-    if plan.head is None:
-        progress.stage = f"creating branch {target.branch}"
-        start = branch_start(target, tags, lambda: _first_commit(api, repo_id))
-        api.create_branch(repo_id, branch=target.branch, revision=start, repo_type=REPO_TYPE)
-        say(f"created branch {target.branch} of {repo_id} from commit {start[:12]}")
-        plan = plan_publish(release_dir, repo_id, api=api, target=target)
-    result.private = plan.private
-    result.plan = plan
-    result.skipped = [f.path for f in plan.already_on_hub]
-    head = plan.head
-    if not plan.branch_matches:  # (it matches when an earlier run's commit landed but its tag did not)
-        head = _commit_branch(api, manifest, target, plan, token, progress, say)
-        result.commits.append(head)
-        result.uploaded = [f.path for f in plan.to_upload]
-        result.deleted = list(plan.deletions)
-    _tag_branch(api, release_dir, manifest, target, plan, head, result, progress, say)
-
-
-def _commit_branch(api: HfApi, manifest: dict, target: PublishTarget, plan: PublishPlan, token: str | None,
-                   progress: _Progress, say: Callable[[str], None]) -> str:
-    """The one commit that moves the branch from the old release to the new one; returns its id."""
-    progress.stage = f"asking whether the Hub offers Xet for branch {target.branch}"
-    xet = _use_xet(api, plan.repo_id, target.branch, token, say)
-    say(f"publishing {target.tag} to {plan.repo_id} (branch {plan.branch}): {len(plan.to_send)} files to upload"
-        f" ({_human(plan.upload_bytes)}), {len(plan.to_upload) - len(plan.to_send)} copied from elsewhere in the"
-        f" repo, {len(plan.already_on_hub)} already on the branch,"
-        f" {len(plan.deletions)} to delete, in one commit")
-    source = target.source
-    additions = [Addition(f.path, f.size, f.sha256, lambda f=f: source.open(f.path)) for f in plan.to_send]
-    copies = [(f.path, *f.copy_from) for f in plan.to_upload if f.copy_from is not None]
-    name = manifest.get("name", "release")
-    update = BranchUpdate(
-        plan.repo_id, plan.branch, plan.head, additions, plan.deletions, copies,
-        title=printable(f"{name} {target.tag}", limit=200),
-        description=f"{len(additions)} files added or updated, {len(plan.deletions)} deleted.",
-    )
-
-    def stage(text: str) -> None:
-        progress.stage = text
-
-    try:
-        head = commit_atomically(api, update, xet=xet, stage=stage)
-    except UploadError as err:
-        raise PublishError(f"publishing {target.tag} to {plan.repo_id}: {err}") from None
-    say(f"committed {len(plan.to_upload)} files ({_human(plan.upload_bytes)} sent), {len(plan.deletions)} deletions to"
-        f" branch {plan.branch} in one commit -> {head[:12]}")
-    return head
-
-
-def _tag_branch(api: HfApi, release_dir: Path, manifest: dict, target: PublishTarget, plan: PublishPlan,
-                head: str | None, result: PublishResult, progress: _Progress, say: Callable[[str], None]) -> None:
-    """Check the branch now holds exactly the release at `head`, then tag that commit."""
-    repo_id, tag = plan.repo_id, target.tag
-    progress.stage = "checking the branch"
-    final_plan = plan_publish(release_dir, repo_id, api=api, target=target)
-    if not final_plan.branch_matches or final_plan.head != head:
-        raise PublishError(
-            f"after uploading, branch {plan.branch} of {repo_id} does not hold exactly the release"
-            f" ({len(final_plan.to_upload)} files differ, {len(final_plan.deletions)} extra): someone else"
-            " may be pushing to it. Not tagging; re-run to retry."
-        )
-    progress.stage = f"tagging {tag}"
-    name = manifest.get("name", "release")
-    if final_plan.tag_commit is None:
-        api.create_tag(repo_id, tag=tag, revision=head, repo_type=REPO_TYPE, tag_message=f"{name} {tag[1:]}")
-    elif not final_plan.tag_matches:
-        raise PublishError(f"tag {tag} appeared on {repo_id} with different content while publishing")
-    result.commit = final_plan.tag_commit or head
-    say(f"tagged {tag} -> {result.commit[:12]}; published {result.url}")

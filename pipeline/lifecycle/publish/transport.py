@@ -1,4 +1,4 @@
-"""The transport half of `publish`: how a planned branch update reaches the Hub, atomically.
+"""Sending one planned branch update to the Hub: Xet or LFS, every large object first, then one atomic commit.
 
 One branch update is: every large object uploaded first (`HfApi.preupload_lfs_files`), then exactly one
 `create_commit` naming every added, changed and deleted file, with the branch head the plan was made against as
@@ -83,6 +83,18 @@ def server_offers_xet(api: HfApi, repo_id: str, branch: str, token: str | None) 
     if not isinstance(cas, str) or not cas:
         raise UploadError(f"{url}: the Xet write token answer has no casUrl")
     return True
+
+
+def choose_xet(api: HfApi, repo_id: str, branch: str, token: str | None, say: Callable[[str], None]) -> bool:
+    """Whether to upload to `branch` over Xet: not when the user disabled it, else as the server answers."""
+    if xet_disabled_by_user():
+        say("Xet disabled by HF_HUB_DISABLE_XET: uploading over Git LFS")
+        return False
+    if server_offers_xet(api, repo_id, branch, token):
+        say(f"the Hub offers Xet storage for branch {branch}: uploading over Xet")
+        return True
+    say(f"the Hub offers no Xet storage for branch {branch}: uploading over Git LFS")
+    return False
 
 
 @contextmanager
