@@ -703,7 +703,7 @@ def _croissant_config(name: str, version: str, release_date: str, sources: list[
             "limitations": "Image size, magnification, stain and population differ between sources; each source's licence and citation apply to its images.",
         },
     }
-    return ReleaseConfig(raw=doc, source="harmonise")
+    return ReleaseConfig.from_doc(doc, "harmonise")
 
 
 _TEXT = {"type": "string", "maxLength": 100_000}
@@ -734,7 +734,7 @@ def croissant_config_of(manifest: dict) -> ReleaseConfig:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top)"
         raise ConfigError(f"manifest.json (config) of a harmonised release: key {where}: {error.message[:200]}")
-    return ReleaseConfig(raw=doc, source="manifest.json (config)")
+    return ReleaseConfig.from_doc(doc, "manifest.json (config)")
 
 
 def _write_croissant(staging: Path, config: ReleaseConfig, counts: dict, sources: list[Source]) -> None:
