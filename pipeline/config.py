@@ -34,11 +34,11 @@ class ClassInfo:
     """One `[[classes]]` entry."""
 
     label: str
+    full_name: str  # the cell type in words; default: the folder
+    folder: str  # the dataset's own name for the class (its folder under RAW); default: the label
     lineage: str = ""  # the cell's blood-cell lineage (myeloid, lymphoid, ...), not a release's ancestry
-    full_name: str = ""
     raw_count: int | None = None
     published_count: int | None = None
-    folder: str = ""  # the dataset's own name for the class (its folder under RAW)
 
     @classmethod
     def from_table(cls, table: dict[str, Any]) -> ClassInfo:
@@ -53,7 +53,7 @@ class ImageConfig:
 
     width: int
     height: int
-    mode: str = "RGB"
+    mode: str  # "RGB": what every published image is decoded to
     format: str = "TIFF"  # the archive's file format (what `mll23 synth` writes)
     # Raw files above this size are refused without being read (a 288x288 RGB TIFF is about 250 kB).
     max_file_bytes: int = 16_000_000
