@@ -185,7 +185,7 @@ def _image_bytes_phrase(codec: str) -> str:
 # What the cleaning does with copies whose labels disagree, per `dedup.conflict_policy` (stages/dedup.py).
 CONFLICT_RULES = {
     "drop_all": "are all dropped",
-    "majority": "keep one copy of the label a strict majority of the copies have; when no label has one, all are dropped",
+    "majority": "keep one copy of the label a strict majority of the copies carry (all are dropped when no label has one)",
 }
 
 
