@@ -122,3 +122,27 @@ def test_omitted_keys_take_their_defaults_and_dataset_prose_is_read():
     doc["dataset"]["colour"] = "red"
     with pytest.raises(ConfigError, match="key 'dataset.colour'"):
         validate_config(doc, "x")
+
+
+def _counts(labels: list[str]) -> dict:
+    ledger = {"kept": 30, "duplicate": 5, "label_conflict": 2, "excluded": 3, "invalid": 1}
+    return {"splits": {s: {"total": 10, "per_class": {label: 1 for label in labels}} for s in ("train", "validation", "test")},
+            "per_class": {label: {"raw": 2, "kept": 1} for label in labels}, "raw_images": 41, "ledger": ledger, "ledger_total": 41}
+
+
+def test_card_and_croissant_prose_follow_the_config():
+    from pipeline.release import card, croissant
+
+    doc = _doc()
+    doc["dedup"]["conflict_policy"] = "majority"
+    doc["dataset"] = {"cells": "single white blood cells", "excluded_cells": "cells flagged dysplastic in annotations.csv", "keywords": ["hematology"]}
+    config = validate_config(doc, "x")
+    counts = _counts(config.class_names)
+    text = card.render_card(config, counts, {}, card.Layout({"train": 1, "validation": 1, "test": 1}, {}))
+    assert "30 images of single white blood cells in 18 classes" in text
+    assert "are all dropped" not in text and "strict majority" in text  # what `majority` does, not `drop_all`
+    assert "- cells flagged dysplastic in annotations.csv are excluded;" in text
+    assert "Classes are strongly imbalanced" in text  # a key left out: its default
+    described = croissant.croissant_document(config, counts, [])
+    assert described["keywords"] == ["image-classification", "hematology"]
+    assert "Cells flagged dysplastic in annotations.csv excluded." in described["rai:dataPreprocessingProtocol"]
