@@ -1,7 +1,7 @@
 """A harmonised multi-source release built from several releases (MLL23, Matek 2019, Acevedo 2020, ...).
 
 `mll23 harmonise REL... --map MAP.csv --out DIR` makes one dataset of the sources' shared classes for
-domain generalisation (FACTS.md, "Sibling datasets"):
+domain generalisation (the sibling datasets the MLL23 paper evaluates together):
 
 - every source release is checked first (files and sha256, every image against its pixel_sha256, unique
   ids): a release is untrusted input, and the pixel hashes are what the cross-source check relies on;
