@@ -681,7 +681,8 @@ _CROISSANT_CONFIG_SCHEMA = {
                   "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}, "mode": {"const": "RGB"}}},
         "dedup": {"type": "object", "additionalProperties": False, "required": ["phash_threshold", "conflict_policy"],
                   "properties": {"phash_threshold": {"type": "integer"}, "conflict_policy": {"const": "drop_all"}}},
-        "datasheet": {"type": "object", "maxProperties": 20, "additionalProperties": _TEXT},
+        "datasheet": {"type": "object", "maxProperties": 20, "additionalProperties": _TEXT,
+                      "required": ["motivation", "collection", "labelling", "uses", "limitations"]},
     },
 }
 
