@@ -43,9 +43,14 @@ def harmonised_map_path() -> Path:
     return _PACKAGE_DIR / "configs" / "harmonised_labels.csv"
 
 
+def template_path(name: str) -> Path:
+    """A text template shipped in pipeline/templates/ (the dataset cards)."""
+    return _PACKAGE_DIR / "templates" / name
+
+
 def ci_workflow_path() -> Path:
     """The GitHub Actions workflow for maintainers' repositories (shipped inside the package)."""
-    return _PACKAGE_DIR / "templates" / "verify-release.yml"
+    return template_path("verify-release.yml")
 
 
 # The extras (pyproject's optional-dependencies) whose libraries `mll23 verify` loads a release with: the CI

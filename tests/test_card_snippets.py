@@ -138,7 +138,7 @@ def test_card_flags_rare_classes_from_the_measured_counts(tmp_path, config):
     assert f"- `lymphocyte_reactive`: train 100, validation 3, test 0 (under {floor} in validation, test)" in text
     assert f"- `basophil`: train {floor - 1}, validation 100, test 100 (under {floor} in train)" in text
     assert text.count("\n- ") == 2
-    assert "33" not in config.datasheet["limitations"]  # no fixed count in the prose: the card measures them
+    assert "33" not in config.datasheet.limitations  # no fixed count in the prose: the card measures them
 
 
 @pytest.mark.parametrize(

@@ -208,7 +208,7 @@ def test_croissant_validates_lists_every_file_and_loads_records(release, manifes
     assert declared == expected
     for key in ("dataCollection", "dataPreprocessingProtocol", "dataAnnotationProtocol", "dataLimitations", "dataBiases", "personalSensitiveInformation", "dataReleaseMaintenancePlan"):
         assert doc[f"rai:{key}"].strip()
-    assert doc["rai:dataCollection"] == config.datasheet["collection"]
+    assert doc["rai:dataCollection"] == config.datasheet.collection
 
     dataset = mlc.Dataset(jsonld=str(release / CROISSANT))
     classes = sorted((r["classes/index"], r["classes/name"]) for r in dataset.records("classes"))

@@ -41,13 +41,12 @@ import jsonschema
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 import pipeline
 from pipeline.release import manifest as manifest_mod
 from pipeline.stages import neardup
 from pipeline.lifecycle import notes
-from pipeline.release.card import size_category
+from pipeline.release.card import fill_template, size_category, yaml_header
 from pipeline.config import LABEL_PATTERN, SPLITS, ConfigError, ReleaseConfig
 from pipeline.release.croissant import CROISSANT, croissant_document
 from pipeline.stages.decode import open_rgb
@@ -614,73 +613,33 @@ def card_tables(sources: list[Source], label_map: LabelMap, counts: dict) -> dic
     }
 
 
+def _duplicates_sentence(duplicates: list[CrossDuplicate]) -> str:
+    if not duplicates:
+        return "No image was found in two sources."
+    return f"{len(duplicates)} image(s) were found in two sources and kept once (see `ledger.csv`, fate `duplicate`)."
+
+
+def card_fields(version: str, release_date: str, sources: list[Source], label_map: LabelMap, counts: dict, duplicates: list[CrossDuplicate]) -> dict[str, str]:
+    """What pipeline/templates/harmonised_card.md is filled with: the sources, their configs and the tables."""
+    return {
+        "pretty_name": pretty_name(sources),
+        "version": version,
+        "release_date": release_date,
+        "class_count": str(len(label_map.classes)),
+        "source_list": "\n".join(f"- `{s.name}` v{s.version} ({s.image_size[0]} x {s.image_size[1]} px, licence {s.license})" for s in sources),
+        "first_source": sources[0].name,
+        "source_configs": ", ".join(f"`{s.name}`" for s in sources),
+        "loso_configs": ", ".join(f"`loso_{s.name}`" for s in sources),
+        "duplicates": _duplicates_sentence(duplicates),
+        **card_tables(sources, label_map, counts),
+    }
+
+
 def render_card(name: str, version: str, release_date: str, sources: list[Source], label_map: LabelMap, counts: dict, configs: list[dict], split_bytes: dict[str, int], duplicates: list[CrossDuplicate]) -> str:
-    classes = label_map.classes
-    header = card_header(sources, classes, counts, configs, split_bytes)
-    tables = card_tables(sources, label_map, counts)
-    source_list = "\n".join(f"- `{s.name}` v{s.version} ({s.image_size[0]} x {s.image_size[1]} px, licence {s.license})" for s in sources)
-    loso = ", ".join(f"`loso_{s.name}`" for s in sources)
-    dup_text = (
-        f"{len(duplicates)} image(s) were found in two sources and kept once (see `ledger.csv`, fate `duplicate`)."
-        if duplicates else "No image was found in two sources."
-    )
-    body = f"""
-# {header['pretty_name']}
-
-Version **{version}**, released {release_date}. One dataset of the classes the sources share, for training
-across laboratories and for domain generalisation: {len(classes)} harmonised classes, a `source` column,
-and each source's own split. Built with `mll23 harmonise` from these releases (each verified first):
-
-{source_list}
-
-## Loading
-
-```python
-from datasets import load_dataset
-ds = load_dataset(REPO)                          # every source, each image in its source's own split
-ds = load_dataset(REPO, "{sources[0].name}")      # one source
-ds = load_dataset(REPO, "loso_{sources[0].name}")  # leave one source out: train on the others, test on it
-```
-
-Configs: `default`; one per source ({', '.join(f'`{s.name}`' for s in sources)}); leave-one-source-out ({loso}):
-train and validation come from the other sources' train and validation splits, test is every image of the
-held-out source (none of it was seen in training).
-
-Each record has `image` (the source's image bytes, unchanged), `label` (harmonised class index; names below),
-`source`, `original_label` (the class in the source release), `original_name` (the dataset's own name for it),
-and the source release's `image_id`, `pixel_sha256`, `phash`, `annotator` and `extra`; `source_file` is
-`<source>/<path in its raw archive>`, and `patient_id` and `group_id` are made distinct per source.
-
-## Classes per source
-
-{tables["per_source"]}
-
-## Classes per split
-
-{tables["per_split"]}
-
-## The label map
-
-{tables["map"]}
-
-Images of classes outside the map (for example a source's own rare classes) are left out, each with an
-`excluded` row in `ledger.csv`; they stay in their source's own release.
-
-## Cleaning
-
-{dup_text} A copy is kept over another by lossless format first, then by the order the sources were given,
-so a leave-one-source-out evaluation never tests on an image it trained on.
-
-{tables["fates"]}
-
-## Limitations
-
-The sources differ in image size, magnification, stain and scanner, and in the populations they come from
-(a leukaemia laboratory's referrals, AML patients and controls, normal blood): that shift is the point of
-the dataset, and also a reason not to pool their per-class rates. Images are not resized here. Each source's
-own licence and citation apply to its images. Not a diagnostic device; research use only.
-"""
-    return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000) + "---\n" + body + notes.card_section(version, None)
+    """README.md of a harmonised release: its YAML header, the filled template, and the release notes section."""
+    header = card_header(sources, label_map.classes, counts, configs, split_bytes)
+    body = fill_template("harmonised_card.md", card_fields(version, release_date, sources, label_map, counts, duplicates))
+    return yaml_header(header) + body + notes.card_section(version, None)
 
 
 def _croissant_config(name: str, version: str, release_date: str, sources: list[Source], label_map: LabelMap) -> ReleaseConfig:
@@ -703,7 +662,7 @@ def _croissant_config(name: str, version: str, release_date: str, sources: list[
             "limitations": "Image size, magnification, stain and population differ between sources; each source's licence and citation apply to its images.",
         },
     }
-    return ReleaseConfig(raw=doc, source="harmonise")
+    return ReleaseConfig.from_doc(doc, "harmonise")
 
 
 _TEXT = {"type": "string", "maxLength": 100_000}
@@ -722,7 +681,8 @@ _CROISSANT_CONFIG_SCHEMA = {
                   "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}, "mode": {"const": "RGB"}}},
         "dedup": {"type": "object", "additionalProperties": False, "required": ["phash_threshold", "conflict_policy"],
                   "properties": {"phash_threshold": {"type": "integer"}, "conflict_policy": {"const": "drop_all"}}},
-        "datasheet": {"type": "object", "maxProperties": 20, "additionalProperties": _TEXT},
+        "datasheet": {"type": "object", "maxProperties": 20, "additionalProperties": _TEXT,
+                      "required": ["motivation", "collection", "labelling", "uses", "limitations"]},
     },
 }
 
@@ -734,7 +694,7 @@ def croissant_config_of(manifest: dict) -> ReleaseConfig:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top)"
         raise ConfigError(f"manifest.json (config) of a harmonised release: key {where}: {error.message[:200]}")
-    return ReleaseConfig(raw=doc, source="manifest.json (config)")
+    return ReleaseConfig.from_doc(doc, "manifest.json (config)")
 
 
 def _write_croissant(staging: Path, config: ReleaseConfig, counts: dict, sources: list[Source]) -> None:
@@ -771,6 +731,86 @@ def _staging(out: Path) -> Path:
     return out.parent / f".{out.name}.harmonise-staging"
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What a harmonised release is made of: the checked sources, the map, every image and the cross-source copies."""
+
+    sources: list[Source]
+    label_map: LabelMap
+    items: list[Item]
+    duplicates: list[CrossDuplicate]
+
+    @property
+    def release_date(self) -> str:
+        # the newest source's date: a harmonised build reads no clock, so rebuilding it gives the same bytes
+        return max(s.release_date for s in self.sources)
+
+
+def _check_request(releases: list[Path], out: Path, name: str, overwrite: bool) -> None:
+    if len(releases) < 2:
+        raise HarmoniseError("give at least two source releases")
+    if out.exists() and not overwrite:
+        raise HarmoniseError(f"{out} exists; pass --overwrite to replace it")
+    if not _SOURCE_NAME.match(name):
+        raise HarmoniseError(f"--name {name!r}: use lower-case letters, digits, '_', '.', '-'")
+
+
+def _read_inputs(releases: list[Path], map_path: Path | None) -> _Inputs:
+    sources = [open_source(Path(r)) for r in releases]
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise HarmoniseError(f"two source releases have the same name ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))}); give each dataset once")
+    label_map = read_map(map_path or harmonised_map_path(), sources)
+    items = [item for s in sources for item in read_items(s, label_map)]
+    _exclude_unmapped(items)
+    return _Inputs(sources, label_map, items, find_cross_source_duplicates(items, sources))
+
+
+def _write_shards(staging: Path, inputs: _Inputs, max_shard_bytes: int) -> dict[str, list[tuple[str, _ShardOut]]]:
+    by_shard: dict[tuple[str, str], list[Item]] = defaultdict(list)
+    for item in inputs.items:
+        by_shard[(item.source, item.shard)].append(item)
+    shards = [sh for split in SPLITS for sh in _write_split(staging, split, inputs.sources, by_shard, inputs.label_map, max_shard_bytes)]
+    return _name_shards(shards)
+
+
+def _manifest_body(name: str, version: str, inputs: _Inputs, counts: dict, named: dict[str, list[tuple[str, _ShardOut]]]) -> dict:
+    return {
+        "name": name,
+        "version": version,
+        "release_date": inputs.release_date,
+        "tool": {"name": "mll23-pipeline", "version": pipeline.__version__},
+        "class_names": inputs.label_map.classes,
+        "counts": counts,
+        "harmonised_from": [{"name": s.name, "version": s.version, "manifest_sha256": manifest_mod.sha256_file(s.dir / manifest_mod.MANIFEST)} for s in inputs.sources],
+        "label_map_sha256": inputs.label_map.sha256,
+        "splits": {s: {"num_examples": counts["splits"][s]["total"], "parquet": [rel for rel, _ in named[s]]} for s in SPLITS},
+        "release_notes": notes.notes_relpath(version),
+    }
+
+
+def _write_release(staging: Path, out: Path, name: str, version: str, inputs: _Inputs, max_shard_bytes: int) -> dict:
+    """Every file of the harmonised release into ``staging``; returns its counts."""
+    (staging / "data").mkdir(parents=True)
+    sources, label_map = inputs.sources, inputs.label_map
+    named = _write_shards(staging, inputs, max_shard_bytes)
+    counts = compute_counts(inputs.items, label_map.classes, sources)
+    split_bytes = {s: sum((staging / rel).stat().st_size for rel, _ in named[s]) for s in SPLITS}
+    ledger_text = manifest_mod.ledger_text(ledger_entries(inputs.items))
+    (staging / manifest_mod.LEDGER).write_text(ledger_text, encoding="utf-8")
+    body = _manifest_body(name, version, inputs, counts, named)
+    notes_path = staging / notes.notes_relpath(version)
+    notes_path.parent.mkdir(parents=True)
+    notes_path.write_text(notes.notes_for_build(body, ledger_text, None, notes.maintainer_words(out / notes.notes_relpath(version))), encoding="utf-8")
+    card = render_card(name, version, inputs.release_date, sources, label_map, counts, _configs(named, sources), split_bytes, inputs.duplicates)
+    (staging / CARD).write_text(card, encoding="utf-8")
+    croissant_config = _croissant_config(name, version, inputs.release_date, sources, label_map)
+    body["config"] = croissant_config.raw  # what verify rebuilds croissant.json's record and file sets from
+    _write_croissant(staging, croissant_config, counts, sources)
+    manifest_mod.write_manifest(staging, body)
+    return counts
+
+
 def harmonise(
     releases: list[Path],
     out: Path,
@@ -783,66 +823,21 @@ def harmonise(
 ) -> HarmoniseReport:
     """Build the harmonised release into ``out`` (whole or not at all)."""
     out = Path(out)
-    if len(releases) < 2:
-        raise HarmoniseError("give at least two source releases")
-    if out.exists() and not overwrite:
-        raise HarmoniseError(f"{out} exists; pass --overwrite to replace it")
-    if not _SOURCE_NAME.match(name):
-        raise HarmoniseError(f"--name {name!r}: use lower-case letters, digits, '_', '.', '-'")
-    sources = [open_source(Path(r)) for r in releases]
-    names = [s.name for s in sources]
-    if len(set(names)) != len(names):
-        raise HarmoniseError(f"two source releases have the same name ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))}); give each dataset once")
-    label_map = read_map(map_path or harmonised_map_path(), sources)
-    items = [item for s in sources for item in read_items(s, label_map)]
-    _exclude_unmapped(items)
-    duplicates = find_cross_source_duplicates(items, sources)
-    release_date = max(s.release_date for s in sources)
-
+    _check_request(releases, out, name, overwrite)
+    inputs = _read_inputs(releases, map_path)
     staging = _staging(out)
     if staging.exists():
         shutil.rmtree(staging)
-    (staging / "data").mkdir(parents=True)
     try:
-        by_shard: dict[tuple[str, str], list[Item]] = defaultdict(list)
-        for item in items:
-            by_shard[(item.source, item.shard)].append(item)
-        shards = [sh for split in SPLITS for sh in _write_split(staging, split, sources, by_shard, label_map, max_shard_bytes)]
-        named = _name_shards(shards)
-        counts = compute_counts(items, label_map.classes, sources)
-        split_bytes = {s: sum((staging / rel).stat().st_size for rel, _ in named[s]) for s in SPLITS}
-        ledger = ledger_entries(items)
-        ledger_text = manifest_mod.ledger_text(ledger)
-        (staging / manifest_mod.LEDGER).write_text(ledger_text, encoding="utf-8")
-        body = {
-            "name": name,
-            "version": version,
-            "release_date": release_date,
-            "tool": {"name": "mll23-pipeline", "version": pipeline.__version__},
-            "class_names": label_map.classes,
-            "counts": counts,
-            "harmonised_from": [{"name": s.name, "version": s.version, "manifest_sha256": manifest_mod.sha256_file(s.dir / manifest_mod.MANIFEST)} for s in sources],
-            "label_map_sha256": label_map.sha256,
-            "splits": {s: {"num_examples": counts["splits"][s]["total"], "parquet": [rel for rel, _ in named[s]]} for s in SPLITS},
-            "release_notes": notes.notes_relpath(version),
-        }
-        notes_path = staging / notes.notes_relpath(version)
-        notes_path.parent.mkdir(parents=True)
-        notes_path.write_text(notes.notes_for_build(body, ledger_text, None, notes.maintainer_words(out / notes.notes_relpath(version))), encoding="utf-8")
-        card = render_card(name, version, release_date, sources, label_map, counts, _configs(named, sources), split_bytes, duplicates)
-        (staging / CARD).write_text(card, encoding="utf-8")
-        croissant_config = _croissant_config(name, version, release_date, sources, label_map)
-        body["config"] = croissant_config.raw  # what verify rebuilds croissant.json's record and file sets from
-        _write_croissant(staging, croissant_config, counts, sources)
-        manifest_mod.write_manifest(staging, body)
+        counts = _write_release(staging, out, name, version, inputs, max_shard_bytes)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    per_source = {s.name: Counter(i.fate for i in items if i.source == s.name) for s in sources}
-    return HarmoniseReport(out, counts, duplicates, per_source)
+    per_source = {s.name: Counter(i.fate for i in inputs.items if i.source == s.name) for s in inputs.sources}
+    return HarmoniseReport(out, counts, inputs.duplicates, per_source)
 
 
 def iter_report_lines(report: HarmoniseReport) -> Iterator[str]:

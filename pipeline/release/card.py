@@ -1,10 +1,12 @@
 """The dataset card (README.md of a release): Hugging Face YAML header + a datasheet (Gebru et al.).
 
-Prose comes from the config's [datasheet] table; every figure comes from the build's measured counts.
+The text is pipeline/templates/card.md (wds_card.md for the tars' own card); the dataset's prose comes from the
+config's [datasheet] and [dataset] tables, every figure from the build's measured counts.
 """
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from pipeline.stages.dedup import CENTRE_RADIUS
 from pipeline.release.sample import SAMPLE_DIR
 from pipeline.release.snippets import fence
 from pipeline.release.wds import IMAGE_FIELD, WDS_DIR, TarShard, brace_pattern
+from pipeline.resources import template_path
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,11 @@ def card_header(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int]
     names = {str(i): name for i, name in enumerate(config.class_names)}
     splits = counts["splits"]
     return {
-        "license": config.raw["license"],
-        "pretty_name": config.raw["pretty_name"],
+        "license": config.license,
+        "pretty_name": config.pretty_name,
         "task_categories": ["image-classification"],
         "size_categories": [size_category(counts["ledger"]["kept"])],
-        "tags": ["biology", "medical", "hematology", "microscopy", "blood-smear", "single-cell"],
+        "tags": list(config.dataset.keywords),
         "configs": [
             {
                 "config_name": "default",
@@ -179,96 +182,80 @@ def _image_bytes_phrase(codec: str) -> str:
     return "a lossless PNG of the source's pixels, or the source file itself when it is an RGB JPEG"
 
 
-def render_card(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int], layout: Layout, extra_sections: list[str] | None = None) -> str:
+# What the cleaning does with copies whose labels disagree, per `dedup.conflict_policy` (stages/dedup.py).
+CONFLICT_RULES = {
+    "drop_all": "are all dropped",
+    "majority": "keep one copy of the label a strict majority of the copies carry (all are dropped when no label has one)",
+}
+
+
+def fill_template(name: str, values: dict[str, str]) -> str:
+    """A template of pipeline/templates/ with its ``${name}`` fields filled (KeyError names a missing one)."""
+    return string.Template(template_path(name).read_text(encoding="utf-8")).substitute(values)
+
+
+def yaml_header(header: dict) -> str:
+    return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000) + "---\n"
+
+
+def exclusion_phrase(config: ReleaseConfig) -> str:
+    """The card's cleaning item on exclusions: the config's excluded cells, and its excluded labels."""
+    labels = f", and the labels {', '.join(sorted(config.exclude_labels))}" if config.exclude_labels else ""
+    return f"{config.dataset.excluded_cells} are excluded{labels}"
+
+
+def _summary_fields(config: ReleaseConfig, counts: dict, layout: Layout) -> dict[str, str]:
+    """The card's title lines, loading section and distribution: names, dates and totals."""
+    return {
+        "pretty_name": config.pretty_name,
+        "version": config.version,
+        "release_date": config.release_date,
+        "license": config.license,
+        "kept": f"{counts['ledger']['kept']:,}",
+        "cells": config.dataset.cells,
+        "class_count": str(len(config.class_names)),
+        "split_totals": ", ".join(f"{counts['splits'][s]['total']:,}" for s in SPLITS),
+        "how_to_load": how_to_load(config, layout),
+        "sample_dir": SAMPLE_DIR,
+        "wds_dir": WDS_DIR,
+        "homepage_line": f"Homepage: {config.homepage}" if config.homepage else "",
+        "citation": config.citation.strip(),
+    }
+
+
+def _composition_fields(config: ReleaseConfig, counts: dict) -> dict[str, str]:
+    """The card's composition and cleaning sections: the record layout, the class and fate tables, the rules."""
+    width, height = config.image_size
+    description = config.datasheet.image_description
+    return {
+        "image_description": f"Images are {width} x {height} RGB." if description is None else description,
+        "image_bytes": _image_bytes_phrase(config.publish_codec),
+        "image_field": IMAGE_FIELD,
+        "class_table": class_table(config, counts),
+        "class_balance": config.dataset.class_balance,
+        "rare_classes": rare_classes(config, counts),
+        "cleaning_intro": config.dataset.cleaning_intro,
+        "lookalike_threshold": str(config.lookalike_threshold),
+        "centre_radius": str(CENTRE_RADIUS),
+        "phash_threshold": str(config.phash_threshold),
+        "conflict_rule": CONFLICT_RULES[config.conflict_policy],
+        "conflict_policy": config.conflict_policy,
+        "exclusion": exclusion_phrase(config),
+        "cleaning_table": cleaning_table(counts),
+    }
+
+
+def _datasheet_fields(config: ReleaseConfig) -> dict[str, str]:
     ds = config.datasheet
-    header = yaml.safe_dump(card_header(config, counts, split_bytes, layout), sort_keys=False, allow_unicode=True, width=1000)
-    size = config.image_size
-    body = f"""# {config.raw['pretty_name']}
+    names = ("motivation", "collection", "labelling", "uses", "limitations", "biases", "personal_information", "maintenance")
+    return {name: getattr(ds, name) for name in names}
 
-Version **{config.version}**, released {config.release_date}. License: `{config.raw['license']}`.
-{counts['ledger']['kept']:,} images of single nucleated cells in {len(config.class_names)} classes, split into
-train / validation / test ({', '.join(f"{counts['splits'][s]['total']:,}" for s in SPLITS)}).
 
-{how_to_load(config, layout)}
-Every file of this release is listed with its size and sha256 in `manifest.json`; `ledger.csv` gives the
-fate of every raw input image (kept, duplicate, label_conflict, excluded, invalid) and the reason.
-
-## Motivation
-
-{ds['motivation']}
-
-## Composition
-
-{ds.get('image_description', f'Images are {size[0]} x {size[1]} RGB.')}
-
-Each record has `image` (the published image bytes: {_image_bytes_phrase(config.publish_codec)}),
-`label` (class index; names below), `image_id` (first 16 hex digits of the sha256 of the decoded RGB pixels,
-stable across releases), `source_file` (path in the raw archive), `patient_id` (pseudonymous, where known),
-`annotator`, `group_id` (images of the same cell at another focus or crop share it), `pixel_sha256`, `phash` and
-`extra` (further annotation columns as a JSON object, `{{}}` when none). The WebDataset tars hold the same
-record as `<image_id>.{IMAGE_FIELD}` (the image), `.cls` (the label) and `.json` (the metadata). Splits are
-stratified by label and grouped: all images of one patient and of one look-alike group are in the same split.
-
-{class_table(config, counts)}
-
-Classes are strongly imbalanced; this reflects how often the cell types occur.
-
-{rare_classes(config, counts)}
-
-## Collection process
-
-{ds['collection']}
-
-## Preprocessing, cleaning and labelling
-
-{ds['labelling']}
-
-Cleaning, as the dataset's paper describes it, reproduced by this release's build:
-- duplicate images are removed: identical pixels, and copies of one scan up to re-encoding, lossy
-  compression, a shift by a few pixels or a brightness change, confirmed by a pixel comparison of the
-  candidate pairs (pHash within {config.lookalike_threshold} bits, or a hash of the window centred on the
-  cell within {CENTRE_RADIUS} bits) that pass a correlation gate on stored thumbnails, and of every pair
-  within {config.phash_threshold} bits; one copy is kept;
-- duplicates whose labels disagree {'keep the strict majority label, ties dropped' if config.conflict_policy == 'majority' else 'are all dropped'} (policy `{config.conflict_policy}`);
-- dysplastic cells are excluded{', and the labels ' + ', '.join(sorted(config.exclude_labels)) if config.exclude_labels else ''};
-- images of the same cell at another focus or crop are not duplicates: they are kept and grouped;
-- `ledger.csv` names, for every duplicate, label conflict and look-alike group, the test that decided it
-  and its scores against the bounds, so borderline pairs can be audited.
-
-{cleaning_table(counts)}
-
-## Uses
-
-{ds['uses']}
-
-## Limitations and biases
-
-{ds['limitations']}
-
-{ds.get('biases', '')}
-
-## Personal and sensitive information
-
-{ds.get('personal_information', '')}
-
-## Distribution
-
-Published as Parquet shards (`data/`, and the `sample` config in `{SAMPLE_DIR}/`) readable by `datasets.load_dataset`, and
-as WebDataset tar shards (`{WDS_DIR}/`) of the same records; license `{config.raw['license']}`.
-{('Homepage: ' + config.raw['homepage']) if config.raw.get('homepage') else ''}
-
-## Maintenance
-
-{ds.get('maintenance', '')}
-
-## Citation
-
-```bibtex
-{config.raw.get('citation', '').strip()}
-```
-"""
-    sections = "\n".join(extra_sections or [])
-    return f"---\n{header}---\n\n{body}{sections}"
+def render_card(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int], layout: Layout, extra_sections: list[str] | None = None) -> str:
+    """README.md of a release: the YAML header, then pipeline/templates/card.md filled from the config and counts."""
+    values = {**_summary_fields(config, counts, layout), **_composition_fields(config, counts), **_datasheet_fields(config)}
+    body = fill_template("card.md", values)
+    return f"{yaml_header(card_header(config, counts, split_bytes, layout))}\n{body}" + "\n".join(extra_sections or [])
 
 
 def loading_safely_section(config: ReleaseConfig) -> str:
@@ -342,8 +329,8 @@ def render_wds_card(config: ReleaseConfig, shards: dict[str, list[TarShard]], sp
     """
     present = [s for s in SPLITS if shards.get(s)]
     header = {
-        "license": config.raw["license"],
-        "pretty_name": f"{config.raw['pretty_name']} (WebDataset shards)",
+        "license": config.license,
+        "pretty_name": f"{config.pretty_name} (WebDataset shards)",
         "task_categories": ["image-classification"],
         "configs": [{"config_name": "default", "default": True, "data_files": [{"split": s, "path": f"{s}-*.tar"} for s in present]}],
         "dataset_info": {
@@ -351,20 +338,15 @@ def render_wds_card(config: ReleaseConfig, shards: dict[str, list[TarShard]], sp
             "splits": [{"name": s, "num_bytes": split_bytes.get(s, 0), "num_examples": sum(x.num_examples for x in shards[s])} for s in present],
         },
     }
-    yaml_text = yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000)
-    body = f"""# {config.raw['pretty_name']} {config.version}: WebDataset shards
-
-The same images, labels and metadata as the Parquet shards in `../data/`, as tar shards for streaming
-training. Each sample has the key `image_id` and three members: `{IMAGE_FIELD}` (the image bytes, the same as the
-Parquet `image` column, whatever their format: Pillow opens them by content), `cls` (label index into the
-{len(config.class_names)} class names declared above, in the config's order: {class_order(config)}) and `json` (the
-record's metadata).
-
-{wds_loading(config, shards)}
-
-`../manifest.json` lists each split's shards (`splits.<split>.webdataset`).
-"""
-    return f"---\n{yaml_text}---\n\n{body}"
+    body = fill_template("wds_card.md", {
+        "pretty_name": config.pretty_name,
+        "version": config.version,
+        "image_field": IMAGE_FIELD,
+        "class_count": str(len(config.class_names)),
+        "class_order": class_order(config),
+        "loading": wds_loading(config, shards),
+    })
+    return f"{yaml_header(header)}\n{body}"
 
 
 def write_wds_card(release_dir: Path, config: ReleaseConfig, shards: dict[str, list[TarShard]]) -> None:

@@ -6,7 +6,8 @@
 - `recordSet`: `splits` (cr:Split), `classes` (sc:Enumeration: the class index, name, cell type and lineage,
   inline, in the config's ClassLabel order) and `images` (one record per published image; `label` is a
   cr:Label that references `classes/index`, so the class names are not lost as in the Hub's own export);
-- the Responsible-AI fields (rai:) come from the config's [datasheet] prose, the same source as the card.
+- the Responsible-AI fields (rai:) and the keywords come from the config's [datasheet] and [dataset] prose, the
+  same source as the card.
 
 Written without mlcroissant (a test dependency only); the tests validate it with `mlcroissant validate`.
 """
@@ -188,6 +189,10 @@ def images_record_set(config: ReleaseConfig) -> dict:
     }
 
 
+def _sentence_start(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def preprocessing_text(config: ReleaseConfig, counts: dict) -> str:
     led = counts["ledger"]
     excluded = f" and the labels {', '.join(sorted(config.exclude_labels))}" if config.exclude_labels else ""
@@ -195,7 +200,7 @@ def preprocessing_text(config: ReleaseConfig, counts: dict) -> str:
         f"Duplicate images removed: identical pixels, and copies of one scan (shifted, brighter, re-compressed) found by a "
         f"pixel duplicate test of the candidate pairs (pHash within {config.lookalike_threshold} bits, or the same centre) "
         f"that pass a thumbnail correlation gate, and of every pair within {config.phash_threshold} bits; one copy kept. Duplicates with disagreeing labels handled by the policy "
-        f"'{config.conflict_policy}'. Dysplastic cells excluded{excluded}. Images of the same cell at another focus or crop "
+        f"'{config.conflict_policy}'. {_sentence_start(config.dataset.excluded_cells)} excluded{excluded}. Images of the same cell at another focus or crop "
         f"are kept and grouped. Every record validated against a JSON schema. Of {counts['ledger_total']:,} raw inputs: "
         f"{led['kept']:,} kept, {led['duplicate']:,} duplicates, {led['label_conflict']:,} label conflicts, "
         f"{led['excluded']:,} excluded, {led['invalid']:,} invalid (ledger.csv gives each input's fate and reason)."
@@ -205,32 +210,32 @@ def preprocessing_text(config: ReleaseConfig, counts: dict) -> str:
 def rai_fields(config: ReleaseConfig, counts: dict) -> dict:
     ds = config.datasheet
     fields = {
-        "rai:dataCollection": ds["collection"],
+        "rai:dataCollection": ds.collection,
         "rai:dataPreprocessingProtocol": preprocessing_text(config, counts),
-        "rai:dataAnnotationProtocol": ds["labelling"],
-        "rai:dataUseCases": ds["uses"],
-        "rai:dataLimitations": ds["limitations"],
-        "rai:dataBiases": ds.get("biases"),
-        "rai:personalSensitiveInformation": ds.get("personal_information"),
-        "rai:dataReleaseMaintenancePlan": ds.get("maintenance"),
+        "rai:dataAnnotationProtocol": ds.labelling,
+        "rai:dataUseCases": ds.uses,
+        "rai:dataLimitations": ds.limitations,
+        "rai:dataBiases": ds.biases,
+        "rai:personalSensitiveInformation": ds.personal_information,
+        "rai:dataReleaseMaintenancePlan": ds.maintenance,
     }
     return {key: value for key, value in fields.items() if value}
 
 
 def croissant_document(config: ReleaseConfig, counts: dict, files: list[dict]) -> dict:
     ds = config.datasheet
-    description = f"{ds['motivation']} {ds.get('image_description', '')}".strip()
+    description = f"{ds.motivation} {ds.image_description or ''}".strip()
     doc = {
         "@context": CONTEXT,
         "@type": "sc:Dataset",
         "name": config.name,
-        "alternateName": config.raw["pretty_name"],
+        "alternateName": config.pretty_name,
         "description": description,
         "conformsTo": CONFORMS_TO,
         "version": config.version,
         "datePublished": config.release_date,
-        "license": config.raw["license"],
-        "keywords": ["image-classification", "biology", "medical", "hematology", "microscopy", "blood-smear", "single-cell"],
+        "license": config.license,
+        "keywords": ["image-classification", *config.dataset.keywords],
         "distribution": [_file_object(e) for e in files]
         + [
             {
@@ -245,12 +250,12 @@ def croissant_document(config: ReleaseConfig, counts: dict, files: list[dict]) -
         "recordSet": [splits_record_set(), classes_record_set(config), images_record_set(config)],
         **rai_fields(config, counts),
     }
-    if config.raw.get("citation"):
-        doc["citeAs"] = config.raw["citation"].strip()
-    if config.raw.get("homepage"):
-        doc["url"] = config.raw["homepage"]
-    if config.raw.get("doi"):
-        doc["sameAs"] = f"https://doi.org/{config.raw['doi']}"
+    if config.citation:
+        doc["citeAs"] = config.citation.strip()
+    if config.homepage:
+        doc["url"] = config.homepage
+    if config.doi:
+        doc["sameAs"] = f"https://doi.org/{config.doi}"
     return doc
 
 
