@@ -92,11 +92,11 @@ def summary_table(report: build_mod.BuildReport) -> Table:
     table = Table(title=f"release {escape(str(report.out_dir))}", show_lines=False)
     table.add_column("fate")
     table.add_column("images", justify="right")
-    for fate, n in counts["ledger"].items():
+    for fate, n in counts.ledger.items():
         table.add_row(fate, f"{n:,}")
-    table.add_row("[bold]ledger total[/]", f"[bold]{sum(counts['ledger'].values()):,}[/]")
+    table.add_row("[bold]ledger total[/]", f"[bold]{sum(counts.ledger.values()):,}[/]")
     for split in SPLITS:
-        table.add_row(f"split {split}", f"{counts['splits'][split]['total']:,}")
+        table.add_row(f"split {split}", f"{counts.splits[split].total:,}")
     return table
 
 
@@ -383,4 +383,4 @@ def harmonise(
         raise _fail(f"cannot write the harmonised release: {exc}; nothing was written to {out_dir}", EXIT_CHECK_FAILED) from None
     for line in iter_report_lines(report):
         out.print(line, highlight=False, markup=False, soft_wrap=True)
-    out.print(f"wrote {report.counts['ledger']['kept']:,} images in {len(report.counts['per_class'])} classes to {out_dir}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {report.counts.kept:,} images in {len(report.counts.per_class)} classes to {out_dir}", highlight=False, soft_wrap=True)
