@@ -105,7 +105,7 @@ def _corrupt_parquet(monkeypatch, victim: str, replacement: bytes) -> None:
     def corrupting(rows, schema, *rest):
         return real([(r, replacement if r.source_file == victim else data) for r, data in rows], schema, *rest)
 
-    monkeypatch.setattr(parquet_writer, "_table", corrupting)
+    monkeypatch.setattr(parquet, "_table", corrupting)
 
 
 def _corrupt_tar(monkeypatch, victim: str, replacement: bytes) -> None:
@@ -115,7 +115,7 @@ def _corrupt_tar(monkeypatch, victim: str, replacement: bytes) -> None:
     def corrupting(record, image):
         return real(record, replacement if record.source_file == victim else image)
 
-    monkeypatch.setattr(wds_writer, "sample_members", corrupting)
+    monkeypatch.setattr(wds, "sample_members", corrupting)
 
 
 VICTIM = "myeloblast/cell_002.tif"
