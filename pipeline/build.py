@@ -11,42 +11,26 @@ import re
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.lifecycle import ancestry, notes
-from pipeline.records import (
-    FATES,
-    ClassCount,
-    DecodeFailure,
-    DedupResult,
-    ImageFacts,
-    LedgerEntry,
-    Publishable,
-    RawItem,
-    ReleaseCounts,
-    ReleaseRecord,
-    SplitCount,
-)
+from pipeline.records import FATES, ClassCount, DedupResult, ImageFacts, LedgerEntry, Publishable, RawItem, ReleaseCounts, ReleaseRecord, SplitCount
 from pipeline.release import manifest, writer
 from pipeline.release.writer import ReleaseContents, WrittenShards
 from pipeline.runtime import integrity
-from pipeline.runtime.cache import EncodedCache, FactsCache, file_sha256_or_none, rebuild
-from pipeline.runtime.executor import Executor, batch_size, batched, make_executor
-from pipeline.runtime.overlap import ReadAhead
+from pipeline.runtime.cache import EncodedCache, FactsCache
+from pipeline.runtime.executor import Executor, make_executor
 from pipeline.runtime.progress import Progress
-from pipeline.stages.decode import ENCODING, decode_file, load_rgb, publish_as_original
-from pipeline.stages.dedup import PairMemo, deduplicate
-from pipeline.stages.exclude import exclusion_reason
+from pipeline.stages.decode import ENCODING
 from pipeline.stages.ingest import AnnotationsError, IngestResult, ingest
-from pipeline.stages.split import SplitItem, assign_splits
-from pipeline.stages.validate import record_errors, record_validator
+from pipeline.stages.runners import run_decode, run_dedup, run_exclude_and_validate, run_split, run_split_report
 
-__all__ = ["BuildError", "BuildReport", "Progress", "StageTimer", "build_release", "default_workers"]
+# run_decode and run_dedup are imported from here by tests and benchmarks, with run_ingest and Progress
+__all__ = ["BuildError", "BuildReport", "Progress", "StageTimer", "build_release", "default_workers", "run_decode", "run_dedup", "run_ingest"]
 
 
 class BuildError(RuntimeError):
@@ -290,7 +274,7 @@ def _write_whole_or_nothing(
 @contextmanager
 def _write_helpers(request: _Request, contents: ReleaseContents, check_threads: int, warnings: list[str]) -> Iterator[tuple[integrity.ShardChecker, EncodedCache | None]]:
     """The shard checker and the cache of encoded images, for as long as the writers run."""
-    checker = shard_checker(contents.records, contents.facts, request.config, check_threads)
+    checker = writer.shard_checker(contents, check_threads)
     encoded = None
     try:
         if request.cache_dir is not None:
@@ -401,189 +385,6 @@ def run_ingest(raw: Path, config: ReleaseConfig) -> tuple[IngestResult, list[Led
         raise BuildError(f"{exc}\nnothing was built") from None
     ledger = [LedgerEntry(i.relpath, i.label, "invalid", i.reason, input_kind=i.input_kind) for i in ingested.invalid]
     return ingested, ledger
-
-
-def _decode_task(raw: str, size: tuple[int, int], item: RawItem) -> ImageFacts | DecodeFailure:
-    return decode_file(Path(raw) / item.relpath, item.relpath, item.label, size)
-
-
-def run_decode(
-    raw: Path,
-    items: list[RawItem],
-    config: ReleaseConfig,
-    executor: Executor,
-    progress: Progress,
-    cache: FactsCache | None = None,
-) -> tuple[dict[str, ImageFacts], list[LedgerEntry], dict[str, int]]:
-    """One read and one decode per image, on the executor's workers, skipping images the cache already
-    knows; failures become invalid ledger rows. Also returns how much work was done."""
-    progress.start("decode", len(items))
-    raw = Path(os.path.abspath(raw))  # workers (maybe on other machines) open files by absolute path
-    executor.require_path(str(raw))
-    paths = [str(raw / i.relpath) for i in items]
-    results: list[ImageFacts | DecodeFailure | None] = [None] * len(items)
-    stat_keys: dict = {}
-    looked_at_ns = time.time_ns()
-    if cache is not None:
-        lookup = cache.lookup(paths, [i.relpath for i in items], [i.label for i in items])
-        stat_keys = lookup.stat_keys
-        for index, cached in lookup.cached.items():
-            results[index] = cached
-        if cache.verify:
-            _fill_from_content(cache, executor, paths, items, results)
-        progress.advance("decode", sum(r is not None for r in results))
-    from_cache = sum(r is not None for r in results)
-    todo = [k for k, r in enumerate(results) if r is None]
-    task = partial(_decode_task, str(raw), config.image_size)
-    batches = list(batched(todo, batch_size(len(todo), executor.parallelism)))
-    finished = 0
-    # Workers on other machines read through their own page cache: read-ahead only helps a local pool.
-    ahead = [paths[k] for k in todo] if executor.name in ("serial", "local") else []
-    with ReadAhead(ahead) as read_ahead:
-        for indices, batch_results in zip(batches, executor.map_batches(task, ([items[k] for k in b] for b in batches))):
-            for index, result in zip(indices, batch_results):
-                results[index] = result
-                if cache is not None:
-                    cache.record(paths[index], stat_keys.get(index), result, looked_at_ns)
-            finished += len(indices)
-            read_ahead.done(finished)
-            progress.advance("decode", len(indices))
-    if cache is not None:
-        cache.commit()
-    progress.finish("decode")
-    facts: dict[str, ImageFacts] = {}
-    failed: list[LedgerEntry] = []
-    for item, result in zip(items, results):
-        if isinstance(result, DecodeFailure):
-            failed.append(LedgerEntry(item.relpath, item.label, "invalid", result.reason, sha256=result.file_sha256))
-        else:
-            facts[item.relpath] = result
-    return facts, failed, {"images": len(items), "from_cache": from_cache, "decoded": len(todo)}
-
-
-def _fill_from_content(cache: FactsCache, executor: Executor, paths: list[str], items: list[RawItem], results: list) -> None:
-    """--verify-cache: hash every file not yet resolved and take cached facts by sha256 alone."""
-    todo = [k for k, r in enumerate(results) if r is None]
-    shas = dict(zip(todo, executor.map(file_sha256_or_none, [paths[k] for k in todo])))
-    known = cache.facts_for(sha for sha in shas.values() if sha)
-    for index, sha in shas.items():
-        if sha in known:
-            results[index] = rebuild(known[sha], sha, items[index].relpath, items[index].label)
-
-
-def run_dedup(
-    raw: Path,
-    items: list[RawItem],
-    facts: dict[str, ImageFacts],
-    config: ReleaseConfig,
-    prefer: Callable | None = None,
-    executor: Executor | None = None,
-    pair_memo: PairMemo | None = None,
-) -> DedupResult:
-    """Duplicates and look-alike groups; the pixel work of the same-cell tests runs on the executor, and
-    tests already run for the same two files come from ``pair_memo`` (the per-image cache)."""
-    return deduplicate(
-        [facts[i.relpath] for i in items],
-        partial(_load_pixels, os.path.abspath(raw), config.image_size),
-        phash_threshold=config.phash_threshold,
-        lookalike_threshold=config.lookalike_threshold,
-        policy=config.conflict_policy,
-        prefer=prefer,
-        map_fn=executor.map if executor is not None else None,
-        pair_memo=pair_memo,
-    )
-
-
-def _load_pixels(raw: str, size: tuple[int, int], relpath: str):
-    """Pixels of an accepted image, by absolute path (picklable: runs in worker processes too)."""
-    return load_rgb(Path(raw) / relpath, size)
-
-
-def run_exclude_and_validate(
-    items: list[RawItem], facts: dict[str, ImageFacts], dedup: DedupResult, config: ReleaseConfig
-) -> tuple[list[Publishable], list[LedgerEntry]]:
-    """The images to publish, and a ledger row for each one dropped: a duplicate, excluded, or failing the record schema."""
-    kept: list[Publishable] = []
-    ledger: list[LedgerEntry] = []
-    validator = record_validator()
-    for item in items:
-        f = facts[item.relpath]
-        fate, reason, dup_of = dedup.fates[item.relpath]
-        if fate != "kept":
-            ledger.append(LedgerEntry(item.relpath, item.label, fate, reason, duplicate_of=dup_of, sha256=f.file_sha256))
-            continue
-        why = exclusion_reason(item, config.exclude_labels)
-        if why:
-            ledger.append(LedgerEntry(item.relpath, item.label, "excluded", why, sha256=f.file_sha256))
-            continue
-        candidate = Publishable(item, f, dedup.group_of[item.relpath])
-        errors = _schema_errors(candidate, config, validator)
-        if errors:
-            ledger.append(LedgerEntry(item.relpath, item.label, "invalid", "record schema: " + "; ".join(errors), sha256=f.file_sha256))
-            continue
-        kept.append(candidate)
-    return kept, ledger
-
-
-def _schema_errors(candidate: Publishable, config: ReleaseConfig, validator) -> list[str]:
-    """The record schema's verdict on the record this image will become. It is the same in every split (the
-    split stage only hands out SPLITS, the schema's enum), so it is taken before the split stage runs: an
-    image the schema refuses takes no place in the split."""
-    return record_errors(_record(candidate, config, SPLITS[0]).metadata(), validator)
-
-
-def run_split(kept: list[Publishable], config: ReleaseConfig, previous: dict[str, str] | None = None) -> list[ReleaseRecord]:
-    """The release's records, each made once its split is known, in publishing order: split, then label, then image_id."""
-    assignment = assign_splits(
-        [SplitItem(k.image_id, k.item.label, k.group_id, k.item.patient_id) for k in kept],
-        config.split_fractions,
-        config.split_seed,
-        previous=previous,
-    )
-    return sorted(
-        (_record(k, config, assignment[k.image_id]) for k in kept),
-        key=lambda r: (SPLITS.index(r.split), r.label, r.image_id),
-    )
-
-
-def _record(kept: Publishable, config: ReleaseConfig, split: str) -> ReleaseRecord:
-    item, facts = kept.item, kept.facts
-    return ReleaseRecord(
-        image_id=kept.image_id,
-        label=config.label_index(item.label),
-        label_name=item.label,
-        split=split,
-        source_file=item.relpath,
-        patient_id=item.patient_id,
-        annotator=item.annotator,
-        group_id=kept.group_id,
-        pixel_sha256=facts.pixel_sha256,
-        phash=f"{facts.phash:016x}",
-        width=facts.width,
-        height=facts.height,
-        lossless=publish_as_original(facts, config.publish_codec),
-        file_format=facts.file_format,
-        extra=item.extra,
-    )
-
-
-def shard_checker(records: list[ReleaseRecord], facts: dict[str, ImageFacts], config: ReleaseConfig, threads: int) -> integrity.ShardChecker:
-    """What every written shard must hold (integrity.ShardChecker). Images published byte for byte are
-    checked by the bytes' sha256 against the file that was decoded (fresh, or from the checksummed cache);
-    re-encoded images, and a fixed sample of the others, are decoded again."""
-    expected = {}
-    for r in records:
-        f = facts[r.source_file]
-        expected[r.source_file] = integrity.Expected(f.pixel_sha256, f.file_sha256 if publish_as_original(f, config.publish_codec) else None)
-    return integrity.ShardChecker(expected, config.image_size, threads)
-
-
-def run_split_report(records: list[ReleaseRecord], prev: ancestry.PreviousRelease | None) -> list[ancestry.SplitMove]:
-    """Images of the previous release that changed split because their unit joins earlier splits."""
-    if prev is None:
-        return []
-    items = [SplitItem(r.image_id, r.label_name, r.group_id, r.patient_id) for r in records]
-    return ancestry.split_moves(items, {r.image_id: r.split for r in records}, prev.splits)
 
 
 def refuse_if_strict(ledger: list[LedgerEntry]) -> None:

@@ -87,6 +87,20 @@ class DedupResult:
 
 
 @dataclass(frozen=True)
+class Publishable:
+    """An image that passed dedup, exclusion and the record schema: a ReleaseRecord once the split stage has
+    given it its split."""
+
+    item: RawItem
+    facts: ImageFacts
+    group_id: str  # look-alike group: images of one cell share it
+
+    @property
+    def image_id(self) -> str:
+        return self.facts.pixel_sha256[:16]
+
+
+@dataclass(frozen=True)
 class ReleaseRecord:
     """One published image: what goes into a Parquet row, a WebDataset sample and the record schema."""
 
@@ -126,14 +140,6 @@ class ReleaseRecord:
 
 
 @dataclass(frozen=True)
-class ClassCount:
-    """One class's images: raw input files, and published ones."""
-
-    raw: int
-    kept: int
-
-
-@dataclass(frozen=True)
 class SplitCount:
     """One split's published images, in total and per class (only the classes it holds, in publishing order)."""
 
@@ -142,6 +148,14 @@ class SplitCount:
 
     def of(self, label: str) -> int:
         return self.per_class.get(label, 0)
+
+
+@dataclass(frozen=True)
+class ClassCount:
+    """One class's images: raw input files, and published ones."""
+
+    raw: int = 0
+    kept: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,16 +208,3 @@ class HarmonisedCounts(ReleaseCounts):
     def as_manifest(self) -> dict:
         return {**super().as_manifest(), "per_source": self.per_source, "per_source_split": self.per_source_split}
 
-
-@dataclass(frozen=True)
-class Publishable:
-    """An image that passed dedup, exclusion and the record schema: a ReleaseRecord once the split stage has
-    given it its split."""
-
-    item: RawItem
-    facts: ImageFacts
-    group_id: str  # look-alike group: images of one cell share it
-
-    @property
-    def image_id(self) -> str:
-        return self.facts.pixel_sha256[:16]

@@ -20,7 +20,7 @@ from pipeline.release.shards import ShardPlanError, plan_release_split, publishe
 from pipeline.runtime import integrity
 from pipeline.runtime.overlap import prefetch
 from pipeline.runtime.progress import Progress
-from pipeline.stages.decode import EncodedStore, load_rgb, publishable_bytes
+from pipeline.stages.decode import EncodedStore, load_rgb, publish_as_original, publishable_bytes
 
 
 class WriteError(RuntimeError):
@@ -90,6 +90,17 @@ class _ImageReader:
 
     def close(self) -> None:
         self._ahead.close()
+
+
+def shard_checker(contents: ReleaseContents, threads: int) -> integrity.ShardChecker:
+    """What every written shard must hold (integrity.ShardChecker). Images published byte for byte are
+    checked by the bytes' sha256 against the file that was decoded (fresh, or from the checksummed cache);
+    re-encoded images, and a fixed sample of the others, are decoded again."""
+    config, expected = contents.config, {}
+    for r in contents.records:
+        f = contents.facts[r.source_file]
+        expected[r.source_file] = integrity.Expected(f.pixel_sha256, f.file_sha256 if publish_as_original(f, config.publish_codec) else None)
+    return integrity.ShardChecker(expected, config.image_size, threads)
 
 
 def write_shards(
