@@ -1,4 +1,8 @@
-"""Plain records passed from stage to stage. Data flows one way: RawItem -> ImageFacts -> LedgerEntry."""
+"""Plain records passed from stage to stage, and the counts of a release made from them.
+
+Data flows one way: RawItem -> ImageFacts -> Publishable -> ReleaseRecord (once the split is known); every raw
+input ends as one LedgerEntry, and ReleaseCounts sums up the ledger and the records.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The per-image stages as the build runs them, on plain records: decode (on the executor, with the per-image
-cache), dedup, exclude and validate, split; each takes the records of the stage before and returns its own."""
+"""The stages as the build runs them: decode, dedup, exclude and validate, split, each on plain records.
+
+Decode and dedup run on the executor, with the per-image cache; each stage takes the records of the stage
+before and returns its own, with a ledger row for every input it drops.
+"""
 
 from __future__ import annotations
 
