@@ -35,7 +35,8 @@ sys.path.insert(0, str(BENCH.parent))
 
 from pipeline.stages import dedup, similarity  # noqa: E402
 from pipeline.stages import neardup  # noqa: E402
-from pipeline.build import Progress, _load_pixels, run_decode, run_ingest  # noqa: E402
+from pipeline.build import Progress, run_decode, run_ingest  # noqa: E402
+from pipeline.stages.runners import load_pixels  # noqa: E402
 from pipeline.runtime.cache import FactsCache  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.runtime.executor import make_executor  # noqa: E402
@@ -79,7 +80,7 @@ def _decoded(a: argparse.Namespace):
     with FactsCache(BENCH / ".cache" / "facts-cost", cfg.image_size) as cache:
         facts, _, _ = run_decode(raw, ingested.items, cfg, executor, Progress(), cache)
     items = sorted(facts.values(), key=lambda f: f.relpath)
-    load = partial(_load_pixels, os.path.abspath(raw), cfg.image_size)  # picklable: the executor's workers load too
+    load = partial(load_pixels, os.path.abspath(raw), cfg.image_size)  # picklable: the executor's workers load too
     return cfg, executor, items, load
 
 

@@ -92,11 +92,11 @@ def summary_table(report: build_mod.BuildReport) -> Table:
     table = Table(title=f"release {escape(str(report.out_dir))}", show_lines=False)
     table.add_column("fate")
     table.add_column("images", justify="right")
-    for fate, n in counts["ledger"].items():
+    for fate, n in counts.ledger.items():
         table.add_row(fate, f"{n:,}")
-    table.add_row("[bold]ledger total[/]", f"[bold]{sum(counts['ledger'].values()):,}[/]")
+    table.add_row("[bold]ledger total[/]", f"[bold]{sum(counts.ledger.values()):,}[/]")
     for split in SPLITS:
-        table.add_row(f"split {split}", f"{counts['splits'][split]['total']:,}")
+        table.add_row(f"split {split}", f"{counts.splits[split].total:,}")
     return table
 
 
@@ -147,8 +147,6 @@ def build(
     """Build a release: ingest, decode, dedup, exclude, validate, split, write."""
     from pipeline.runtime.cache import default_cache_dir
     from pipeline.runtime.executor import ExecutorError, make_executor
-    from pipeline.lifecycle.ancestry import LineageError
-    from pipeline.lifecycle.notes import NotesError
 
     out, err = _consoles()
     cfg = _load_config(config, version, repo, release_date)
@@ -159,12 +157,22 @@ def build(
         engine = make_executor(executor, workers or build_mod.default_workers(), scheduler)
     except ExecutorError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
-    progress = RichProgress(err)
+    report = _run_build(
+        engine, RichProgress(err), raw, out_dir, cfg, strict=strict, overwrite=overwrite, cache_dir=cache_dir,
+        verify_cache=verify_cache, previous=previous, notes_dir=notes_dir,
+    )
+    _print_build_report(report, out, err, f"{engine.describe()}", cache_dir)
+    _print_notes_location(report, out, out_dir, notes_dir)
+
+
+def _run_build(engine, progress: RichProgress, raw: Path, out_dir: Path, cfg, **options) -> build_mod.BuildReport:
+    """build_release on ``engine``, its failures turned into exit codes; the engine is closed either way."""
+    from pipeline.runtime.executor import ExecutorError
+    from pipeline.lifecycle.ancestry import LineageError
+    from pipeline.lifecycle.notes import NotesError
+
     try:
-        report = build_mod.build_release(
-            raw, out_dir, cfg, strict=strict, overwrite=overwrite, progress=progress, executor=engine, cache_dir=cache_dir,
-            verify_cache=verify_cache, previous=previous, notes_dir=notes_dir,
-        )
+        report = build_mod.build_release(raw, out_dir, cfg, progress=progress, executor=engine, **options)
     except ExecutorError as exc:
         progress.close()
         raise _fail(str(exc), EXIT_USAGE) from None
@@ -180,6 +188,10 @@ def build(
     finally:
         engine.close()
     progress.close()
+    return report
+
+
+def _print_build_report(report: build_mod.BuildReport, out: Console, err: Console, engine: str, cache_dir: Path | None) -> None:
     # Everything below may quote the raw archive (names, annotations.csv values): printed with markup off, via shown()
     for note in report.warnings:
         err.print(f"warning: {shown(note)}", style="yellow", highlight=False, markup=False, emoji=False, soft_wrap=True)
@@ -187,7 +199,7 @@ def build(
         err.print(f"split change: {shown(move.describe())}", style="yellow", highlight=False, markup=False, emoji=False, soft_wrap=True)
     work = report.work
     err.print(
-        f"per-image work on {engine.describe()}: {work['decoded']:,} decoded, {work['from_cache']:,} from the cache"
+        f"per-image work on {engine}: {work['decoded']:,} decoded, {work['from_cache']:,} from the cache"
         + (f" ({cache_dir})" if cache_dir else " (cache off)"),
         highlight=False,
         soft_wrap=True,
@@ -201,6 +213,9 @@ def build(
         err.print(f"ignored {len(report.ignored)} non-input file(s): {names}", highlight=False, markup=False, emoji=False, soft_wrap=True)
     out.print(summary_table(report))
     out.print(f"ledger: {report.balance.line()}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _print_notes_location(report: build_mod.BuildReport, out: Console, out_dir: Path, notes_dir: Path | None) -> None:
     editable = f" (editable copy: {notes_dir / Path(report.notes_path).name})" if notes_dir is not None else " (pass --notes-dir to keep an editable copy)"
     out.print(f"release notes: {out_dir / report.notes_path}{editable}", highlight=False, soft_wrap=True)
 
@@ -383,4 +398,4 @@ def harmonise(
         raise _fail(f"cannot write the harmonised release: {exc}; nothing was written to {out_dir}", EXIT_CHECK_FAILED) from None
     for line in iter_report_lines(report):
         out.print(line, highlight=False, markup=False, soft_wrap=True)
-    out.print(f"wrote {report.counts['ledger']['kept']:,} images in {len(report.counts['per_class'])} classes to {out_dir}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {report.counts.kept:,} images in {len(report.counts.per_class)} classes to {out_dir}", highlight=False, soft_wrap=True)

@@ -29,14 +29,14 @@ def raw(tmp_path):
 def test_build_writes_a_release_whose_ledger_accounts_for_every_input(raw, tmp_path, config):
     report = build_release(raw, tmp_path / "rel", config, workers=1)
     ledger = read_ledger(tmp_path / "rel" / "ledger.csv")
-    assert len(ledger) == 26 == report.counts["ledger_total"]
+    assert len(ledger) == 26 == report.counts.ledger_total
     fates = {row["source_file"]: row for row in ledger}
     assert fates["myeloblast/copy.png"]["fate"] == "duplicate"
     assert fates["myeloblast/copy.png"]["duplicate_of"] == "myeloblast/cell_000.tif"
     assert fates["myeloblast/cell_003.tif"]["fate"] == "excluded"
     assert fates["monocyte/broken.tif"]["fate"] == "invalid"
     assert "corrupt or truncated" in fates["monocyte/broken.tif"]["reason"] or "not a readable image" in fates["monocyte/broken.tif"]["reason"]
-    assert report.counts["ledger"] == {"kept": 23, "duplicate": 1, "label_conflict": 0, "excluded": 1, "invalid": 1}
+    assert report.counts.ledger == {"kept": 23, "duplicate": 1, "label_conflict": 0, "excluded": 1, "invalid": 1}
     kept = [r for r in ledger if r["fate"] == "kept"]
     assert len(kept) == 23 and all(r["split"] in ("train", "validation", "test") for r in kept)
 

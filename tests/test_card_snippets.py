@@ -124,6 +124,7 @@ def test_sample_config_is_a_stratified_percent_of_every_split(tmp_path, config):
 
 
 def test_card_flags_rare_classes_from_the_measured_counts(tmp_path, config):
+    from pipeline.records import ReleaseCounts
     from pipeline.release.card import rare_classes
 
     counts = {"splits": {s: {"total": 10, "per_class": {}} for s in ("train", "validation", "test")}}
@@ -133,7 +134,7 @@ def test_card_flags_rare_classes_from_the_measured_counts(tmp_path, config):
     counts["splits"]["test"]["per_class"]["lymphocyte_reactive"] = 0
     counts["splits"]["validation"]["per_class"]["lymphocyte_reactive"] = 3
     counts["splits"]["train"]["per_class"]["basophil"] = config.rare_class_min_images - 1
-    text = rare_classes(config, counts)
+    text = rare_classes(config, ReleaseCounts.from_manifest(counts))
     floor = config.rare_class_min_images
     assert f"- `lymphocyte_reactive`: train 100, validation 3, test 0 (under {floor} in validation, test)" in text
     assert f"- `basophil`: train {floor - 1}, validation 100, test 100 (under {floor} in train)" in text

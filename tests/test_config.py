@@ -124,10 +124,13 @@ def test_omitted_keys_take_their_defaults_and_dataset_prose_is_read():
         validate_config(doc, "x")
 
 
-def _counts(labels: list[str]) -> dict:
+def _counts(labels: list[str]):
+    from pipeline.records import ReleaseCounts
+
     ledger = {"kept": 30, "duplicate": 5, "label_conflict": 2, "excluded": 3, "invalid": 1}
-    return {"splits": {s: {"total": 10, "per_class": {label: 1 for label in labels}} for s in ("train", "validation", "test")},
-            "per_class": {label: {"raw": 2, "kept": 1} for label in labels}, "raw_images": 41, "ledger": ledger, "ledger_total": 41}
+    return ReleaseCounts.from_manifest({
+        "splits": {s: {"total": 10, "per_class": {label: 1 for label in labels}} for s in ("train", "validation", "test")},
+        "per_class": {label: {"raw": 2, "kept": 1} for label in labels}, "raw_images": 41, "ledger": ledger, "ledger_total": 41})
 
 
 def test_card_and_croissant_prose_follow_the_config():

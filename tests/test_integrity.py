@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import build as build_mod
+from pipeline.release import writer as release_writer
 from pipeline.runtime import integrity
 from pipeline.release import parquet
 from pipeline.release import wds
@@ -90,12 +90,12 @@ def test_rows_naming_no_file_are_not_raw_inputs():
 
 def _swap_bytes(monkeypatch, victim: str, replacement: bytes) -> None:
     """Fault injection: the image of `victim` is read wrong, so every copy of it (Parquet, tar) carries `replacement`."""
-    real = build_mod.publishable_bytes
+    real = release_writer.publishable_bytes
 
     def wrong(path: Path, facts, *codec_and_store):
         return replacement if path.as_posix().endswith(victim) else real(path, facts, *codec_and_store)
 
-    monkeypatch.setattr(build_mod, "publishable_bytes", wrong)
+    monkeypatch.setattr(release_writer, "publishable_bytes", wrong)
 
 
 def _corrupt_parquet(monkeypatch, victim: str, replacement: bytes) -> None:

@@ -42,7 +42,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import pipeline
 from pipeline.release import manifest as manifest_mod
 from pipeline.stages import neardup
 from pipeline.lifecycle import notes
@@ -54,7 +53,7 @@ from pipeline.lifecycle.diff import markdown_table
 from pipeline.stages.similarity import compare_duplicate
 from pipeline.stages.imagecheck import ImageRejected
 from pipeline.release.parquet import SCHEMA_FIELDS, STRING_COLUMNS, hf_features
-from pipeline.records import FATES, LedgerEntry
+from pipeline.records import FATES, ClassCount, HarmonisedCounts, LedgerEntry, SplitCount
 from pipeline.untrusted.files import ManifestError, ReleaseDir, load_manifest
 from pipeline.resources import harmonised_map_path
 
@@ -131,7 +130,7 @@ class CrossDuplicate:
 @dataclass
 class HarmoniseReport:
     out: Path
-    counts: dict
+    counts: HarmonisedCounts
     duplicates: list[CrossDuplicate] = field(default_factory=list)
     per_source: dict[str, Counter] = field(default_factory=dict)  # source -> fate -> images
 
@@ -511,26 +510,22 @@ def _name_shards(shards: list[_ShardOut]) -> dict[str, list[tuple[str, _ShardOut
 # ---- counts, ledger, card ---------------------------------------------------------------------------------
 
 
-def compute_counts(items: list[Item], classes: list[str], sources: list[Source]) -> dict:
+def compute_counts(items: list[Item], classes: list[str], sources: list[Source]) -> HarmonisedCounts:
     kept = [i for i in items if i.fate == "kept"]
     fates = Counter(i.fate for i in items)
-    splits = {s: {"total": 0, "per_class": {}} for s in SPLITS}
-    for i in kept:
-        splits[i.split]["total"] += 1
-        splits[i.split]["per_class"][i.harmonised] = splits[i.split]["per_class"].get(i.harmonised, 0) + 1
     per_source = {
         s.name: {c: sum(1 for i in kept if i.source == s.name and i.harmonised == c) for c in classes} for s in sources
     }
-    return {
-        "raw_images": len(items),
-        "annotation_rows_without_file": 0,
-        "ledger_total": len(items),
-        "ledger": {f: fates.get(f, 0) for f in FATES},
-        "per_class": {c: {"raw": sum(1 for i in items if i.harmonised == c), "kept": sum(1 for i in kept if i.harmonised == c)} for c in classes},
-        "splits": splits,
-        "per_source": per_source,
-        "per_source_split": {s.name: {sp: sum(1 for i in kept if i.source == s.name and i.split == sp) for sp in SPLITS} for s in sources},
-    }
+    return HarmonisedCounts(
+        raw_images=len(items),
+        annotation_rows_without_file=0,
+        ledger_total=len(items),
+        ledger={f: fates.get(f, 0) for f in FATES},
+        per_class={c: ClassCount(sum(1 for i in items if i.harmonised == c), sum(1 for i in kept if i.harmonised == c)) for c in classes},
+        splits={s: SplitCount(sum(1 for i in kept if i.split == s), dict(Counter(i.harmonised for i in kept if i.split == s))) for s in SPLITS},
+        per_source=per_source,
+        per_source_split={s.name: {sp: sum(1 for i in kept if i.source == s.name and i.split == sp) for sp in SPLITS} for s in sources},
+    )
 
 
 def ledger_entries(items: list[Item]) -> list[LedgerEntry]:
@@ -573,14 +568,14 @@ def pretty_name(sources: list[Source]) -> str:
     return f"Harmonised single-cell blood images ({', '.join(s.name for s in sources)})"
 
 
-def card_header(sources: list[Source], classes: list[str], counts: dict, configs: list[dict], split_bytes: dict[str, int]) -> dict:
+def card_header(sources: list[Source], classes: list[str], counts: HarmonisedCounts, configs: list[dict], split_bytes: dict[str, int]) -> dict:
     """The card's YAML: the sources' licences, the configs, and the features and split sizes `datasets` checks."""
     licenses = sorted({s.license for s in sources})
     return {
         "license": licenses[0] if len(licenses) == 1 else licenses,
         "pretty_name": pretty_name(sources),
         "task_categories": ["image-classification"],
-        "size_categories": [size_category(counts["ledger"]["kept"])],
+        "size_categories": [size_category(counts.kept)],
         "tags": ["biology", "medical", "hematology", "microscopy", "blood-smear", "single-cell", "domain-generalization"],
         "configs": configs,
         "dataset_info": {
@@ -589,22 +584,22 @@ def card_header(sources: list[Source], classes: list[str], counts: dict, configs
                 {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(classes)}}}},
                 *({"name": c, "dtype": "string"} for c in [*STRING_COLUMNS, *(n for n, _ in SOURCE_FIELDS)]),
             ],
-            "splits": [{"name": s, "num_bytes": split_bytes.get(s, 0), "num_examples": counts["splits"][s]["total"]} for s in SPLITS if counts["splits"][s]["total"]],
+            "splits": [{"name": s, "num_bytes": split_bytes.get(s, 0), "num_examples": counts.splits[s].total} for s in SPLITS if counts.splits[s].total],
             "download_size": sum(split_bytes.values()),
             "dataset_size": sum(split_bytes.values()),
         },
     }
 
 
-def card_tables(sources: list[Source], label_map: LabelMap, counts: dict) -> dict[str, str]:
+def card_tables(sources: list[Source], label_map: LabelMap, counts: HarmonisedCounts) -> dict[str, str]:
     """The card's tables: classes per source, per split (the table `mll23 verify` checks), the map, the fates."""
-    classes, splits, per_source, fates = label_map.classes, counts["splits"], counts["per_source"], counts["ledger"]
-    class_rows = [[c, *(splits[s]["per_class"].get(c, 0) for s in SPLITS), counts["per_class"][c]["kept"]] for c in classes]
-    class_rows.append(["**total**", *(splits[s]["total"] for s in SPLITS), fates["kept"]])
-    source_rows = [[c, *(per_source[s.name][c] for s in sources), counts["per_class"][c]["kept"]] for c in classes]
+    classes, splits, per_source, fates = label_map.classes, counts.splits, counts.per_source, counts.ledger
+    class_rows = [[c, *(splits[s].of(c) for s in SPLITS), counts.per_class[c].kept] for c in classes]
+    class_rows.append(["**total**", *(splits[s].total for s in SPLITS), fates["kept"]])
+    source_rows = [[c, *(per_source[s.name][c] for s in sources), counts.per_class[c].kept] for c in classes]
     source_rows.append(["**total**", *(sum(per_source[s.name].values()) for s in sources), fates["kept"]])
     map_rows = [[c, *(", ".join(sorted(o for o, h in label_map.by_source[s.name].items() if h == c)) or "-" for s in sources)] for c in classes]
-    fate_rows = [[f, fates[f]] for f in ("kept", "duplicate", "excluded")] + [["**raw inputs**", counts["ledger_total"]]]
+    fate_rows = [[f, fates[f]] for f in ("kept", "duplicate", "excluded")] + [["**raw inputs**", counts.ledger_total]]
     return {
         "per_source": markdown_table(["harmonised class", *(s.name for s in sources), "total"], source_rows),
         "per_split": markdown_table(["label", *SPLITS, "published"], class_rows),
@@ -619,7 +614,7 @@ def _duplicates_sentence(duplicates: list[CrossDuplicate]) -> str:
     return f"{len(duplicates)} image(s) were found in two sources and kept once (see `ledger.csv`, fate `duplicate`)."
 
 
-def card_fields(version: str, release_date: str, sources: list[Source], label_map: LabelMap, counts: dict, duplicates: list[CrossDuplicate]) -> dict[str, str]:
+def card_fields(version: str, release_date: str, sources: list[Source], label_map: LabelMap, counts: HarmonisedCounts, duplicates: list[CrossDuplicate]) -> dict[str, str]:
     """What pipeline/templates/harmonised_card.md is filled with: the sources, their configs and the tables."""
     return {
         "pretty_name": pretty_name(sources),
@@ -635,7 +630,7 @@ def card_fields(version: str, release_date: str, sources: list[Source], label_ma
     }
 
 
-def render_card(name: str, version: str, release_date: str, sources: list[Source], label_map: LabelMap, counts: dict, configs: list[dict], split_bytes: dict[str, int], duplicates: list[CrossDuplicate]) -> str:
+def render_card(name: str, version: str, release_date: str, sources: list[Source], label_map: LabelMap, counts: HarmonisedCounts, configs: list[dict], split_bytes: dict[str, int], duplicates: list[CrossDuplicate]) -> str:
     """README.md of a harmonised release: its YAML header, the filled template, and the release notes section."""
     header = card_header(sources, label_map.classes, counts, configs, split_bytes)
     body = fill_template("harmonised_card.md", card_fields(version, release_date, sources, label_map, counts, duplicates))
@@ -697,14 +692,14 @@ def croissant_config_of(manifest: dict) -> ReleaseConfig:
     return ReleaseConfig.from_doc(doc, "manifest.json (config)")
 
 
-def _write_croissant(staging: Path, config: ReleaseConfig, counts: dict, sources: list[Source]) -> None:
+def _write_croissant(staging: Path, config: ReleaseConfig, counts: HarmonisedCounts, sources: list[Source]) -> None:
     files = [e for e in manifest_mod.file_entries(staging) if e["path"] not in (CROISSANT, manifest_mod.MANIFEST)]
     doc = croissant_document(config, counts, files)
     doc["rai:dataPreprocessingProtocol"] = (
         f"Built from verified source releases; classes outside the label map excluded; the same image in two sources "
-        f"(identical pixels, or pHash within {PHASH_THRESHOLD} bits confirmed on pixels) kept once. Of {counts['ledger_total']:,} "
-        f"source images: {counts['ledger']['kept']:,} kept, {counts['ledger']['duplicate']:,} cross-source duplicates, "
-        f"{counts['ledger']['excluded']:,} excluded (ledger.csv gives each image's fate and reason)."
+        f"(identical pixels, or pHash within {PHASH_THRESHOLD} bits confirmed on pixels) kept once. Of {counts.ledger_total:,} "
+        f"source images: {counts.kept:,} kept, {counts.ledger['duplicate']:,} cross-source duplicates, "
+        f"{counts.ledger['excluded']:,} excluded (ledger.csv gives each image's fate and reason)."
     )
     add_source_fields(next(r for r in doc["recordSet"] if r["@id"] == "images"))
     (staging / CROISSANT).write_text(manifest_mod.dumps_json(doc), encoding="utf-8")
@@ -774,19 +769,14 @@ def _write_shards(staging: Path, inputs: _Inputs, max_shard_bytes: int) -> dict[
     return _name_shards(shards)
 
 
-def _manifest_body(name: str, version: str, inputs: _Inputs, counts: dict, named: dict[str, list[tuple[str, _ShardOut]]]) -> dict:
-    return {
-        "name": name,
-        "version": version,
-        "release_date": inputs.release_date,
-        "tool": {"name": "mll23-pipeline", "version": pipeline.__version__},
-        "class_names": inputs.label_map.classes,
-        "counts": counts,
-        "harmonised_from": [{"name": s.name, "version": s.version, "manifest_sha256": manifest_mod.sha256_file(s.dir / manifest_mod.MANIFEST)} for s in inputs.sources],
-        "label_map_sha256": inputs.label_map.sha256,
-        "splits": {s: {"num_examples": counts["splits"][s]["total"], "parquet": [rel for rel, _ in named[s]]} for s in SPLITS},
-        "release_notes": notes.notes_relpath(version),
-    }
+def _manifest_body(name: str, version: str, inputs: _Inputs, counts: HarmonisedCounts, named: dict[str, list[tuple[str, _ShardOut]]]) -> dict:
+    return manifest_mod.manifest_body(
+        name, version, inputs.release_date, inputs.label_map.classes, counts,
+        harmonised_from=[{"name": s.name, "version": s.version, "manifest_sha256": manifest_mod.sha256_file(s.dir / manifest_mod.MANIFEST)} for s in inputs.sources],
+        label_map_sha256=inputs.label_map.sha256,
+        splits={s: {"num_examples": counts.splits[s].total, "parquet": [rel for rel, _ in named[s]]} for s in SPLITS},
+        release_notes=notes.notes_relpath(version),
+    )
 
 
 def _write_release(staging: Path, out: Path, name: str, version: str, inputs: _Inputs, max_shard_bytes: int) -> dict:

@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.release import snippets
 from pipeline.config import SPLITS, ReleaseConfig
+from pipeline.records import ReleaseCounts
 from pipeline.stages.dedup import CENTRE_RADIUS
 from pipeline.release.sample import SAMPLE_DIR
 from pipeline.release.snippets import fence
@@ -42,21 +43,21 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def card_header(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int], layout: Layout) -> dict:
+def card_header(config: ReleaseConfig, counts: ReleaseCounts, split_bytes: dict[str, int], layout: Layout) -> dict:
     names = {str(i): name for i, name in enumerate(config.class_names)}
-    splits = counts["splits"]
+    splits = counts.splits
     return {
         "license": config.license,
         "pretty_name": config.pretty_name,
         "task_categories": ["image-classification"],
-        "size_categories": [size_category(counts["ledger"]["kept"])],
+        "size_categories": [size_category(counts.kept)],
         "tags": list(config.dataset.keywords),
         "configs": [
             {
                 "config_name": "default",
                 "default": True,
                 # an empty split has no shard and is left out: `datasets` cannot read a Parquet file of no rows
-                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in SPLITS if splits[s]["total"]],
+                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in SPLITS if splits[s].total],
             },
             *(
                 [{"config_name": "sample", "data_files": [{"split": s, "path": f"{SAMPLE_DIR}/{s}-*.parquet"} for s in SPLITS if layout.sample_rows.get(s)]}]
@@ -70,7 +71,7 @@ def card_header(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int]
                 {"name": "label", "dtype": {"class_label": {"names": names}}},
                 *({"name": c, "dtype": "string"} for c in ("image_id", "source_file", "patient_id", "annotator", "group_id", "pixel_sha256", "phash", "extra")),
             ],
-            "splits": [{"name": s, "num_bytes": split_bytes.get(s, 0), "num_examples": splits[s]["total"]} for s in SPLITS if splits[s]["total"]],
+            "splits": [{"name": s, "num_bytes": split_bytes.get(s, 0), "num_examples": splits[s].total} for s in SPLITS if splits[s].total],
             "download_size": sum(split_bytes.values()),
             "dataset_size": sum(split_bytes.values()),
         },
@@ -83,21 +84,21 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def class_table(config: ReleaseConfig, counts: dict) -> str:
+def class_table(config: ReleaseConfig, counts: ReleaseCounts) -> str:
     rows = []
     for c in config.classes:
-        per = counts["per_class"][c.label]
+        per = counts.per_class[c.label]
         rows.append(
-            [c.label, c.full_name, c.lineage, per["raw"], per["kept"], *(counts["splits"][s]["per_class"].get(c.label, 0) for s in SPLITS)]
+            [c.label, c.full_name, c.lineage, per.raw, per.kept, *(counts.splits[s].of(c.label) for s in SPLITS)]
         )
-    total = ["**total**", "", "", counts["raw_images"], counts["ledger"]["kept"], *(counts["splits"][s]["total"] for s in SPLITS)]
+    total = ["**total**", "", "", counts.raw_images, counts.kept, *(counts.splits[s].total for s in SPLITS)]
     return _table(["label", "cell type", "lineage", "raw", "published", *SPLITS], rows + [total])
 
 
-def cleaning_table(counts: dict) -> str:
-    led = counts["ledger"]
+def cleaning_table(counts: ReleaseCounts) -> str:
+    led = counts.ledger
     rows = [[fate, led[fate]] for fate in ("kept", "duplicate", "label_conflict", "excluded", "invalid")]
-    rows.append(["**raw inputs**", counts["ledger_total"]])
+    rows.append(["**raw inputs**", counts.ledger_total])
     return _table(["fate", "images"], rows)
 
 
@@ -105,13 +106,13 @@ def class_order(config: ReleaseConfig) -> str:
     return ", ".join(f"{i} `{name}`" for i, name in enumerate(config.class_names))
 
 
-def rare_classes(config: ReleaseConfig, counts: dict) -> str:
+def rare_classes(config: ReleaseConfig, counts: ReleaseCounts) -> str:
     """The classes with fewer than the config's minimum of images in some split, with their measured counts."""
     floor = config.rare_class_min_images
-    present = [s for s in SPLITS if counts["splits"][s]["total"]]
+    present = [s for s in SPLITS if counts.splits[s].total]
     lines = []
     for c in config.class_names:
-        per_split = {s: counts["splits"][s]["per_class"].get(c, 0) for s in present}
+        per_split = {s: counts.splits[s].of(c) for s in present}
         short = [s for s, n in per_split.items() if n < floor]
         if short:
             where = ", ".join(f"{s} {n:,}" for s, n in per_split.items())
@@ -204,17 +205,17 @@ def exclusion_phrase(config: ReleaseConfig) -> str:
     return f"{config.dataset.excluded_cells} are excluded{labels}"
 
 
-def _summary_fields(config: ReleaseConfig, counts: dict, layout: Layout) -> dict[str, str]:
+def _summary_fields(config: ReleaseConfig, counts: ReleaseCounts, layout: Layout) -> dict[str, str]:
     """The card's title lines, loading section and distribution: names, dates and totals."""
     return {
         "pretty_name": config.pretty_name,
         "version": config.version,
         "release_date": config.release_date,
         "license": config.license,
-        "kept": f"{counts['ledger']['kept']:,}",
+        "kept": f"{counts.kept:,}",
         "cells": config.dataset.cells,
         "class_count": str(len(config.class_names)),
-        "split_totals": ", ".join(f"{counts['splits'][s]['total']:,}" for s in SPLITS),
+        "split_totals": ", ".join(f"{counts.splits[s].total:,}" for s in SPLITS),
         "how_to_load": how_to_load(config, layout),
         "sample_dir": SAMPLE_DIR,
         "wds_dir": WDS_DIR,
@@ -223,7 +224,7 @@ def _summary_fields(config: ReleaseConfig, counts: dict, layout: Layout) -> dict
     }
 
 
-def _composition_fields(config: ReleaseConfig, counts: dict) -> dict[str, str]:
+def _composition_fields(config: ReleaseConfig, counts: ReleaseCounts) -> dict[str, str]:
     """The card's composition and cleaning sections: the record layout, the class and fate tables, the rules."""
     width, height = config.image_size
     description = config.datasheet.image_description
@@ -251,7 +252,7 @@ def _datasheet_fields(config: ReleaseConfig) -> dict[str, str]:
     return {name: getattr(ds, name) for name in names}
 
 
-def render_card(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int], layout: Layout, extra_sections: list[str] | None = None) -> str:
+def render_card(config: ReleaseConfig, counts: ReleaseCounts, split_bytes: dict[str, int], layout: Layout, extra_sections: list[str] | None = None) -> str:
     """README.md of a release: the YAML header, then pipeline/templates/card.md filled from the config and counts."""
     values = {**_summary_fields(config, counts, layout), **_composition_fields(config, counts), **_datasheet_fields(config)}
     body = fill_template("card.md", values)

@@ -19,6 +19,7 @@ from pathlib import Path
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.release.manifest import MANIFEST, dumps_json, file_entries
 from pipeline.release.parquet import STRING_COLUMNS
+from pipeline.records import ReleaseCounts
 
 CROISSANT = "croissant.json"
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
@@ -193,21 +194,21 @@ def _sentence_start(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def preprocessing_text(config: ReleaseConfig, counts: dict) -> str:
-    led = counts["ledger"]
+def preprocessing_text(config: ReleaseConfig, counts: ReleaseCounts) -> str:
+    led = counts.ledger
     excluded = f" and the labels {', '.join(sorted(config.exclude_labels))}" if config.exclude_labels else ""
     return (
         f"Duplicate images removed: identical pixels, and copies of one scan (shifted, brighter, re-compressed) found by a "
         f"pixel duplicate test of the candidate pairs (pHash within {config.lookalike_threshold} bits, or the same centre) "
         f"that pass a thumbnail correlation gate, and of every pair within {config.phash_threshold} bits; one copy kept. Duplicates with disagreeing labels handled by the policy "
         f"'{config.conflict_policy}'. {_sentence_start(config.dataset.excluded_cells)} excluded{excluded}. Images of the same cell at another focus or crop "
-        f"are kept and grouped. Every record validated against a JSON schema. Of {counts['ledger_total']:,} raw inputs: "
+        f"are kept and grouped. Every record validated against a JSON schema. Of {counts.ledger_total:,} raw inputs: "
         f"{led['kept']:,} kept, {led['duplicate']:,} duplicates, {led['label_conflict']:,} label conflicts, "
         f"{led['excluded']:,} excluded, {led['invalid']:,} invalid (ledger.csv gives each input's fate and reason)."
     )
 
 
-def rai_fields(config: ReleaseConfig, counts: dict) -> dict:
+def rai_fields(config: ReleaseConfig, counts: ReleaseCounts) -> dict:
     ds = config.datasheet
     fields = {
         "rai:dataCollection": ds.collection,
@@ -222,7 +223,7 @@ def rai_fields(config: ReleaseConfig, counts: dict) -> dict:
     return {key: value for key, value in fields.items() if value}
 
 
-def croissant_document(config: ReleaseConfig, counts: dict, files: list[dict]) -> dict:
+def croissant_document(config: ReleaseConfig, counts: ReleaseCounts, files: list[dict]) -> dict:
     ds = config.datasheet
     description = f"{ds.motivation} {ds.image_description or ''}".strip()
     doc = {
@@ -259,7 +260,7 @@ def croissant_document(config: ReleaseConfig, counts: dict, files: list[dict]) -
     return doc
 
 
-def write_croissant(release_dir: Path, config: ReleaseConfig, counts: dict, entries: list[dict] | None = None) -> None:
+def write_croissant(release_dir: Path, config: ReleaseConfig, counts: ReleaseCounts, entries: list[dict] | None = None) -> None:
     """Call after every other file except the manifest is written: it lists them with their sha256
     (``entries``: manifest.file_entries of the release, when the caller has them already)."""
     files = [e for e in (entries if entries is not None else file_entries(release_dir)) if e["path"] not in (CROISSANT, MANIFEST)]

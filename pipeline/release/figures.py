@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.config import SPLITS, ReleaseConfig
-from pipeline.records import Pair, ReleaseRecord
+from pipeline.records import Pair, ReleaseCounts, ReleaseRecord
 
 FIGURES_DIR = "figures"
 SAMPLES_PER_CLASS = 4
@@ -72,17 +72,16 @@ def _canvas(width: int, height: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
 # ---- class distribution ------------------------------------------------------------------------------------
 
 
-def class_distribution_chart(config: ReleaseConfig, counts: dict, split: str) -> Image.Image:
+def class_distribution_chart(config: ReleaseConfig, counts: ReleaseCounts, split: str) -> Image.Image:
     font, title_font = _font(12), _font(14)
-    per_class = counts["splits"][split]["per_class"]
-    values = [per_class.get(name, 0) for name in config.class_names]
+    values = [counts.splits[split].of(name) for name in config.class_names]
     row_h, bar_w = 18, 360
     label_w = max(_text_width(font, name) for name in config.class_names) + PAD
     value_w = _text_width(font, f"{max(values, default=0):,}") + PAD
     width = PAD + label_w + bar_w + PAD + value_w + PAD
     top = PAD + 24
     img, draw = _canvas(width, top + row_h * len(values) + PAD)
-    total = counts["splits"][split]["total"]
+    total = counts.splits[split].total
     draw.text((PAD, PAD), f"{split}: {total:,} images in {len(config.class_names)} classes", fill=INK, font=title_font)
     longest = max(values, default=0)
     for i, (name, value) in enumerate(zip(config.class_names, values)):
@@ -238,7 +237,7 @@ def _score_lines(pair: Pair) -> list[str]:
 def write_figures(
     release_dir: Path,
     config: ReleaseConfig,
-    counts: dict,
+    counts: ReleaseCounts,
     grid: SampleGrid,
     pairs: list[Pair],
     fates: dict[str, tuple[str, str, str | None]],

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pipeline.records import LedgerEntry
+import pipeline
+from pipeline.records import LedgerEntry, ReleaseCounts
 
 MANIFEST = "manifest.json"
 LEDGER = "ledger.csv"
@@ -85,3 +86,18 @@ def raw_fingerprint(lines: Iterable[str]) -> str:
     for line in sorted(lines):
         h.update(line.encode("utf-8") + b"\n")
     return h.hexdigest()
+
+
+def manifest_body(name: str, version: str, release_date: str, class_names: list[str], counts: ReleaseCounts, **fields: object) -> dict:
+    """The manifest of any release (a build's, a harmonised one's) but its file list, which write_manifest adds
+    last: what every release says about itself, then ``fields``, what only its kind says (splits, digests,
+    ancestry, sources)."""
+    return {
+        "name": name,
+        "version": version,
+        "release_date": release_date,
+        "tool": {"name": "mll23-pipeline", "version": pipeline.__version__},
+        "class_names": list(class_names),
+        "counts": counts.as_manifest(),
+        **fields,
+    }

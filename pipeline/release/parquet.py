@@ -142,6 +142,60 @@ def check_shard_size(path: Path, size: int, max_shard_bytes: int) -> None:
         raise ShardTooLarge(f"{path.name}: {size:,} bytes, over [shards] max_shard_bytes = {max_shard_bytes:,}")
 
 
+class _SplitWriter:
+    """One split's Parquet shards being written: rows are gathered into row groups (at most max_row_group_bytes
+    of images each) and shards are closed when the caller says; each shard is hashed as it is written."""
+
+    def __init__(self, data_dir: Path, split: str, schema: pa.Schema, max_shard_bytes: int, max_row_group_bytes: int,
+                 image_compression: str, on_shard: Callable[[Path], None] | None) -> None:
+        self._dir, self._split, self._schema = data_dir, split, schema
+        self._max_shard_bytes, self._max_row_group_bytes, self._image_compression = max_shard_bytes, max_row_group_bytes, image_compression
+        self._on_shard = on_shard
+        self._buffers = BinaryColumnBuffers()
+        self.shards: list[ShardInfo] = []  # the closed shards, under their temporary names
+        self._writer: BackgroundWriter | None = None
+        self._sink: HashingWriter | None = None
+        self._rows = self._image_bytes = 0  # of the open shard's written row groups
+        self._group: list[tuple[ReleaseRecord, bytes]] = []
+        self._group_bytes = 0
+
+    @property
+    def open_rows(self) -> int:
+        """Rows of the open shard, written or still gathered."""
+        return self._rows + len(self._group)
+
+    def _tmp_path(self) -> Path:
+        return self._dir / f".{self._split}-{len(self.shards):05d}.parquet.partial"
+
+    def add(self, record: ReleaseRecord, data: bytes) -> None:
+        if self._group and self._group_bytes + len(data) > self._max_row_group_bytes:
+            self._flush_group()
+        self._group.append((record, data))
+        self._group_bytes += len(data)
+
+    def _flush_group(self) -> None:
+        if not self._group:
+            return
+        if self._writer is None:
+            self._sink = HashingWriter(self._tmp_path())
+            self._writer = _open_writer(self._sink, self._schema, self._image_compression)
+        self._writer.write_table(_table(self._group, self._schema, self._buffers), row_group_size=len(self._group))
+        self._rows += len(self._group)
+        self._image_bytes += self._group_bytes
+        self._group, self._group_bytes = [], 0
+
+    def close_shard(self) -> None:
+        self._flush_group()
+        self._writer.close()
+        self._sink.close()
+        size, digest = self._sink.digest()
+        check_shard_size(self._sink.path, size, self._max_shard_bytes)
+        self.shards.append(ShardInfo(self._tmp_path(), self._rows, self._image_bytes, digest, size))
+        self._writer, self._rows, self._image_bytes = None, 0, 0
+        if self._on_shard is not None:
+            self._on_shard(self.shards[-1].path)
+
+
 def write_split(
     data_dir: Path,
     split: str,
@@ -158,62 +212,27 @@ def write_split(
     """Write one split's shards, ``shard_rows[i]`` rows in shard i (pipeline/release/shards.py plans them); files are
     named -of-N. An empty split writes no shard. Each shard is checked against ``max_shard_bytes`` (every byte
     of the file). ``on_shard(path)`` is called with each shard's temporary path as soon as it is complete."""
-    schema = arrow_schema(class_names)
     data_dir.mkdir(parents=True, exist_ok=True)
-    shards: list[ShardInfo] = []
-    writer: BackgroundWriter | None = None
-    sink: HashingWriter | None = None
-    shard_count = shard_bytes = 0
-    group: list[tuple[ReleaseRecord, bytes]] = []
-    group_bytes = 0
-    buffers = BinaryColumnBuffers()
+    out = _SplitWriter(data_dir, split, arrow_schema(class_names), max_shard_bytes, max_row_group_bytes, image_compression, on_shard)
     plan = iter(shard_rows)
-
-    def tmp_name(i: int) -> Path:
-        return data_dir / f".{split}-{i:05d}.parquet.partial"
-
-    def flush_group() -> None:
-        nonlocal group, group_bytes, shard_count, shard_bytes, writer, sink
-        if not group:
-            return
-        if writer is None:
-            sink = HashingWriter(tmp_name(len(shards)))
-            writer = _open_writer(sink, schema, image_compression)
-        writer.write_table(_table(group, schema, buffers), row_group_size=len(group))
-        shard_count += len(group)
-        shard_bytes += group_bytes
-        group, group_bytes = [], 0
-
-    def close_shard() -> None:
-        nonlocal writer, shard_count, shard_bytes
-        flush_group()
-        writer.close()
-        sink.close()
-        size, digest = sink.digest()
-        check_shard_size(sink.path, size, max_shard_bytes)
-        shards.append(ShardInfo(tmp_name(len(shards)), shard_count, shard_bytes, digest, size))
-        writer, shard_count, shard_bytes = None, 0, 0
-        if on_shard is not None:
-            on_shard(shards[-1].path)
-
     wanted = 0
     for record in records:
-        if shard_count + len(group) == wanted and (shard_count or group):
-            close_shard()
-        if not (shard_count or group):
+        if out.open_rows and out.open_rows == wanted:
+            out.close_shard()
+        if not out.open_rows:
             wanted = next(plan, 0)
             if wanted == 0:
                 raise ValueError(f"split {split}: more records than the shard plan's {sum(shard_rows)} rows")
-        data = read_bytes(record)
-        if group and group_bytes + len(data) > max_row_group_bytes:
-            flush_group()
-        group.append((record, data))
-        group_bytes += len(data)
-    if shard_count or group:
-        close_shard()
-    if len(shards) != len(shard_rows) or [s.rows for s in shards] != list(shard_rows):
-        raise ValueError(f"split {split}: wrote shards of {[s.rows for s in shards]} rows, the plan was {list(shard_rows)}")
+        out.add(record, read_bytes(record))
+    if out.open_rows:
+        out.close_shard()
+    if [s.rows for s in out.shards] != list(shard_rows):
+        raise ValueError(f"split {split}: wrote shards of {[s.rows for s in out.shards]} rows, the plan was {list(shard_rows)}")
+    return _name_shards(data_dir, split, out.shards)
 
+
+def _name_shards(data_dir: Path, split: str, shards: list[ShardInfo]) -> list[ShardInfo]:
+    """Each shard renamed from its temporary name to its final one, which says how many shards the split has."""
     final = []
     for i, shard in enumerate(shards):
         target = data_dir / f"{split}-{i:05d}-of-{len(shards):05d}.parquet"

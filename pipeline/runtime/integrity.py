@@ -117,10 +117,25 @@ def spot_checked(pixel_sha256: str) -> bool:
     return int(pixel_sha256[:8], 16) % SPOT_CHECK_EVERY == 0
 
 
-Row = tuple[str, str, "str | None", str, str]  # source_file, pixel_sha256 column, decoded sha256, problem, bytes sha256
+class ShardCheckRow(NamedTuple):
+    """What checking one image of a Parquet shard found."""
+
+    source_file: str
+    claimed_sha256: str  # the row's pixel_sha256 column
+    decoded_sha256: str | None  # of the pixels the bytes decode to; None when they do not decode
+    problem: str  # empty when the bytes decoded
+    bytes_sha256: str  # of the stored image bytes
 
 
-def check_parquet_shard(source: BinaryIO, expected: Mapping[str, Expected], size: tuple[int, int]) -> list[Row]:
+class TarCheckRow(NamedTuple):
+    """What checking one sample of a tar shard found."""
+
+    source_file: str  # from the sample's json member
+    bytes_sha256: str  # of its image member
+    problem: str  # empty for a complete sample
+
+
+def check_parquet_shard(source: BinaryIO, expected: Mapping[str, Expected], size: tuple[int, int]) -> list[ShardCheckRow]:
     """One row per image of a Parquet shard, streamed in small batches (bounded memory).
 
     Bytes whose sha256 equals the file decoded at ingest are that very file, so they decode to the pixels
@@ -130,7 +145,7 @@ def check_parquet_shard(source: BinaryIO, expected: Mapping[str, Expected], size
     # Small batches, no pre-buffering: a checking thread holds about one row group (config
     # max_row_group_bytes) of image bytes, never a whole shard.
     parquet = pq.ParquetFile(source, buffer_size=PARQUET_READ_BUFFER, pre_buffer=False)
-    out: list[Row] = []
+    out: list[ShardCheckRow] = []
     for batch in parquet.iter_batches(batch_size=PARQUET_CHECK_BATCH, columns=["image", "source_file", "pixel_sha256"], use_threads=False):
         images = batch.column("image").field("bytes")  # Arrow buffers, not Python bytes: no second copy
         for i, (src, claimed) in enumerate(zip(batch.column("source_file").to_pylist(), batch.column("pixel_sha256").to_pylist())):
@@ -138,20 +153,20 @@ def check_parquet_shard(source: BinaryIO, expected: Mapping[str, Expected], size
     return out
 
 
-def _check_image(data: Buffer | None, source: str, claimed: str, expect: Expected | None, size: tuple[int, int]) -> Row:
+def _check_image(data: Buffer | None, source: str, claimed: str, expect: Expected | None, size: tuple[int, int]) -> ShardCheckRow:
     if data is None:
-        return (source, claimed, None, "the image bytes are null", "")
+        return ShardCheckRow(source, claimed, None, "the image bytes are null", "")
     digest = hashlib.sha256(data).hexdigest()
     if expect is not None and expect.decoded_file_sha256 == digest and not spot_checked(expect.pixel_sha256):
-        return (source, claimed, expect.pixel_sha256, "", digest)
+        return ShardCheckRow(source, claimed, expect.pixel_sha256, "", digest)
     try:
-        return (source, claimed, published_pixel_sha256(bytes(data), size), "", digest)
+        return ShardCheckRow(source, claimed, published_pixel_sha256(bytes(data), size), "", digest)
     except Exception as exc:  # any decode failure is a verification failure, reported with its row
-        return (source, claimed, None, f"{type(exc).__name__}: {exc}", digest)
+        return ShardCheckRow(source, claimed, None, f"{type(exc).__name__}: {exc}", digest)
 
 
-def check_tar_shard(source: BinaryIO) -> list[tuple[str, str, str]]:
-    """(source_file from the sample's json, sha256 of its image member, problem) for each sample of one tar shard."""
+def check_tar_shard(source: BinaryIO) -> list[TarCheckRow]:
+    """One row per sample of one tar shard."""
     samples: dict[str, dict[str, str]] = {}
     with tarfile.open(fileobj=source, mode="r:") as tar:
         for member in tar:
@@ -164,7 +179,7 @@ def check_tar_shard(source: BinaryIO) -> list[tuple[str, str, str]]:
                 sample["source"] = json.loads(data)["source_file"]
             else:
                 sample["digest"] = hashlib.sha256(data).hexdigest()
-    return [(s.get("source", f"(tar sample {key})"), s.get("digest", ""), "" if "digest" in s and "source" in s else "incomplete sample") for key, s in samples.items()]
+    return [TarCheckRow(s.get("source", f"(tar sample {key})"), s.get("digest", ""), "" if "digest" in s and "source" in s else "incomplete sample") for key, s in samples.items()]
 
 
 def verify_published_pixels(release_dir: Path, ingest_sha256: dict[str, str], size: tuple[int, int], threads: int = 1) -> int:
@@ -224,7 +239,7 @@ class ShardChecker:
         self._pool.shutdown(wait=True)
 
 
-def raise_problems(parquet: Iterable[list[Row]], tars: Iterable[list[tuple[str, str, str]]], ingest_sha256: Mapping[str, str]) -> int:
+def raise_problems(parquet: Iterable[list[ShardCheckRow]], tars: Iterable[list[TarCheckRow]], ingest_sha256: Mapping[str, str]) -> int:
     """Compare what the shards hold with the ingest hashes; raise IntegrityError naming every problem, else the count."""
     problems: list[str] = []
     seen: Counter[str] = Counter()
@@ -249,7 +264,7 @@ def raise_problems(parquet: Iterable[list[Row]], tars: Iterable[list[tuple[str, 
     return sum(seen.values())
 
 
-def _tar_problems(tars: Iterable[list[tuple[str, str, str]]], ingest_sha256: Mapping[str, str], parquet_bytes: dict[str, str]) -> list[str]:
+def _tar_problems(tars: Iterable[list[TarCheckRow]], ingest_sha256: Mapping[str, str], parquet_bytes: dict[str, str]) -> list[str]:
     """The tars must carry each kept image once, byte-identical to its verified Parquet copy."""
     tars = list(tars)
     if not tars:

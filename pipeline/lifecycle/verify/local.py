@@ -46,7 +46,7 @@ from pipeline.release.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST, list_rel
 from pipeline.lifecycle.notes import NOTES_DIR, NotesError
 from pipeline.release.parquet import SCHEMA_FIELDS
 from pipeline.untrusted.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, open_bounded
-from pipeline.records import FATES
+from pipeline.records import FATES, ReleaseCounts
 from pipeline.untrusted.formats import (
     MAX_LISTED_MEMBERS,
     MEMBERS_PER_SAMPLE,
@@ -1112,7 +1112,7 @@ def _croissant_build_parts(view: ReleaseView) -> dict:
     return {
         "@context": croissant.CONTEXT,
         "recordSet": [croissant.splits_record_set(), croissant.classes_record_set(config), images],
-        "fileSets": [d for d in croissant.croissant_document(config, view.manifest["counts"], [])["distribution"] if d.get("@type") == "cr:FileSet"],
+        "fileSets": [d for d in croissant.croissant_document(config, ReleaseCounts.from_manifest(view.manifest["counts"]), [])["distribution"] if d.get("@type") == "cr:FileSet"],
     }
 
 
