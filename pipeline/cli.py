@@ -239,7 +239,7 @@ def verify(
 ) -> None:
     """Check a release for CI: exit 0 only when every check holds; each failure is named. An hf:// release is
     checked on the Hub without downloading it (pipeline.lifecycle.verify.remote)."""
-    from pipeline.lifecycle.verify.local import run_checks
+    from pipeline.lifecycle.verify import run_checks
 
     out, err = _consoles()
     if release_arg.startswith("hf://"):
@@ -335,7 +335,7 @@ def publish(
 
     The token comes from the usual huggingface_hub places (HF_TOKEN, `hf auth login`); it is never printed."""
     from pipeline.lifecycle.publish.plan import PublishError
-    from pipeline.lifecycle.verify.local import verify_messages
+    from pipeline.lifecycle.verify import verify_messages
     from pipeline.lifecycle.publish.plan import publish as publish_release
 
     out, _ = _consoles()

@@ -22,7 +22,7 @@ from pipeline.cli import app
 from pipeline.config import load_config, validate_config
 from pipeline.release.manifest import file_entries, read_manifest
 from pipeline.resources import ci_workflow_text
-from pipeline.lifecycle.verify.local import CHECKS, HubLimits, run_checks, verify_release
+from pipeline.lifecycle.verify import CHECKS, HubLimits, run_checks, verify_release
 from tests.rawkit import crop, save, simple_raw
 
 LABELS = ["myeloblast", "monocyte", "eosinophil"]
