@@ -48,6 +48,8 @@ class RebuildRequest:
 
 @dataclass(frozen=True)
 class VerifyOptions:
+    """Everything a check may consult besides the release: the limits, and what the caller asked for."""
+
     hub: HubLimits = field(default_factory=HubLimits)
     # A non-streaming `load_dataset` copies the whole release into a cache: beyond this size (a CI runner's
     # disk may not hold the release twice) the load check reads every row in streaming mode instead.

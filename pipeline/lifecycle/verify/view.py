@@ -93,6 +93,9 @@ def parquet_metadata(fh: BinaryIO, rel: str, limits: ReadLimits) -> pq.FileMetaD
 
 
 class ReleaseView:
+    """One release directory, read through `pipeline.untrusted.files` within `limits`: each part (manifest,
+    listing, rows, ledger, cards) is read when a check first asks for it, then shared."""
+
     def __init__(self, release_dir: Path, limits: ReadLimits | None = None) -> None:
         self.dir = Path(release_dir)
         self.files = ReleaseDir(self.dir)

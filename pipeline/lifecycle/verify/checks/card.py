@@ -1,5 +1,4 @@
-"""The card check: the cards' YAML loads strictly, their `configs` point only at the release's own shards, and
-their features are of the types a release uses."""
+"""The card check: strict YAML, `configs` naming only the release's own shards, features of the release's types."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The counts check: the shards are what is published; the card (YAML and tables), the manifest and the ledger must
-all say the same."""
+"""The counts check: the card (YAML and tables), the manifest and the ledger count what the shards publish."""
 
 from __future__ import annotations
 

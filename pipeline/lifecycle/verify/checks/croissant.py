@@ -1,5 +1,7 @@
-"""The croissant check: croissant.json states this version and every file with its sha256, and holds nothing for
-mlcroissant to run (context, record sets, file sets) but what the build writes."""
+"""The croissant check: croissant.json names this version and every file, and holds only what the build writes.
+
+It holds nothing for mlcroissant to run (context, record sets, file sets) but what the build writes.
+"""
 
 from __future__ import annotations
 

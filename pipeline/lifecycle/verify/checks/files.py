@@ -1,4 +1,4 @@
-"""The files check: every file manifest.json lists present, regular, with its size and sha256, and of the release format.
+"""The files check: exactly the files manifest.json lists, with their sizes and sha256, named as the format says.
 
 It is the one pass over every byte of a release: `mll23 publish` runs it too (`listed_file_problems`, refusing hard
 links as well) instead of hashing the files a second time.
@@ -29,6 +29,7 @@ _LAYOUT = re.compile(
 
 
 def check_files(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    """Every listed file as listed and nothing else (no link, no special file), and only names of the release format."""
     yield from file_problems(view.files, view.manifest, view.listing)
     for path in sorted(view.declared):  # an unlisted file fails already
         if relpath_problem(path) is None and path != MANIFEST and not _LAYOUT.match(path):

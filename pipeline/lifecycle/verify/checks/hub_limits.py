@@ -13,6 +13,7 @@ from pipeline.lifecycle.verify.view import ReleaseView, Refused, parquet_metadat
 
 
 def check_hub_limits(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    """Files per repository and per folder, file sizes, and each shard's rows and row groups, within `opts.hub`."""
     limits = opts.hub
     files = view.present + [MANIFEST]
     if len(files) > limits.max_files:

@@ -1,5 +1,7 @@
-"""The loader checks: `datasets`, `webdataset` and `mlcroissant` read the release by their own rules and find what
-the Parquet shards publish. They run last, and only on a release that passed every check before them."""
+"""The loader checks: `datasets`, `webdataset` and `mlcroissant` read the release and find what the shards publish.
+
+They parse the files by their own rules, so they run last, and only on a release that passed every check before them.
+"""
 
 from __future__ import annotations
 

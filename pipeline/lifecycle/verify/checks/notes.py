@@ -1,4 +1,4 @@
-"""The notes-copy check (`mll23 verify --notes-dir`): the release notes a release carries equal their editable copy."""
+"""The notes-copy check (`--notes-dir`): the release notes a release carries equal their editable copy."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The rebuild check (`mll23 verify --rebuild RAW`): a rebuild from the raw input, on the release this one was built
-on, is byte-identical to the release."""
+"""The rebuild check (`--rebuild RAW`): a rebuild from the raw input is byte-identical to the release.
+
+The rebuild starts from the release this one was built on (`--previous`, else the one found beside it by hash).
+"""
 
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ def find_previous(view: ReleaseView, previous: Path | None) -> tuple[Path | None
 
 
 def check_rebuild(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    """Rebuild from `opts.rebuild.raw` with the config the manifest records, on the release it was built on, and
+    name every file that differs."""
     request = opts.rebuild
     raw = Path(request.raw)
     config_doc = view.manifest.get("config")

@@ -1,5 +1,7 @@
-"""The records check: every Parquet row (sample/ too) of the record schema, its image decoding to its
-pixel_sha256, and every sample row a published row."""
+"""The records check: every Parquet row of the record schema, its image decoding to the pixels it claims.
+
+The rows of sample/ too, each of which must be a published row.
+"""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ def check_splits(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
 
 
 def check_unique(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    """No image published twice, by its id or by its pixels."""
     for attr in ("image_id", "pixel_sha256"):
         seen: dict[str, list[str]] = defaultdict(list)
         for r in view.rows:

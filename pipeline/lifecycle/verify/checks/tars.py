@@ -1,5 +1,7 @@
-"""The wds-tars check: the WebDataset tars are the manifest's, and every member is one the format has, read by its
-header before any of its bytes."""
+"""The wds-tars check: the WebDataset tars are the manifest's, and every member one the format has.
+
+Each member is judged by its header before any of its bytes is read.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The version check: one semantic version in the manifest, its config, the card and the release notes; the
-card's links resolve to files of the release."""
+"""The version check: one semantic version in manifest, config, card and notes; the card's links resolve.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ _LINK = re.compile(r"\]\(([^()\[\]#?\s]+)\)")
 
 
 def check_version(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
+    """A semantic version, the same in the manifest, its config, the card and the notes; the card's links resolve."""
     version = view.manifest["version"]
     try:
         version_key(version)
