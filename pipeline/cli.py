@@ -346,8 +346,8 @@ def publish(
     try:
         result = publish_release(
             release_dir, repo, private=private, dry_run=dry_run, endpoint=endpoint,
-            # publish runs verify's file check itself (refusing hard links too), so each file is hashed once
-            verify=lambda path: verify_messages(path, skip=("files",)), verify_name="mll23 verify", log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
+            # publish runs verify's pass over the files' bytes itself (refusing hard links too), so each file is hashed once
+            verify=lambda path: verify_messages(path, files_hashed=True), verify_name="mll23 verify", log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
         )
     except PublishError as exc:
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None

@@ -57,3 +57,6 @@ class VerifyOptions:
     read: ReadLimits = field(default_factory=ReadLimits)
     notes_dir: Path | None = None  # `--notes-dir`: also compare the release notes with their editable copy
     rebuild: RebuildRequest | None = None  # `--rebuild`: also rebuild and compare byte for byte
+    # The caller ran the files check's pass over every byte itself (publish's self-check, `listed_file_problems`):
+    # the files check then holds only the names to the release format, so a publish hashes each file once.
+    files_hashed: bool = False

@@ -120,8 +120,10 @@ def _options(
     full_load_max_bytes: int | None,
     notes_dir: Path | None,
     rebuild: RebuildRequest | None,
+    files_hashed: bool,
 ) -> VerifyOptions:
-    opts = VerifyOptions(hub=limits or HubLimits(), read=read_limits or ReadLimits(), notes_dir=notes_dir, rebuild=rebuild)
+    opts = VerifyOptions(hub=limits or HubLimits(), read=read_limits or ReadLimits(), notes_dir=notes_dir, rebuild=rebuild,
+                         files_hashed=files_hashed)
     if full_load_max_bytes is not None:
         opts = replace(opts, full_load_max_bytes=full_load_max_bytes)
     return opts
@@ -138,12 +140,14 @@ def run_checks(
     notes_dir: Path | None = None,
     full_load_max_bytes: int | None = None,
     read_limits: ReadLimits | None = None,
+    files_hashed: bool = False,
 ) -> list[CheckResult]:
     """Every applicable check, in order, with its failures (none: it passed). The loader checks run only when
-    every check before them passed; `skip` names checks the caller has done itself (publish runs the file check
-    with hard links refused) or does not want, and skipping a safety check leaves its guarantee to the caller."""
+    every check before them passed; `skip` names checks the caller has done itself or does not want, and skipping
+    a safety check leaves its guarantee to the caller. `files_hashed`: the caller ran `listed_file_problems` (publish
+    does, with hard links refused), so the files check holds only the names to the release format."""
     rebuild = RebuildRequest(rebuild_raw, previous, workers) if rebuild_raw is not None else None
-    opts = _options(limits, read_limits, full_load_max_bytes, notes_dir, rebuild)
+    opts = _options(limits, read_limits, full_load_max_bytes, notes_dir, rebuild, files_hashed)
     view = ReleaseView(Path(release_dir), opts.read)
     try:
         os.close(view.files.root_fd())
