@@ -254,7 +254,7 @@ def verify(
 ) -> None:
     """Check a release for CI: exit 0 only when every check holds; each failure is named. An hf:// release is
     checked on the Hub without downloading it (pipeline.lifecycle.verify.remote)."""
-    from pipeline.lifecycle.verify.local import run_checks
+    from pipeline.lifecycle.verify import run_checks
 
     out, err = _consoles()
     if release_arg.startswith("hf://"):
@@ -350,7 +350,7 @@ def publish(
 
     The token comes from the usual huggingface_hub places (HF_TOKEN, `hf auth login`); it is never printed."""
     from pipeline.lifecycle.publish.plan import PublishError
-    from pipeline.lifecycle.verify.local import verify_messages
+    from pipeline.lifecycle.verify import verify_messages
     from pipeline.lifecycle.publish.steps import publish as publish_release
 
     out, _ = _consoles()
@@ -361,8 +361,8 @@ def publish(
     try:
         result = publish_release(
             release_dir, repo, private=private, dry_run=dry_run, endpoint=endpoint,
-            # publish runs verify's file check itself (refusing hard links too), so each file is hashed once
-            verify=lambda path: verify_messages(path, skip=("files",)), verify_name="mll23 verify", log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
+            # publish runs verify's pass over the files' bytes itself (refusing hard links too), so each file is hashed once
+            verify=lambda path: verify_messages(path, files_hashed=True), verify_name="mll23 verify", log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
         )
     except PublishError as exc:
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None

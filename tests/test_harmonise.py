@@ -24,7 +24,7 @@ from pipeline.config import validate_config
 from pipeline.lifecycle.harmonise import HarmoniseError, harmonise
 from pipeline.release.manifest import read_ledger, read_manifest
 from pipeline.resources import harmonised_map_path
-from pipeline.lifecycle.verify.local import verify_messages
+from pipeline.lifecycle.verify import verify_messages
 from tests.rawkit import crop, save
 from tests.siblingkit import build_sibling, expected_published, sibling_config
 

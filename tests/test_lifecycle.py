@@ -16,7 +16,7 @@ from pipeline.lifecycle.diff import config_changes, diff_releases, render_diff
 from pipeline.lifecycle.ancestry import LineageError, version_key
 from pipeline.release.manifest import read_ledger, read_manifest
 from pipeline.lifecycle.notes import BEGIN, END, NotesError
-from pipeline.lifecycle.verify.local import verify_release
+from pipeline.lifecycle.verify import verify_release
 from tests.rawkit import crop, save, simple_raw, write_annotations
 
 LABELS = ["myeloblast", "monocyte", "eosinophil"]

@@ -19,7 +19,7 @@ from pipeline.stages.decode import load_rgb
 from pipeline.lifecycle.diff import diff_releases
 from pipeline.release.manifest import read_ledger
 from pipeline.lifecycle.notes import END
-from pipeline.lifecycle.verify.local import verify_release
+from pipeline.lifecycle.verify import verify_release
 from tests.helpers_images import archive, read_csv, truth
 from tests.rawkit import crop, save, write_annotations
 

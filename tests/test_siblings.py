@@ -20,7 +20,7 @@ from pipeline.config import ConfigError, validate_config
 from pipeline.stages.ingest import ingest
 from pipeline.release.manifest import read_ledger, read_manifest
 from pipeline.resources import shipped_config_path
-from pipeline.lifecycle.verify.local import verify_messages
+from pipeline.lifecycle.verify import verify_messages
 from tests.rawkit import crop, encode, save
 from tests.siblingkit import build_sibling, expected_published, sibling_config
 

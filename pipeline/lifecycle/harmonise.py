@@ -139,7 +139,7 @@ class HarmoniseReport:
 
 
 def _source_problems(path: Path) -> list[str]:
-    from pipeline.lifecycle.verify.local import CHECKS, run_checks  # verify imports many readers; load it only when harmonising
+    from pipeline.lifecycle.verify import CHECKS, run_checks  # verify imports many readers; load it only when harmonising
 
     linked = [p.relative_to(path).as_posix() for p in sorted(path.rglob("*")) if p.is_symlink()]
     if linked:

@@ -23,6 +23,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
+from pipeline.lifecycle.verify import listed_file_problems
 from pipeline.lifecycle.ancestry import SEMVER, LineageError
 from pipeline.lifecycle.ancestry import version_key as lineage_version_key
 from pipeline.untrusted.files import (
@@ -31,7 +32,6 @@ from pipeline.untrusted.files import (
     ManifestError,
     ReleaseDir,
     ReleaseFileError,
-    file_problems,
     load_manifest,
 )
 from pipeline.untrusted.safetext import printable
@@ -198,17 +198,17 @@ def read_manifest(release_dir: Path) -> dict:
 
 
 def self_check(release_dir: Path) -> list[str]:
-    """The file check of `mll23 verify` (pipeline.untrusted.files.file_problems), stricter for publishing: every
-    file manifest.json lists is present, regular, with the listed size and sha256; there is no file it does not
-    list, no link, no special file and no hard link (one may be a file from outside the release, such as the
-    token file). Returns failures."""
-    release = ReleaseDir(Path(release_dir))
+    """The file check of `mll23 verify` (pipeline.lifecycle.verify.listed_file_problems), stricter for publishing:
+    every file manifest.json lists is present, regular, with the listed size and sha256; there is no file it does
+    not list, no link, no special file and no hard link (one may be a file from outside the release, such as the
+    token file). Returns failures. The one pass over every byte of a publish: `mll23 publish` then runs the other
+    checks of verify without its file check."""
     try:
         manifest = read_manifest(release_dir)
-        listing = release.listing()
+        problems = listed_file_problems(release_dir, manifest, allow_hard_links=False)
     except (PublishError, OSError) as err:
         return [printable(err, limit=2000)]
-    return [printable(m, limit=2000) for m in file_problems(release, manifest, listing, allow_hard_links=False)]
+    return [printable(m, limit=2000) for m in problems]
 
 
 def release_source(release_dir: Path, manifest: dict) -> FileSource:

@@ -362,7 +362,7 @@ def _fetch_small_files(api: HfApi, token: str | None, report: RemoteReport, tree
 
 def _small_file_checks(local: Path) -> list[str]:
     """`mll23 verify`'s checks that need only the small files, on the partial copy."""
-    from pipeline.lifecycle.verify.local import CHECKS, run_checks
+    from pipeline.lifecycle.verify import CHECKS, run_checks
 
     skip = [c.name for c in CHECKS if c.name not in SMALL_FILE_CHECKS]
     return [str(f) for r in run_checks(local, skip=skip) for f in r.failures]

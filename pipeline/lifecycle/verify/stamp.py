@@ -1,5 +1,4 @@
-"""A record that a release directory passed verification, so that a resumed or no-op publish does not pay for a
-full verify again when nothing changed since.
+"""The stamp of a passed verify: a resumed or no-op publish of an unchanged release is not verified again.
 
 The stamp lives outside the release (in the user's cache directory, `$XDG_CACHE_HOME/mll23/verified/`): a
 release is untrusted input and anything inside it could claim to be verified. It is named by a digest of
