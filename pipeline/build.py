@@ -30,7 +30,8 @@ from pipeline.stages.exclude import exclusion_reason
 from pipeline.stages.ingest import AnnotationsError, IngestResult, ingest
 from pipeline.runtime.overlap import ReadAhead, prefetch
 from pipeline.release.parquet import ShardInfo, write_split
-from pipeline.release.sample import SAMPLE_DIR, sample_ids
+from pipeline.release.layout import DATA_DIR, SAMPLE_DIR
+from pipeline.release.sample import sample_ids
 from pipeline.release.shards import ShardPlanError, plan_release_split, published_size_bound
 from pipeline.records import FATES, DecodeFailure, DedupResult, ImageFacts, LedgerEntry, RawItem, ReleaseRecord
 from pipeline.stages.split import SplitItem, assign_splits
@@ -439,7 +440,7 @@ def write_release(
         # One read per image feeds both formats: the tar writer takes each image as the Parquet writer asks for it.
         with wds.ShardedTarWriter(staging, split, plan, config.max_shard_bytes, wds.MEMBER_MTIME, on_shard=checker and checker.tar) as tars:
             infos = write_split(
-                staging / "data",
+                staging / DATA_DIR,
                 split,
                 split_records,
                 lambda r: tars.add(r, read_bytes(r)),
@@ -548,7 +549,7 @@ def build_release(
 ) -> BuildReport:
     """Build a release. Per-image work runs on ``executor`` (default: a local pool of ``workers`` processes);
     with ``cache_dir`` per-image results are reused from and saved to that cache (pipeline/runtime/cache.py).
-    previous: the earlier release whose image ids and splits this one keeps (raises LineageError when it
+    previous: the earlier release whose image ids and splits this one keeps (raises AncestryError when it
     is not an earlier version of this dataset). notes_dir: where the editable release notes live; their
     maintainer section is kept and the regenerated file is written back there (raises NotesError when the
     existing file's markers are broken). Both are checked before any work starts."""

@@ -147,7 +147,7 @@ def build(
     """Build a release: ingest, decode, dedup, exclude, validate, split, write."""
     from pipeline.runtime.cache import default_cache_dir
     from pipeline.runtime.executor import ExecutorError, make_executor
-    from pipeline.lifecycle.ancestry import LineageError
+    from pipeline.lifecycle.ancestry import AncestryError
     from pipeline.lifecycle.notes import NotesError
 
     out, err = _consoles()
@@ -171,7 +171,7 @@ def build(
     except (build_mod.BuildError, IntegrityError) as exc:
         progress.close()
         raise _fail_shown(str(exc), EXIT_CHECK_FAILED) from None
-    except (LineageError, NotesError) as exc:
+    except (AncestryError, NotesError) as exc:
         progress.close()
         raise _fail_shown(str(exc), EXIT_USAGE) from None
     except OSError as exc:  # a full disk, a vanished directory: the staging copy is gone, nothing is published
@@ -337,10 +337,11 @@ def publish(
     from pipeline.lifecycle.publish.plan import PublishError
     from pipeline.lifecycle.verify.local import verify_messages
     from pipeline.lifecycle.publish.plan import publish as publish_release
+    from pipeline.release.layout import MANIFEST
 
     out, _ = _consoles()
-    if not (release_dir / "manifest.json").is_file():
-        raise _fail(f"{release_dir} is not a release directory (no manifest.json)", EXIT_USAGE)
+    if not (release_dir / MANIFEST).is_file():
+        raise _fail(f"{release_dir} is not a release directory (no {MANIFEST})", EXIT_USAGE)
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise _fail(f"--repo must be ORG/NAME, got {repo!r}", EXIT_USAGE)
     try:

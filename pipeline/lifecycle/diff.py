@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.config import SPLITS
-from pipeline.release.manifest import MANIFEST
+from pipeline.release.layout import MANIFEST
 from pipeline.untrusted.files import ManifestError, ReleaseDir, ReleaseFileError, load_manifest, read_ledger
 from pipeline.untrusted.safetext import printable
 

@@ -57,12 +57,12 @@ from pipeline.stages.imagecheck import ImageRejected
 from pipeline.release.parquet import SCHEMA_FIELDS, STRING_COLUMNS, hf_features
 from pipeline.records import FATES, LedgerEntry
 from pipeline.untrusted.files import ManifestError, ReleaseDir, load_manifest
+from pipeline.release.layout import CARD, DATA_DIR, PARQUET_SHARD, parquet_shard_name
 from pipeline.resources import harmonised_map_path
 
 # Columns a harmonised release adds to every release's columns.
 SOURCE_FIELDS = [("source", pa.string()), ("original_label", pa.string()), ("original_name", pa.string())]
-CARD = "README.md"
-_SHARD = re.compile(r"^data/(train|validation|test)-\d{5}-of-\d{5}\.parquet$")
+_SHARD = PARQUET_SHARD
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _MAX_MAP_BYTES = 1_000_000  # a map of a few dozen classes is a few kB
 _CHECKS_OF_SOURCES = ("files", "records", "unique", "ledger")
@@ -180,7 +180,7 @@ def _shards(doc: dict) -> dict[str, list[str]]:
     """split -> the Parquet shards the release holds: every listed data file (the verified file list, so no
     shard is left out even where splits.*.parquet would omit it)."""
     paths = sorted(str(f.get("path", "")) for f in doc["files"])
-    return {s: [p for p in paths if _SHARD.match(p) and p.startswith(f"data/{s}-")] for s in SPLITS}
+    return {s: [p for p in paths if _SHARD.match(p) and p.startswith(f"{DATA_DIR}/{s}-")] for s in SPLITS}
 
 
 def open_source(path: Path) -> Source:
@@ -487,7 +487,7 @@ def _write_split(staging: Path, split: str, sources: list[Source], items_by_shar
                 if writer is None or current.source != source.name or (current.bytes + size > max_shard_bytes and current.rows):
                     if writer is not None:
                         writer.close()
-                    shards.append(_ShardOut(split, source.name, staging / "data" / f".{split}-{len(shards):05d}.partial"))
+                    shards.append(_ShardOut(split, source.name, staging / DATA_DIR / f".{split}-{len(shards):05d}.partial"))
                     writer = pq.ParquetWriter(shards[-1].tmp, schema, compression=compression, use_dictionary=STRING_COLUMNS, write_statistics=[*STRING_COLUMNS, "label"])
                 writer.write_table(out, row_group_size=out.num_rows)
                 shards[-1].rows += out.num_rows
@@ -503,7 +503,7 @@ def _name_shards(shards: list[_ShardOut]) -> dict[str, list[tuple[str, _ShardOut
     for split in SPLITS:
         mine = [s for s in shards if s.split == split]
         for i, shard in enumerate(mine):
-            rel = f"data/{split}-{i:05d}-of-{len(mine):05d}.parquet"
+            rel = f"{DATA_DIR}/{parquet_shard_name(split, i, len(mine))}"
             os.replace(shard.tmp, shard.tmp.parent / Path(rel).name)
             named[split].append((rel, shard))
     return named
@@ -802,7 +802,7 @@ def harmonise(
     staging = _staging(out)
     if staging.exists():
         shutil.rmtree(staging)
-    (staging / "data").mkdir(parents=True)
+    (staging / DATA_DIR).mkdir(parents=True)
     try:
         by_shard: dict[tuple[str, str], list[Item]] = defaultdict(list)
         for item in items:

@@ -13,9 +13,9 @@ import yaml
 from pipeline.release import snippets
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.stages.dedup import CENTRE_RADIUS
-from pipeline.release.sample import SAMPLE_DIR
+from pipeline.release.layout import CARD, SAMPLE_DIR, WDS_DIR
 from pipeline.release.snippets import fence
-from pipeline.release.wds import IMAGE_FIELD, WDS_DIR, TarShard, brace_pattern
+from pipeline.release.wds import IMAGE_FIELD, TarShard, brace_pattern
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ The mll23-pipeline README ("Loading a release") has the complete code, tested on
 
 
 def write_card(release_dir: Path, text: str) -> None:
-    (release_dir / "README.md").write_text(text, encoding="utf-8")
+    (release_dir / CARD).write_text(text, encoding="utf-8")
 
 
 def wds_features(class_names: list[str]) -> list[dict]:
@@ -371,7 +371,7 @@ def write_wds_card(release_dir: Path, config: ReleaseConfig, shards: dict[str, l
     if not any(shards.values()):
         return  # nothing to describe: a release without images has no WebDataset variant
     split_bytes = {s: sum((release_dir / x.path).stat().st_size for x in shards[s]) for s in SPLITS}
-    (release_dir / WDS_DIR / "README.md").write_text(render_wds_card(config, shards, split_bytes), encoding="utf-8")
+    (release_dir / WDS_DIR / CARD).write_text(render_wds_card(config, shards, split_bytes), encoding="utf-8")
 
 
 def wds_and_croissant_section(config: ReleaseConfig, shards: dict[str, list[TarShard]]) -> str:

@@ -16,10 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import SPLITS, ReleaseConfig
-from pipeline.release.manifest import MANIFEST, dumps_json, file_entries
+from pipeline.release.layout import CROISSANT, MANIFEST, dumps_json, file_entries
 from pipeline.release.parquet import STRING_COLUMNS
 
-CROISSANT = "croissant.json"
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
 # The JSON-LD @context of Croissant 1.1, as mlcroissant writes it for a 1.1 document.
 CONTEXT = {

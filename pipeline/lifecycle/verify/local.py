@@ -41,9 +41,9 @@ import pyarrow.parquet as pq
 from pipeline.build import BuildError, build_release
 from pipeline.config import SPLITS, ConfigError, validate_config
 from pipeline.stages.imagecheck import ImageRejected
-from pipeline.lifecycle.ancestry import LineageError, version_key
-from pipeline.release.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST, list_release_files, sha256_file
-from pipeline.lifecycle.notes import NOTES_DIR, NotesError
+from pipeline.lifecycle.ancestry import AncestryError
+from pipeline.release.layout import CARD, CROISSANT, LEDGER, LEDGER_COLUMNS, MANIFEST, NOTES_DIR, PARQUET_SHARD, RELEASE_FILE, SAMPLE_SHARD, TAR_SHARD, WDS_CARD, WDS_DIR, VersionError, list_release_files, sha256_file, version_key
+from pipeline.lifecycle.notes import NotesError
 from pipeline.release.parquet import SCHEMA_FIELDS
 from pipeline.untrusted.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, open_bounded
 from pipeline.records import FATES
@@ -74,28 +74,14 @@ from pipeline.untrusted.files import (
 )
 from pipeline.untrusted.safetext import printable
 from pipeline.stages.validate import record_errors, record_validator
-from pipeline.release.wds import WDS_DIR, brace_pattern, shard_name
+from pipeline.release.wds import brace_pattern, shard_name
 
-CARD = "README.md"
-WDS_CARD = f"{WDS_DIR}/{CARD}"
-CROISSANT = "croissant.json"
-# re.ASCII: `\d` alone also matches the digits of other scripts ("train-٠٠٠٠٠-of-00001.parquet" looks like a shard)
-_SHARD = re.compile(r"^data/(train|validation|test)-\d{5}-of-\d{5}\.parquet$", re.ASCII)
-_TAR = re.compile(r"^wds/(train|validation|test)-\d{6}\.tar$", re.ASCII)
+_SHARD = PARQUET_SHARD
+_TAR = TAR_SHARD
 # the card's `sample` config: a stratified subset of each split's rows, the very same bytes (pipeline/release/sample.py)
-_SAMPLE = re.compile(r"^sample/(train|validation|test)-\d{5}-of-\d{5}\.parquet$", re.ASCII)
+_SAMPLE = SAMPLE_SHARD
 _CARD_SHARD = re.compile(f"{_SHARD.pattern}|{_SAMPLE.pattern}", re.ASCII)
-# The files a release holds (README: Output layout); verify refuses any other name, so no file a loader would
-# treat specially (a loading script, dataset_infos.json, a pickle) can ride along in a release.
-_LAYOUT = re.compile(
-    r"^(README\.md|croissant\.json|ledger\.csv"
-    r"|data/(train|validation|test)-\d{5}-of-\d{5}\.parquet"
-    r"|wds/README\.md|wds/(train|validation|test)-\d{6}\.tar"
-    r"|sample/(train|validation|test)-\d{5}-of-\d{5}\.parquet"
-    r"|figures/[A-Za-z0-9_-]{1,100}\.png"
-    r"|release_notes/v[0-9A-Za-z.-]{1,100}\.md)$",
-    re.ASCII,
-)
+_LAYOUT = RELEASE_FILE  # any other name is refused (layout.RELEASE_FILE says why)
 _MAX_LISTED = 20  # failures of one kind listed one by one before the rest are counted
 _RECORD_BATCH = 16  # rows decoded into Python objects at a time by the records check
 _MESSAGE_CHARS = 2000  # one failure message, escaped, at most this long
@@ -544,7 +530,7 @@ def check_version(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     version = view.manifest["version"]
     try:
         version_key(version)
-    except LineageError as exc:
+    except VersionError as exc:
         yield f"{MANIFEST}: version {exc}"
     config = view.manifest.get("config")
     if config is not None and config.get("version") != version:
@@ -1376,7 +1362,7 @@ def rebuild_differences(view: ReleaseView, raw: Path, previous: Path | None, wor
         out = Path(tmp) / "release"
         try:
             build_release(raw, out, config, workers=workers, previous=prev_dir, notes_dir=notes_copy)
-        except (BuildError, LineageError, NotesError, FileNotFoundError) as exc:
+        except (BuildError, AncestryError, NotesError, FileNotFoundError) as exc:
             yield f"the rebuild from {raw} failed: {exc}"
             return
         # another raw input explains every difference below: say that first, not as one more differing file

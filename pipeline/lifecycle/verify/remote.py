@@ -37,8 +37,8 @@ from huggingface_hub.utils import build_hf_headers, get_session
 
 from pipeline import __version__
 from pipeline.untrusted.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, size_problem
+from pipeline.release.layout import MANIFEST, WDS_CARD, WDS_DIR
 from pipeline.untrusted.files import (
-    MANIFEST,
     MAX_ENTRIES,
     MAX_LISTED_FILE_BYTES,
     NOTES_CAP,
@@ -227,14 +227,14 @@ def _ref_problems(api: HfApi, repo_id: str, revision: str, manifest: dict,
         yield f"tag {show(revision)} holds manifest.json of version {show(version)}"
     if f"v{version}" not in tags:
         yield f"version {show(version)} is not tagged v{show(version)}"
-    if any(item["path"] == "wds/README.md" for item in manifest["files"]):
+    if any(item["path"] == WDS_CARD for item in manifest["files"]):
         wds_tag = f"v{version}-webdataset"
         if wds_tag not in tags:
             yield f"the release has wds/README.md but no tag {show(wds_tag)}"
         else:
             wds_tree, problems = _tree(api, repo_id, tags[wds_tag])
             yield from problems
-            for _, problem in _metadata_problems(manifest, wds_tree, prefix="wds/"):
+            for _, problem in _metadata_problems(manifest, wds_tree, prefix=f"{WDS_DIR}/"):
                 yield f"{wds_tag}: {problem}"
 
 
