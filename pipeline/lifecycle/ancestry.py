@@ -1,4 +1,6 @@
-"""Stable identity across releases: what an earlier release pins down for the next build (`--previous`).
+"""Release ancestry: what an earlier release pins down for the next build (`--previous`), so identities stay stable.
+
+(Ancestry of releases, not the blood-cell lineage that the config, card and Croissant name per class.)
 
 An image is identified by `image_id`, the first 16 hex digits of the sha256 of its decoded RGB pixels, so
 it keeps its id as long as its pixels are unchanged, whatever the file is called or how it is encoded.

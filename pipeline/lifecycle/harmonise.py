@@ -556,7 +556,7 @@ def _configs(named: dict[str, list[tuple[str, _ShardOut]]], sources: list[Source
     def files(keep) -> list[str]:
         return [rel for split in SPLITS for rel, shard in named[split] if keep(split, shard)]
 
-    configs = [{"config_name": "default", "default": True, "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in SPLITS if named[s]]}]
+    configs = [{"config_name": "default", "default": True, "data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*.parquet"} for s in SPLITS if named[s]]}]
     for src in sources:
         data_files = [{"split": s, "path": [rel for rel, sh in named[s] if sh.source == src.name]} for s in SPLITS]
         configs.append({"config_name": src.name, "data_files": [d for d in data_files if d["path"]]})

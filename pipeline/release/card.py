@@ -13,7 +13,7 @@ import yaml
 from pipeline.release import snippets
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.stages.dedup import CENTRE_RADIUS
-from pipeline.release.layout import CARD, SAMPLE_DIR, WDS_DIR
+from pipeline.release.layout import CARD, DATA_DIR, SAMPLE_DIR, WDS_DIR
 from pipeline.release.snippets import fence
 from pipeline.release.wds import IMAGE_FIELD, TarShard, brace_pattern
 
@@ -53,7 +53,7 @@ def card_header(config: ReleaseConfig, counts: dict, split_bytes: dict[str, int]
                 "config_name": "default",
                 "default": True,
                 # an empty split has no shard and is left out: `datasets` cannot read a Parquet file of no rows
-                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in SPLITS if splits[s]["total"]],
+                "data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*.parquet"} for s in SPLITS if splits[s]["total"]],
             },
             *(
                 [{"config_name": "sample", "data_files": [{"split": s, "path": f"{SAMPLE_DIR}/{s}-*.parquet"} for s in SPLITS if layout.sample_rows.get(s)]}]

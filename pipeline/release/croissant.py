@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import SPLITS, ReleaseConfig
-from pipeline.release.layout import CROISSANT, MANIFEST, dumps_json, file_entries
+from pipeline.release.layout import CROISSANT, DATA_DIR, MANIFEST, dumps_json, file_entries
 from pipeline.release.parquet import STRING_COLUMNS
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
@@ -238,7 +238,7 @@ def croissant_document(config: ReleaseConfig, counts: dict, files: list[dict]) -
                 "name": PARQUET_FILES,
                 "description": "The Parquet shards of every split (datasets' Image struct for the image column).",
                 "encodingFormat": ENCODING_FORMATS[".parquet"],
-                "includes": ["data/*.parquet"],
+                "includes": [f"{DATA_DIR}/*.parquet"],
             }
         ],
         "recordSet": [splits_record_set(), classes_record_set(config), images_record_set(config)],

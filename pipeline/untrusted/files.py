@@ -11,6 +11,8 @@ A release directory can come from a pull request, so a name in it, or in its man
 - every open has a size cap, checked on `fstat` before any byte is read, and reads stop at the cap;
 - the listing walks without following links and reports every entry that is not a directory or regular file.
 Every refusal is a `ReleaseFileError` whose message names the path (escaped for printing) and the reason.
+The release's file names and the manifest's schema check are pipeline.release.layout's, shared with the plain
+reader of the build's own output.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from huggingface_hub.utils import build_hf_headers, get_session
 
 from pipeline import __version__
 from pipeline.untrusted.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, size_problem
-from pipeline.release.layout import MANIFEST, WDS_CARD, WDS_DIR
+from pipeline.release.layout import MANIFEST, NOTES_DIR, WDS_CARD, WDS_DIR
 from pipeline.untrusted.files import (
     MAX_ENTRIES,
     MAX_LISTED_FILE_BYTES,
@@ -102,7 +102,7 @@ def _is_small(rel: str) -> bool:
 
 
 def _cap(rel: str) -> int:
-    return TEXT_CAPS.get(rel) or (NOTES_CAP if rel.startswith("release_notes/") else SMALL_CAP)
+    return TEXT_CAPS.get(rel) or (NOTES_CAP if rel.startswith(f"{NOTES_DIR}/") else SMALL_CAP)
 
 
 def _tree(api: HfApi, repo_id: str, commit: str) -> tuple[dict[str, RepoFile], list[str]]:
