@@ -20,7 +20,7 @@ from pipeline.release import figures
 from pipeline.release.wds import MEMBER_MTIME
 from pipeline.build import build_release
 from pipeline.config import SPLITS
-from pipeline.release.croissant import CROISSANT
+from pipeline.release.layout import CROISSANT
 from pipeline.stages.decode import load_rgb
 from pipeline.release.manifest import MANIFEST, read_ledger, read_manifest
 from tests.codeckit import with_codec

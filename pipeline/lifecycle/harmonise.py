@@ -49,7 +49,7 @@ from pipeline.stages import neardup
 from pipeline.lifecycle import notes
 from pipeline.release.card import size_category
 from pipeline.config import LABEL_PATTERN, SPLITS, ConfigError, ReleaseConfig
-from pipeline.release.croissant import CROISSANT, croissant_document
+from pipeline.release.croissant import croissant_document
 from pipeline.stages.decode import open_rgb
 from pipeline.lifecycle.diff import markdown_table
 from pipeline.stages.dedup import compare_duplicate
@@ -57,7 +57,7 @@ from pipeline.stages.imagecheck import ImageRejected
 from pipeline.release.parquet import SCHEMA_FIELDS, STRING_COLUMNS, hf_features
 from pipeline.records import FATES, LedgerEntry
 from pipeline.untrusted.files import ManifestError, ReleaseDir, load_manifest
-from pipeline.release.layout import CARD, DATA_DIR, PARQUET_SHARD, parquet_shard_name
+from pipeline.release.layout import CARD, CROISSANT, DATA_DIR, PARQUET_SHARD, parquet_shard_name
 from pipeline.resources import harmonised_map_path
 
 # Columns a harmonised release adds to every release's columns.
