@@ -1,4 +1,4 @@
-"""Release ancestry: what an earlier release pins down for the next build (`--previous`), so identities stay stable.
+"""Release ancestry: what an earlier release pins down for the next build (`--previous`).
 
 (Ancestry of releases, not the blood-cell lineage that the config, card and Croissant name per class.)
 

@@ -1,4 +1,4 @@
-"""Release notes `release_notes/vX.Y.Z.md` (layout.notes_relpath): generated from the diff, with a section the maintainers own.
+"""Release notes `release_notes/vX.Y.Z.md`: generated from the diff, with a section the maintainers own.
 
 Everything outside the maintainer markers is rewritten on every build; the text between them is carried
 over, byte for byte, from the existing notes file of the same version (in the notes directory). The build

@@ -1,4 +1,4 @@
-"""The release layout: every file and folder name of a release, its shard names, its version's semver, and manifest.json.
+"""The release layout: its file and folder names, shard names, the version's semver, and manifest.json.
 
 The one place that knows what a release directory holds, so that build, harmonise, verify, diff, ancestry and
 publish agree on it by construction:

@@ -1,4 +1,4 @@
-"""ledger.csv (every raw input's fate) and the raw-input fingerprint; manifest.json is written by pipeline.release.layout.
+"""ledger.csv (every raw input's fate) and the raw-input fingerprint; manifest.json itself is layout's.
 
 `MANIFEST`, `write_manifest`, `read_manifest`, `file_entries`, `sha256_file` and `dumps_json` are layout's, imported
 here too because the build and harmonise call them as `manifest.*`.
