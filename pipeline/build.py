@@ -131,7 +131,7 @@ def build_release(
 ) -> BuildReport:
     """Build a release. Per-image work runs on ``executor`` (default: a local pool of ``workers`` processes);
     with ``cache_dir`` per-image results are reused from and saved to that cache (pipeline/runtime/cache.py).
-    previous: the earlier release whose image ids and splits this one keeps (raises LineageError when it
+    previous: the earlier release whose image ids and splits this one keeps (raises AncestryError when it
     is not an earlier version of this dataset). notes_dir: where the editable release notes live; their
     maintainer section is kept and the regenerated file is written back there (raises NotesError when the
     existing file's markers are broken). Both are checked before any work starts."""

@@ -168,7 +168,7 @@ def build(
 def _run_build(engine, progress: RichProgress, raw: Path, out_dir: Path, cfg, **options) -> build_mod.BuildReport:
     """build_release on ``engine``, its failures turned into exit codes; the engine is closed either way."""
     from pipeline.runtime.executor import ExecutorError
-    from pipeline.lifecycle.ancestry import LineageError
+    from pipeline.lifecycle.ancestry import AncestryError
     from pipeline.lifecycle.notes import NotesError
 
     try:
@@ -179,7 +179,7 @@ def _run_build(engine, progress: RichProgress, raw: Path, out_dir: Path, cfg, **
     except (build_mod.BuildError, IntegrityError) as exc:
         progress.close()
         raise _fail_shown(str(exc), EXIT_CHECK_FAILED) from None
-    except (LineageError, NotesError) as exc:
+    except (AncestryError, NotesError) as exc:
         progress.close()
         raise _fail_shown(str(exc), EXIT_USAGE) from None
     except OSError as exc:  # a full disk, a vanished directory: the staging copy is gone, nothing is published
@@ -352,10 +352,11 @@ def publish(
     from pipeline.lifecycle.publish.plan import PublishError
     from pipeline.lifecycle.verify import verify_messages
     from pipeline.lifecycle.publish.steps import publish as publish_release
+    from pipeline.release.layout import MANIFEST
 
     out, _ = _consoles()
-    if not (release_dir / "manifest.json").is_file():
-        raise _fail(f"{release_dir} is not a release directory (no manifest.json)", EXIT_USAGE)
+    if not (release_dir / MANIFEST).is_file():
+        raise _fail(f"{release_dir} is not a release directory (no {MANIFEST})", EXIT_USAGE)
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise _fail(f"--repo must be ORG/NAME, got {repo!r}", EXIT_USAGE)
     try:

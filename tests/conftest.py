@@ -44,7 +44,7 @@ import pytest  # noqa: E402
 
 from tests.consumerkit import consumer_env  # noqa: E402
 from tests.hubserver import HubServer  # noqa: E402
-from tests.release_fixture import build_release  # noqa: E402
+from tests.release_fixture import write_fixture_release  # noqa: E402
 
 
 @pytest.fixture
@@ -91,13 +91,13 @@ def token(hub: HubServer) -> str:
 
 @pytest.fixture
 def release_v1(tmp_path: Path) -> Path:
-    return build_release(tmp_path / "release-1.0.0", version="1.0.0")
+    return write_fixture_release(tmp_path / "release-1.0.0", version="1.0.0")
 
 
 @pytest.fixture
 def release_v2(tmp_path: Path) -> Path:
     """v1.1.0: train split changed (one more row), one gallery image removed, a release note added."""
-    return build_release(
+    return write_fixture_release(
         tmp_path / "release-1.1.0",
         version="1.1.0",
         rows={"train": 7},

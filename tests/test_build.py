@@ -5,7 +5,8 @@ from typer.testing import CliRunner
 
 from pipeline.build import BuildError, build_release
 from pipeline.cli import app
-from pipeline.release.manifest import read_ledger, sha256_file
+from pipeline.release.manifest import read_ledger
+from pipeline.release.layout import sha256_file
 from tests.rawkit import crop, save, simple_raw, write_annotations
 
 LABELS = ["myeloblast", "monocyte", "eosinophil"]

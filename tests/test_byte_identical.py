@@ -20,7 +20,6 @@ import csv
 import hashlib
 import io
 import json
-import shutil
 import sys
 import zlib
 from pathlib import Path

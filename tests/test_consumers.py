@@ -20,9 +20,9 @@ from pipeline.release import figures
 from pipeline.release.wds import MEMBER_MTIME
 from pipeline.build import build_release
 from pipeline.config import SPLITS
-from pipeline.release.croissant import CROISSANT
+from pipeline.release.layout import CROISSANT, MANIFEST, read_manifest
 from pipeline.stages.decode import load_rgb
-from pipeline.release.manifest import MANIFEST, read_ledger, read_manifest
+from pipeline.release.manifest import read_ledger
 from tests.codeckit import with_codec
 from tests.consumerkit import PNG_ONLY, SHARD_BYTES, consumer_raw, small_shards
 from tests.rawkit import crop

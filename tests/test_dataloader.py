@@ -21,7 +21,7 @@ import pytest
 
 from pipeline.build import build_release
 from pipeline.config import SPLITS, validate_config
-from pipeline.release.manifest import read_manifest
+from pipeline.release.layout import read_manifest
 from pipeline.synth.generator import synthesize
 
 pytest.importorskip("torch")

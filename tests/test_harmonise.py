@@ -22,7 +22,8 @@ from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.config import validate_config
 from pipeline.lifecycle.harmonise import HarmoniseError, harmonise
-from pipeline.release.manifest import read_ledger, read_manifest
+from pipeline.release.manifest import read_ledger
+from pipeline.release.layout import read_manifest
 from pipeline.resources import harmonised_map_path
 from pipeline.lifecycle.verify import verify_messages
 from tests.rawkit import crop, save

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.lifecycle.publish.plan import PublishError, choose_branch
 from pipeline.lifecycle.publish.steps import publish
-from tests.release_fixture import build_release, split_counts
+from tests.release_fixture import split_counts, write_fixture_release
 from tests.test_publish import fast_retries, hub_tree, release_tree  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -54,9 +54,9 @@ print("RESULT " + json.dumps(out))
 @pytest.fixture
 def release_v11(tmp_path: Path) -> Path:
     """v1.1.0 changes every Parquet shard and the whole gallery: six new LFS objects to kill the upload between."""
-    return build_release(tmp_path / "release-1.1.0", version="1.1.0", rows={"train": 7},
-                         salt={"train": 1, "validation": 1, "test": 1},
-                         gallery=("mll23_00003", "mll23_00004", "mll23_00005"), notes=("1.0.0", "1.1.0"))
+    return write_fixture_release(tmp_path / "release-1.1.0", version="1.1.0", rows={"train": 7},
+                                 salt={"train": 1, "validation": 1, "test": 1},
+                                 gallery=("mll23_00003", "mll23_00004", "mll23_00005"), notes=("1.0.0", "1.1.0"))
 
 
 def image_ids(release: Path) -> dict[str, list[str]]:
@@ -125,9 +125,9 @@ def test_killed_anywhere_main_is_old_or_new_and_the_rerun_sends_only_what_is_mis
 
 
 def test_an_older_version_never_moves_main(hub, token, release_v1, tmp_path, run_consumer):
-    v12 = build_release(tmp_path / "release-1.2.0", version="1.2.0", rows={"train": 8}, notes=("1.0.0", "1.2.0"))
-    v101 = build_release(tmp_path / "release-1.0.1", version="1.0.1", salt={"test": 2}, notes=("1.0.0", "1.0.1"))
-    v103 = build_release(tmp_path / "release-1.0.3", version="1.0.3", salt={"test": 3}, notes=("1.0.0", "1.0.3"))
+    v12 = write_fixture_release(tmp_path / "release-1.2.0", version="1.2.0", rows={"train": 8}, notes=("1.0.0", "1.2.0"))
+    v101 = write_fixture_release(tmp_path / "release-1.0.1", version="1.0.1", salt={"test": 2}, notes=("1.0.0", "1.0.1"))
+    v103 = write_fixture_release(tmp_path / "release-1.0.3", version="1.0.3", salt={"test": 3}, notes=("1.0.0", "1.0.3"))
     first = publish(release_v1, REPO_OLD, token=token, endpoint=hub.url, log=lambda _: None)
     newest = publish(v12, REPO_OLD, token=token, endpoint=hub.url, log=lambda _: None)
     lines: list[str] = []
@@ -146,7 +146,7 @@ def test_an_older_version_never_moves_main(hub, token, release_v1, tmp_path, run
     assert following.branch == "v1.0.x" and repo.branches["v1.0.x"] == following.commit
     assert repo.commits[following.commit].parents == (patch.commit,)
     with pytest.raises(PublishError, match="1.0.2 is older than 1.0.3, already published in the same 1.0 line"):
-        publish(build_release(tmp_path / "late-1.0.2", version="1.0.2", salt={"test": 9}), REPO_OLD,
+        publish(write_fixture_release(tmp_path / "late-1.0.2", version="1.0.2", salt={"test": 9}), REPO_OLD,
                 token=token, endpoint=hub.url, log=lambda _: None)
     # publishing an already tagged old version again is a no-op wherever its tag is
     assert publish(v101, REPO_OLD, token=token, endpoint=hub.url, log=lambda _: None).already_published

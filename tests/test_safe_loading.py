@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.build import build_release
 from pipeline.release.card import loading_safely_section
-from pipeline.release.manifest import read_manifest
+from pipeline.release.layout import read_manifest
 from tests.consumerkit import mixed_format_raw
 
 README = Path(__file__).resolve().parent.parent / "README.md"

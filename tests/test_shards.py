@@ -15,7 +15,7 @@ from pipeline.release import shards
 from pipeline.release import wds
 from pipeline.build import BuildError, build_release
 from pipeline.config import SPLITS, validate_config
-from pipeline.release.manifest import read_manifest
+from pipeline.release.layout import read_manifest
 from pipeline.release.parquet import write_split
 from pipeline.records import ReleaseRecord
 from pipeline.release.shards import RowCost, ShardBudget, ShardPlanError, balanced_counts, plan_split

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config import ConfigError, validate_config
 from pipeline.stages.ingest import ingest
-from pipeline.release.manifest import read_ledger, read_manifest
+from pipeline.release.manifest import read_ledger
+from pipeline.release.layout import read_manifest
 from pipeline.resources import shipped_config_path
 from pipeline.lifecycle.verify import verify_messages
 from tests.rawkit import crop, encode, save

@@ -20,7 +20,7 @@ import pipeline
 from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.config import load_config, validate_config
-from pipeline.release.manifest import file_entries, read_manifest
+from pipeline.release.layout import file_entries, read_manifest
 from pipeline.resources import ci_workflow_text
 from pipeline.lifecycle.verify import CHECKS, HubLimits, listed_file_problems, run_checks, verify_release
 from tests.rawkit import crop, save, simple_raw

@@ -1,4 +1,6 @@
-"""Stable identity across releases: what an earlier release pins down for the next build (`--previous`).
+"""Release ancestry: what an earlier release pins down for the next build (`--previous`).
+
+(Ancestry of releases, not the blood-cell lineage that the config, card and Croissant name per class.)
 
 An image is identified by `image_id`, the first 16 hex digits of the sha256 of its decoded RGB pixels, so
 it keeps its id as long as its pixels are unchanged, whatever the file is called or how it is encoded.
@@ -17,38 +19,20 @@ beside the release of a pull request, so its author controls it as much as the r
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import SPLITS, ReleaseConfig
-from pipeline.release.manifest import LEDGER, MANIFEST
-from pipeline.untrusted.files import TEXT_CAPS, ManifestError, ReleaseDir, ReleaseFileError, load_manifest, read_ledger
+from pipeline.release.layout import LEDGER, MANIFEST, ManifestError, VersionError, version_key
+from pipeline.untrusted.files import TEXT_CAPS, ReleaseDir, ReleaseFileError, load_manifest, read_ledger
 from pipeline.records import ImageFacts
 from pipeline.stages.split import SplitItem, units
 
-SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?$")
 
-
-class LineageError(ValueError):
+class AncestryError(ValueError):
     """The previous release cannot be used as the base of this build; the message says why."""
-
-
-def version_key(version: str) -> tuple:
-    """Sort key with semantic-version precedence: 1.0.0-rc.1 < 1.0.0 < 1.0.1 < 1.1.0 < 2.0.0."""
-    m = SEMVER.match(version)
-    if not m:
-        raise LineageError(f"{version!r} is not a semantic version X.Y.Z[-prerelease]")
-    major, minor, patch, pre = m.groups()
-    if pre is None:
-        # a release sorts after all of its pre-releases
-        pre_key: tuple = (1,)
-    else:
-        # numeric identifiers sort numerically and before alphanumeric ones (semver.org, rule 11)
-        pre_key = (0, *((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split(".")))
-    return (int(major), int(minor), int(patch), pre_key)
 
 
 @dataclass(frozen=True)
@@ -80,30 +64,10 @@ def load_previous(path: Path, config: ReleaseConfig) -> PreviousRelease:
     """Read an earlier release directory; refuse one that is not an earlier version of this dataset."""
     path = Path(path)
     release = ReleaseDir(path)
-    if not os.path.lexists(path / MANIFEST):  # a link or a FIFO there is reported as what it is, below
-        raise LineageError(f"--previous {path}: no {MANIFEST} there; pass the directory of an earlier release")
-    try:
-        manifest = load_manifest(release)
-    except ManifestError as exc:
-        raise LineageError(f"--previous {path}: {exc}") from None
-    name, version = manifest["name"], manifest["version"]
-    if name != config.name:
-        raise LineageError(f"--previous {path} is a release of {name!r}, this build makes {config.name!r}")
-    if version_key(config.version) <= version_key(version):
-        raise LineageError(
-            f"version {config.version} is not newer than the previous release's {version}; "
-            "raise the version in the config or with --version"
-        )
-    listed = {f["path"]: f["sha256"] for f in manifest["files"]}
-    try:
-        ledger_sha256 = release.hash(LEDGER, max_bytes=TEXT_CAPS[LEDGER])[1] if LEDGER in listed else None
-        manifest_sha256 = release.hash(MANIFEST, max_bytes=TEXT_CAPS[MANIFEST])[1]
-        rows = read_ledger(release) if ledger_sha256 == listed.get(LEDGER) else None
-    except ReleaseFileError as exc:
-        raise LineageError(f"--previous {path}: {exc}") from None
-    if rows is None:
-        raise LineageError(f"--previous {path}: {LEDGER} is missing or does not match its sha256 in {MANIFEST}")
-    previous = PreviousRelease(path=path, name=name, version=version, manifest_sha256=manifest_sha256)
+    manifest = _base_manifest(path, release)
+    _check_base_of(config, manifest, path)
+    manifest_sha256, rows = _base_ledger(path, release, manifest)
+    previous = PreviousRelease(path=path, name=manifest["name"], version=manifest["version"], manifest_sha256=manifest_sha256)
     for image_id, info in sorted(manifest.get("retired", {}).items()):
         previous.splits[image_id] = info["split"]
         previous.retired_in[image_id] = info["last_version"]
@@ -113,6 +77,45 @@ def load_previous(path: Path, config: ReleaseConfig) -> PreviousRelease:
             previous.published[image.image_id] = image
             previous.splits[image.image_id] = image.split
     return previous
+
+
+def _base_manifest(path: Path, release: ReleaseDir) -> dict:
+    if not os.path.lexists(path / MANIFEST):  # a link or a FIFO there is reported as what it is, below
+        raise AncestryError(f"--previous {path}: no {MANIFEST} there; pass the directory of an earlier release")
+    try:
+        return load_manifest(release)
+    except ManifestError as exc:
+        raise AncestryError(f"--previous {path}: {exc}") from None
+
+
+def _check_base_of(config: ReleaseConfig, manifest: dict, path: Path) -> None:
+    """The previous release must be of this dataset and of an older version."""
+    name, version = manifest["name"], manifest["version"]
+    if name != config.name:
+        raise AncestryError(f"--previous {path} is a release of {name!r}, this build makes {config.name!r}")
+    try:
+        newer = version_key(config.version) > version_key(version)
+    except VersionError as exc:  # both schemas require semver: only a hand-edited config gets here
+        raise AncestryError(f"--previous {path}: {exc}") from None
+    if not newer:
+        raise AncestryError(
+            f"version {config.version} is not newer than the previous release's {version}; "
+            "raise the version in the config or with --version"
+        )
+
+
+def _base_ledger(path: Path, release: ReleaseDir, manifest: dict) -> tuple[str, list[dict[str, str]]]:
+    """The manifest's sha256 (the new release records it) and the ledger rows, which must match the manifest."""
+    listed = {f["path"]: f["sha256"] for f in manifest["files"]}
+    try:
+        ledger_sha256 = release.hash(LEDGER, max_bytes=TEXT_CAPS[LEDGER])[1] if LEDGER in listed else None
+        manifest_sha256 = release.hash(MANIFEST, max_bytes=TEXT_CAPS[MANIFEST])[1]
+        rows = read_ledger(release) if ledger_sha256 == listed.get(LEDGER) else None
+    except ReleaseFileError as exc:
+        raise AncestryError(f"--previous {path}: {exc}") from None
+    if rows is None:
+        raise AncestryError(f"--previous {path}: {LEDGER} is missing or does not match its sha256 in {MANIFEST}")
+    return manifest_sha256, rows
 
 
 def retired_images(previous: PreviousRelease | None, kept_ids: set[str]) -> dict[str, dict[str, str]]:
@@ -184,7 +187,7 @@ def split_moves(items: list[SplitItem], assignment: dict[str, str], previous_spl
 
 
 def manifest_fields(config: ReleaseConfig, previous: PreviousRelease | None, kept_ids: set[str], notes_relpath: str) -> dict:
-    """What a release's manifest says about its lineage: enough to diff it, rebuild it and build its successor."""
+    """What a release's manifest says about its ancestry: enough to diff it, rebuild it and build its successor."""
     return {
         "config": config.raw,
         "previous": previous.reference() if previous else None,

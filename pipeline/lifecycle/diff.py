@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.config import SPLITS
-from pipeline.release.manifest import MANIFEST
-from pipeline.untrusted.files import ManifestError, ReleaseDir, ReleaseFileError, load_manifest, read_ledger
+from pipeline.release.layout import MANIFEST, ManifestError
+from pipeline.untrusted.files import ReleaseDir, ReleaseFileError, load_manifest, read_ledger
 from pipeline.untrusted.safetext import printable
 
 # Config keys every release changes; the notes' heading already states them.

@@ -47,20 +47,20 @@ from pipeline.stages import neardup
 from pipeline.lifecycle import notes
 from pipeline.release.card import fill_template, size_category, yaml_header
 from pipeline.config import LABEL_PATTERN, SPLITS, ConfigError, ReleaseConfig
-from pipeline.release.croissant import CROISSANT, croissant_document
+from pipeline.release.croissant import croissant_document
 from pipeline.stages.decode import open_rgb
 from pipeline.lifecycle.diff import markdown_table
 from pipeline.stages.similarity import compare_duplicate
 from pipeline.stages.imagecheck import ImageRejected
 from pipeline.release.parquet import SCHEMA_FIELDS, STRING_COLUMNS, hf_features
 from pipeline.records import FATES, ClassCount, HarmonisedCounts, LedgerEntry, SplitCount
-from pipeline.untrusted.files import ManifestError, ReleaseDir, load_manifest
+from pipeline.untrusted.files import ReleaseDir, load_manifest
+from pipeline.release.layout import CARD, CROISSANT, DATA_DIR, PARQUET_SHARD, ManifestError, parquet_shard_name
 from pipeline.resources import harmonised_map_path
 
 # Columns a harmonised release adds to every release's columns.
 SOURCE_FIELDS = [("source", pa.string()), ("original_label", pa.string()), ("original_name", pa.string())]
-CARD = "README.md"
-_SHARD = re.compile(r"^data/(train|validation|test)-\d{5}-of-\d{5}\.parquet$")
+_SHARD = PARQUET_SHARD
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _MAX_MAP_BYTES = 1_000_000  # a map of a few dozen classes is a few kB
 _CHECKS_OF_SOURCES = ("files", "records", "unique", "ledger")
@@ -178,7 +178,7 @@ def _shards(doc: dict) -> dict[str, list[str]]:
     """split -> the Parquet shards the release holds: every listed data file (the verified file list, so no
     shard is left out even where splits.*.parquet would omit it)."""
     paths = sorted(str(f.get("path", "")) for f in doc["files"])
-    return {s: [p for p in paths if _SHARD.match(p) and p.startswith(f"data/{s}-")] for s in SPLITS}
+    return {s: [p for p in paths if _SHARD.match(p) and p.startswith(f"{DATA_DIR}/{s}-")] for s in SPLITS}
 
 
 def open_source(path: Path) -> Source:
@@ -485,7 +485,7 @@ def _write_split(staging: Path, split: str, sources: list[Source], items_by_shar
                 if writer is None or current.source != source.name or (current.bytes + size > max_shard_bytes and current.rows):
                     if writer is not None:
                         writer.close()
-                    shards.append(_ShardOut(split, source.name, staging / "data" / f".{split}-{len(shards):05d}.partial"))
+                    shards.append(_ShardOut(split, source.name, staging / DATA_DIR / f".{split}-{len(shards):05d}.partial"))
                     writer = pq.ParquetWriter(shards[-1].tmp, schema, compression=compression, use_dictionary=STRING_COLUMNS, write_statistics=[*STRING_COLUMNS, "label"])
                 writer.write_table(out, row_group_size=out.num_rows)
                 shards[-1].rows += out.num_rows
@@ -501,7 +501,7 @@ def _name_shards(shards: list[_ShardOut]) -> dict[str, list[tuple[str, _ShardOut
     for split in SPLITS:
         mine = [s for s in shards if s.split == split]
         for i, shard in enumerate(mine):
-            rel = f"data/{split}-{i:05d}-of-{len(mine):05d}.parquet"
+            rel = f"{DATA_DIR}/{parquet_shard_name(split, i, len(mine))}"
             os.replace(shard.tmp, shard.tmp.parent / Path(rel).name)
             named[split].append((rel, shard))
     return named
@@ -550,7 +550,7 @@ def _configs(named: dict[str, list[tuple[str, _ShardOut]]], sources: list[Source
     def files(keep) -> list[str]:
         return [rel for split in SPLITS for rel, shard in named[split] if keep(split, shard)]
 
-    configs = [{"config_name": "default", "default": True, "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in SPLITS if named[s]]}]
+    configs = [{"config_name": "default", "default": True, "data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*.parquet"} for s in SPLITS if named[s]]}]
     for src in sources:
         data_files = [{"split": s, "path": [rel for rel, sh in named[s] if sh.source == src.name]} for s in SPLITS]
         configs.append({"config_name": src.name, "data_files": [d for d in data_files if d["path"]]})
@@ -781,7 +781,7 @@ def _manifest_body(name: str, version: str, inputs: _Inputs, counts: HarmonisedC
 
 def _write_release(staging: Path, out: Path, name: str, version: str, inputs: _Inputs, max_shard_bytes: int) -> dict:
     """Every file of the harmonised release into ``staging``; returns its counts."""
-    (staging / "data").mkdir(parents=True)
+    (staging / DATA_DIR).mkdir(parents=True)
     sources, label_map = inputs.sources, inputs.label_map
     named = _write_shards(staging, inputs, max_shard_bytes)
     counts = compute_counts(inputs.items, label_map.classes, sources)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pipeline.config import SPLITS
 from pipeline.lifecycle.diff import ReleaseSummary, diff_summaries, markdown_table, render_diff, summary_from_dir, summary_from_parts
+from pipeline.release.layout import notes_relpath
 
-NOTES_DIR = "release_notes"
 BEGIN = "<!-- mll23:maintainer-notes:begin -->"
 END = "<!-- mll23:maintainer-notes:end -->"
 _HEADER_COMMENT = (
@@ -30,10 +30,6 @@ _PROMPT = (
 
 class NotesError(ValueError):
     """A notes file whose maintainer section cannot be found; the message names the file."""
-
-
-def notes_relpath(version: str) -> str:
-    return f"{NOTES_DIR}/v{version}.md"
 
 
 def maintainer_words(path: Path) -> str:

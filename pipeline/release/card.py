@@ -16,9 +16,9 @@ from pipeline.release import snippets
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.records import ReleaseCounts
 from pipeline.stages.dedup import CENTRE_RADIUS
-from pipeline.release.sample import SAMPLE_DIR
+from pipeline.release.layout import CARD, DATA_DIR, SAMPLE_DIR, WDS_DIR
 from pipeline.release.snippets import fence
-from pipeline.release.wds import IMAGE_FIELD, WDS_DIR, TarShard, brace_pattern
+from pipeline.release.wds import IMAGE_FIELD, TarShard, brace_pattern
 from pipeline.resources import template_path
 
 
@@ -57,7 +57,7 @@ def card_header(config: ReleaseConfig, counts: ReleaseCounts, split_bytes: dict[
                 "config_name": "default",
                 "default": True,
                 # an empty split has no shard and is left out: `datasets` cannot read a Parquet file of no rows
-                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in SPLITS if splits[s].total],
+                "data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*.parquet"} for s in SPLITS if splits[s].total],
             },
             *(
                 [{"config_name": "sample", "data_files": [{"split": s, "path": f"{SAMPLE_DIR}/{s}-*.parquet"} for s in SPLITS if layout.sample_rows.get(s)]}]
@@ -287,7 +287,7 @@ The mll23-pipeline README ("Loading a release") has the complete code, tested on
 
 
 def write_card(release_dir: Path, text: str) -> None:
-    (release_dir / "README.md").write_text(text, encoding="utf-8")
+    (release_dir / CARD).write_text(text, encoding="utf-8")
 
 
 def wds_features(class_names: list[str]) -> list[dict]:
@@ -354,7 +354,7 @@ def write_wds_card(release_dir: Path, config: ReleaseConfig, shards: dict[str, l
     if not any(shards.values()):
         return  # nothing to describe: a release without images has no WebDataset variant
     split_bytes = {s: sum((release_dir / x.path).stat().st_size for x in shards[s]) for s in SPLITS}
-    (release_dir / WDS_DIR / "README.md").write_text(render_wds_card(config, shards, split_bytes), encoding="utf-8")
+    (release_dir / WDS_DIR / CARD).write_text(render_wds_card(config, shards, split_bytes), encoding="utf-8")
 
 
 def wds_and_croissant_section(config: ReleaseConfig, shards: dict[str, list[TarShard]]) -> str:

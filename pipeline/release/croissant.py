@@ -17,11 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import SPLITS, ReleaseConfig
-from pipeline.release.manifest import MANIFEST, dumps_json, file_entries
+from pipeline.release.layout import CROISSANT, DATA_DIR, MANIFEST, dumps_json, file_entries
 from pipeline.release.parquet import STRING_COLUMNS
 from pipeline.records import ReleaseCounts
 
-CROISSANT = "croissant.json"
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
 # The JSON-LD @context of Croissant 1.1, as mlcroissant writes it for a 1.1 document.
 CONTEXT = {
@@ -245,7 +244,7 @@ def croissant_document(config: ReleaseConfig, counts: ReleaseCounts, files: list
                 "name": PARQUET_FILES,
                 "description": "The Parquet shards of every split (datasets' Image struct for the image column).",
                 "encodingFormat": ENCODING_FORMATS[".parquet"],
-                "includes": ["data/*.parquet"],
+                "includes": [f"{DATA_DIR}/*.parquet"],
             }
         ],
         "recordSet": [splits_record_set(), classes_record_set(config), images_record_set(config)],

@@ -24,8 +24,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.records import Pair, ReleaseCounts, ReleaseRecord
+from pipeline.release.layout import FIGURES_DIR
 
-FIGURES_DIR = "figures"
 SAMPLES_PER_CLASS = 4
 THUMB_PX = 64
 PAIR_THUMB_PX = 96

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from pipeline.runtime.overlap import BackgroundWriter, BinaryColumnBuffers, HashingWriter
 from pipeline.records import ReleaseRecord
+from pipeline.release.layout import parquet_shard_name
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA_FIELDS = [
@@ -235,7 +236,7 @@ def _name_shards(data_dir: Path, split: str, shards: list[ShardInfo]) -> list[Sh
     """Each shard renamed from its temporary name to its final one, which says how many shards the split has."""
     final = []
     for i, shard in enumerate(shards):
-        target = data_dir / f"{split}-{i:05d}-of-{len(shards):05d}.parquet"
+        target = data_dir / parquet_shard_name(split, i, len(shards))
         os.replace(shard.path, target)
         final.append(ShardInfo(target, shard.rows, shard.image_bytes, shard.sha256, shard.size))
     return final

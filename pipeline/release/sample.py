@@ -11,8 +11,6 @@ from collections.abc import Iterable
 
 from pipeline.records import ReleaseRecord
 
-SAMPLE_DIR = "sample"
-
 
 def sample_size(n: int, fraction: float) -> int:
     return max(1, round(n * fraction)) if n else 0

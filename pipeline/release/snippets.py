@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config import ReleaseConfig
-from pipeline.release.wds import WDS_DIR
+from pipeline.release.layout import WDS_DIR
 
 WDS_TAG_SUFFIX = "-webdataset"  # the tag `mll23 publish` gives the wds/ folder's own branch (pipeline/lifecycle/publish/plan.py)
 MAX_WORKERS = 8

@@ -28,8 +28,8 @@ from pathlib import Path
 from pipeline.runtime.overlap import HashingWriter
 from pipeline.release.parquet import check_shard_size
 from pipeline.records import ReleaseRecord
+from pipeline.release.layout import WDS_DIR
 
-WDS_DIR = "wds"
 IMAGE_FIELD = "png"
 MEMBER_MODE = 0o644
 

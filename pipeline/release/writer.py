@@ -15,7 +15,8 @@ from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.records import DedupResult, ImageFacts, ReleaseCounts, ReleaseRecord
 from pipeline.release import card, croissant, figures, manifest, wds
 from pipeline.release.parquet import ShardInfo, write_split
-from pipeline.release.sample import SAMPLE_DIR, sample_ids
+from pipeline.release.sample import sample_ids
+from pipeline.release.layout import SAMPLE_DIR
 from pipeline.release.shards import ShardPlanError, plan_release_split, published_size_bound
 from pipeline.runtime import integrity
 from pipeline.runtime.overlap import prefetch

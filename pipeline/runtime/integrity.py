@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 
 from pipeline.runtime.overlap import drop_from_page_cache
 from pipeline.records import FATES, LedgerEntry
+from pipeline.release.layout import DATA_DIR, WDS_DIR
 
 
 
@@ -189,9 +190,9 @@ def verify_published_pixels(release_dir: Path, ingest_sha256: dict[str, str], si
     shard as it is written instead, trusting bytes equal to the decoded file: ShardChecker).
     """
     checker = ShardChecker({source: Expected(sha) for source, sha in ingest_sha256.items()}, size, threads)
-    for path in sorted((release_dir / "data").glob("*.parquet")):
+    for path in sorted((release_dir / DATA_DIR).glob("*.parquet")):
         checker.parquet(path)
-    for path in sorted((release_dir / "wds").glob("*.tar")):
+    for path in sorted((release_dir / WDS_DIR).glob("*.tar")):
         checker.tar(path)
     return checker.result()
 

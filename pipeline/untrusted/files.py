@@ -11,6 +11,8 @@ A release directory can come from a pull request, so a name in it, or in its man
 - every open has a size cap, checked on `fstat` before any byte is read, and reads stop at the cap;
 - the listing walks without following links and reports every entry that is not a directory or regular file.
 Every refusal is a `ReleaseFileError` whose message names the path (escaped for printing) and the reason.
+The release's file names and the manifest's schema check are pipeline.release.layout's, shared with the plain
+reader of the build's own output.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import csv
 import errno
 import hashlib
 import io
-import itertools
 import json
 import os
 import stat
@@ -29,13 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import jsonschema
+from pipeline.release.layout import CARD, CROISSANT, LEDGER, LEDGER_COLUMNS, MANIFEST, NOTES_DIR, WDS_CARD, ManifestError, check_manifest
+from pipeline.untrusted.safetext import printable, show
 
-from pipeline.release.manifest import LEDGER, LEDGER_COLUMNS
-from pipeline.resources import load_schema
-from pipeline.untrusted.safetext import printable
-
-MANIFEST = "manifest.json"
 MAX_RELPATH_CHARS = 1024
 MAX_COMPONENT_CHARS = 255
 MAX_DEPTH = 16  # directory levels the listing descends; a release has two
@@ -47,11 +44,11 @@ _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CL
 # Fixed caps for the files every release has and verify parses whole (a real one is far below each).
 TEXT_CAPS = {
     MANIFEST: 64 << 20,
-    "README.md": 4 << 20,
-    "wds/README.md": 4 << 20,
+    CARD: 4 << 20,
+    WDS_CARD: 4 << 20,
     # MLL23's 41,906 raw images make a 6 MB ledger; parsed, 64 MB of rows stays within a few hundred MB
     LEDGER: 64 << 20,
-    "croissant.json": 32 << 20,
+    CROISSANT: 32 << 20,
 }
 NOTES_CAP = 4 << 20
 # JSON arrays and objects in one manifest or croissant.json (MLL23: about 50 files, at most 41,906 retired images;
@@ -63,18 +60,11 @@ MAX_LISTED_FILE_BYTES = 50 * 1000**3  # the Hub refuses larger files, so no rele
 
 def fixed_cap(rel: str) -> int:
     """The most any reader takes of `rel`, whatever the manifest declares."""
-    return TEXT_CAPS.get(rel) or (NOTES_CAP if rel.startswith("release_notes/") else MAX_LISTED_FILE_BYTES)
+    return TEXT_CAPS.get(rel) or (NOTES_CAP if rel.startswith(f"{NOTES_DIR}/") else MAX_LISTED_FILE_BYTES)
 
 
 class ReleaseFileError(Exception):
     """A release file that must not be read; the message names it and says why."""
-
-
-def show(rel: object, limit: int = 200) -> str:
-    """A release-controlled value for a message, cut to `limit` characters. Escaping is left to where messages
-    are printed (`printable` on the whole message), so that it happens exactly once."""
-    text = rel if isinstance(rel, str) else repr(rel)
-    return text if len(text) <= limit else f"{text[:limit]}...[{len(text) - limit} more characters]"
 
 
 def relpath_problem(rel: object) -> str | None:
@@ -349,10 +339,6 @@ def file_problems(files: ReleaseDir, manifest: dict, listing: Listing, *, allow_
 # ---- manifest.json ---------------------------------------------------------------------------------------
 
 
-class ManifestError(Exception):
-    """manifest.json cannot be used: nothing else can be checked. The message names the key and the reason."""
-
-
 # What publish needs of a manifest; verify needs all of the schema's required keys.
 PUBLISH_KEYS = ("version", "files")
 
@@ -410,17 +396,6 @@ def _bounded_float(text: str) -> float:
     return value
 
 
-def _is_int(checker, instance: object) -> bool:  # noqa: ANN001 - jsonschema's signature
-    """An integer only: jsonschema counts 1.0 as one, and a float size reaches file reads as a float."""
-    return isinstance(instance, int) and not isinstance(instance, bool)
-
-
-_Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_int),
-)
-
-
 def load_manifest(release: ReleaseDir, required: tuple[str, ...] | None = None) -> dict:
     """manifest.json parsed (size-capped) and validated against schemas/manifest.schema.json; `required`
     narrows the schema's required keys (publish needs only the version and the file list)."""
@@ -432,19 +407,7 @@ def load_manifest(release: ReleaseDir, required: tuple[str, ...] | None = None) 
         doc = parse_json(text, MANIFEST)
     except ValueError as exc:
         raise ManifestError(str(exc)) from None
-    schema = load_schema("manifest")
-    if required is not None:  # only these keys are needed, and only their shape is checked
-        schema = {**schema, "required": list(required), "properties": {k: schema["properties"][k] for k in required}}
-    # the best of the first errors: iter_errors is lazy, and a list of ten million wrong items would otherwise
-    # be validated (and reported) item by item before best_match could choose
-    error = jsonschema.exceptions.best_match(itertools.islice(_Validator(schema).iter_errors(doc), 100))
-    if error is not None:
-        where = "/".join(map(str, error.absolute_path)) or "(the document)"
-        message, instance = error.message, repr(error.instance)
-        if message.startswith(instance):  # jsonschema leads with the value, which may be a megabyte long
-            message = show(instance, 80) + message[len(instance):]
-        raise ManifestError(f"{MANIFEST}: {show(where)}: {show(message, 300)}")
-    return doc
+    return check_manifest(doc, required)
 
 
 # ---- ledger.csv ---------------------------------------------------------------------------------------------

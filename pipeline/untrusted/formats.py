@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from pipeline.stages.imagecheck import ImageRejected, open_image
-from pipeline.untrusted.files import show
+from pipeline.release.layout import show
 
 # The members of a WebDataset sample: `<key>.<suffix>` with these suffixes only (release/wds.py, sample_members).
 # Both `webdataset` and `datasets` decode a member by its suffix (pickle for .pyd, torch for .pth, gunzip

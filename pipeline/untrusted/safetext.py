@@ -48,3 +48,10 @@ def printable(text: object, limit: int = DEFAULT_LIMIT) -> str:
     if cut:
         safe += f"...[{cut} more characters]"
     return safe
+
+
+def show(rel: object, limit: int = 200) -> str:
+    """A release-controlled value for a message, cut to `limit` characters. Escaping is left to where messages
+    are printed (`printable` on the whole message), so that it happens exactly once."""
+    text = rel if isinstance(rel, str) else repr(rel)
+    return text if len(text) <= limit else f"{text[:limit]}...[{len(text) - limit} more characters]"

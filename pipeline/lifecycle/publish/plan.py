@@ -24,24 +24,22 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
 from pipeline.lifecycle.verify import listed_file_problems
-from pipeline.lifecycle.ancestry import SEMVER, LineageError
-from pipeline.lifecycle.ancestry import version_key as lineage_version_key
-from pipeline.untrusted.files import (
-    PUBLISH_KEYS,
-    TEXT_CAPS,
+from pipeline.release.layout import (
+    CARD,
+    MANIFEST,
+    SEMVER,
+    WDS_DIR,
     ManifestError,
-    ReleaseDir,
-    ReleaseFileError,
-    load_manifest,
+    VersionError,
+    version_key as semver_key,
 )
+from pipeline.untrusted.files import PUBLISH_KEYS, TEXT_CAPS, ReleaseDir, ReleaseFileError, load_manifest
 from pipeline.untrusted.safetext import printable
-from pipeline.release.wds import WDS_DIR
 
 REPO_TYPE = "dataset"
 DEFAULT_BRANCH = "main"
 # Files the Hub writes itself (the first commit of every repo): not part of a release, never deleted.
 HUB_MANAGED = frozenset({".gitattributes"})
-MANIFEST = "manifest.json"
 # The WebDataset variant (see pipeline.lifecycle.publish.steps): the release's WDS_DIR folder, its branch and tag suffix.
 WDS_BRANCH = "webdataset"
 WDS_TAG_SUFFIX = "-webdataset"
@@ -231,16 +229,16 @@ def webdataset_source(release_dir: Path, manifest: dict) -> FileSource | None:
         for item in manifest["files"]
         if item["path"].startswith(prefix)
     }
-    if "README.md" not in files:
+    if CARD not in files:
         return None
     return FileSource(Path(release_dir) / WDS_DIR, dict(sorted(files.items())), Path(release_dir), prefix)
 
 
 def version_key(version: str) -> tuple:
-    """Semantic-version order (lineage.version_key, the one definition), failing as a publish error."""
+    """Semantic-version order (layout.version_key, the one definition), failing as a publish error."""
     try:
-        return lineage_version_key(version)
-    except LineageError:
+        return semver_key(version)
+    except VersionError:
         raise PublishError(f"{printable(version)} is not a semantic version X.Y.Z") from None
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipeline.release.croissant import CROISSANT
+from pipeline.release.layout import CROISSANT
 from pipeline.untrusted.files import ReleaseFileError
 from pipeline.lifecycle.verify.checks.card import check_card
 from pipeline.lifecycle.verify.checks.counts import check_counts

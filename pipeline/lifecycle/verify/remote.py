@@ -37,18 +37,8 @@ from huggingface_hub.utils import build_hf_headers, get_session
 
 from pipeline import __version__
 from pipeline.untrusted.parquet_bounds import ParquetLimits, ParquetRefused, footer_checked, size_problem
-from pipeline.untrusted.files import (
-    MANIFEST,
-    MAX_ENTRIES,
-    MAX_LISTED_FILE_BYTES,
-    NOTES_CAP,
-    TEXT_CAPS,
-    ManifestError,
-    ReleaseDir,
-    load_manifest,
-    relpath_problem,
-    show,
-)
+from pipeline.release.layout import MANIFEST, NOTES_DIR, WDS_CARD, WDS_DIR, ManifestError, show
+from pipeline.untrusted.files import MAX_ENTRIES, MAX_LISTED_FILE_BYTES, NOTES_CAP, TEXT_CAPS, ReleaseDir, load_manifest, relpath_problem
 from pipeline.untrusted.formats import decode_image
 from pipeline.untrusted.safetext import printable
 
@@ -102,7 +92,7 @@ def _is_small(rel: str) -> bool:
 
 
 def _cap(rel: str) -> int:
-    return TEXT_CAPS.get(rel) or (NOTES_CAP if rel.startswith("release_notes/") else SMALL_CAP)
+    return TEXT_CAPS.get(rel) or (NOTES_CAP if rel.startswith(f"{NOTES_DIR}/") else SMALL_CAP)
 
 
 def _tree(api: HfApi, repo_id: str, commit: str) -> tuple[dict[str, RepoFile], list[str]]:
@@ -227,14 +217,14 @@ def _ref_problems(api: HfApi, repo_id: str, revision: str, manifest: dict,
         yield f"tag {show(revision)} holds manifest.json of version {show(version)}"
     if f"v{version}" not in tags:
         yield f"version {show(version)} is not tagged v{show(version)}"
-    if any(item["path"] == "wds/README.md" for item in manifest["files"]):
+    if any(item["path"] == WDS_CARD for item in manifest["files"]):
         wds_tag = f"v{version}-webdataset"
         if wds_tag not in tags:
             yield f"the release has wds/README.md but no tag {show(wds_tag)}"
         else:
             wds_tree, problems = _tree(api, repo_id, tags[wds_tag])
             yield from problems
-            for _, problem in _metadata_problems(manifest, wds_tree, prefix="wds/"):
+            for _, problem in _metadata_problems(manifest, wds_tree, prefix=f"{WDS_DIR}/"):
                 yield f"{wds_tag}: {problem}"
 
 

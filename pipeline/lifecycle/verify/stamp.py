@@ -20,7 +20,8 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.runtime.cache import default_cache_dir
-from pipeline.untrusted.files import MANIFEST, TEXT_CAPS, ReleaseDir, ReleaseFileError
+from pipeline.untrusted.files import TEXT_CAPS, ReleaseDir, ReleaseFileError
+from pipeline.release.layout import MANIFEST
 
 
 def stamp_dir() -> Path:

@@ -14,22 +14,26 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.release.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST
+from pipeline.release.layout import (
+    CARD,
+    LEDGER,
+    LEDGER_COLUMNS,
+    MANIFEST,
+    PARQUET_SHARD,
+    SAMPLE_SHARD,
+    TAR_SHARD,
+    WDS_CARD,
+    ManifestError,
+    show,
+)
 from pipeline.release.parquet import SCHEMA_FIELDS
-from pipeline.release.wds import WDS_DIR
-from pipeline.untrusted.files import Listing, ManifestError, ReleaseDir, ReleaseFileError, fixed_cap, load_manifest, read_ledger, show
+from pipeline.untrusted.files import Listing, ReleaseDir, ReleaseFileError, fixed_cap, load_manifest, read_ledger
 from pipeline.untrusted.formats import CardRefused, card_header
 from pipeline.untrusted.parquet_bounds import ParquetRefused, footer_checked, open_bounded
 from pipeline.lifecycle.verify.options import ReadLimits
 
-CARD = "README.md"
-WDS_CARD = f"{WDS_DIR}/{CARD}"
-# re.ASCII: `\d` alone also matches the digits of other scripts ("train-٠٠٠٠٠-of-00001.parquet" looks like a shard)
-SHARD_PATH = re.compile(r"^data/(train|validation|test)-\d{5}-of-\d{5}\.parquet$", re.ASCII)
-TAR_PATH = re.compile(r"^wds/(train|validation|test)-\d{6}\.tar$", re.ASCII)
-# the card's `sample` config: a stratified subset of each split's rows, the very same bytes (pipeline/release/sample.py)
-SAMPLE_PATH = re.compile(r"^sample/(train|validation|test)-\d{5}-of-\d{5}\.parquet$", re.ASCII)
-CARD_DATA_PATH = re.compile(f"{SHARD_PATH.pattern}|{SAMPLE_PATH.pattern}", re.ASCII)
+# The shard names a card's configs may point at: the full splits' and the `sample` config's (pipeline/release/sample.py)
+CARD_DATA_PATH = re.compile(f"{PARQUET_SHARD.pattern}|{SAMPLE_SHARD.pattern}", re.ASCII)
 
 
 class ManifestUnreadable(Exception):
@@ -154,7 +158,7 @@ class ReleaseView:
     @cached_property
     def shard_paths(self) -> list[str]:
         """Parquet shards actually present (what `datasets` would load), listed or not."""
-        return [p for p in self.present if SHARD_PATH.match(p)]
+        return [p for p in self.present if PARQUET_SHARD.match(p)]
 
     @cached_property
     def shard_schema(self) -> pa.Schema:
@@ -167,11 +171,11 @@ class ReleaseView:
 
     @cached_property
     def sample_paths(self) -> list[str]:
-        return [p for p in self.present if SAMPLE_PATH.match(p)]
+        return [p for p in self.present if SAMPLE_SHARD.match(p)]
 
     @cached_property
     def tar_paths(self) -> list[str]:
-        return [p for p in self.present if TAR_PATH.match(p)]
+        return [p for p in self.present if TAR_SHARD.match(p)]
 
     @cached_property
     def rows(self) -> list[ShardRow]:
@@ -193,7 +197,7 @@ class ReleaseView:
 
     def _shard_rows(self, shard: str, rows_before: int, bytes_before: int) -> tuple[list[ShardRow], int]:
         """One shard's rows and the bytes of their columns, refused when the shards so far would hold too many."""
-        split = SHARD_PATH.match(shard).group(1)
+        split = PARQUET_SHARD.match(shard).group(1)
         with self.open(shard) as fh:
             parquet = open_parquet(fh, shard, self.limits, self.shard_schema)
             if rows_before + parquet.metadata.num_rows > self.limits.max_rows:

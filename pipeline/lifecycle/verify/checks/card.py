@@ -7,10 +7,10 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 
-from pipeline.release.wds import WDS_DIR
-from pipeline.untrusted.files import relpath_problem, show
+from pipeline.release.layout import CARD, TAR_SHARD, WDS_DIR, show
+from pipeline.untrusted.files import relpath_problem
 from pipeline.lifecycle.verify.options import VerifyOptions
-from pipeline.lifecycle.verify.view import CARD, CARD_DATA_PATH, TAR_PATH, ReleaseView, as_list
+from pipeline.lifecycle.verify.view import CARD_DATA_PATH, ReleaseView, as_list
 
 # The feature types a release declares. `datasets` decodes a column by its declared type (Audio and Video hand
 # the bytes to FFmpeg, Pdf to pdfplumber), so a card declaring any other type fails the release.
@@ -28,7 +28,7 @@ def check_card(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
         if rel == CARD:
             yield from _config_problems(rel, header, "", CARD_DATA_PATH, view.present)
         else:
-            yield from _config_problems(rel, header, f"{WDS_DIR}/", TAR_PATH, view.present)
+            yield from _config_problems(rel, header, f"{WDS_DIR}/", TAR_SHARD, view.present)
         yield from _card_feature_problems(rel, header)
 
 

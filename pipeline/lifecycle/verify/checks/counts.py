@@ -7,10 +7,9 @@ from collections.abc import Iterator
 
 from pipeline.config import SPLITS
 from pipeline.records import FATES
-from pipeline.release.manifest import LEDGER, MANIFEST
-from pipeline.untrusted.files import show
+from pipeline.release.layout import CARD, LEDGER, MANIFEST, WDS_CARD, show
 from pipeline.lifecycle.verify.options import VerifyOptions
-from pipeline.lifecycle.verify.view import CARD, WDS_CARD, ReleaseView, as_dict, as_list
+from pipeline.lifecycle.verify.view import ReleaseView, as_dict, as_list
 
 
 def check_counts(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:

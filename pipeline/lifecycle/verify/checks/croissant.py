@@ -9,10 +9,9 @@ from collections.abc import Iterator
 
 from pipeline.config import ConfigError, validate_config
 from pipeline.release import croissant as croissant_format  # what the build writes
-from pipeline.release.croissant import CROISSANT
-from pipeline.release.manifest import MANIFEST
+from pipeline.release.layout import CROISSANT, MANIFEST, show
 from pipeline.records import ReleaseCounts
-from pipeline.untrusted.files import ReleaseFileError, parse_json, show
+from pipeline.untrusted.files import ReleaseFileError, parse_json
 from pipeline.lifecycle.verify.options import VerifyOptions
 from pipeline.lifecycle.verify.view import Refused, ReleaseView, as_list
 

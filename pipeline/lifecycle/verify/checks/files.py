@@ -6,26 +6,14 @@ links as well) instead of hashing the files a second time.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.release.manifest import MANIFEST
-from pipeline.untrusted.files import Listing, ReleaseDir, file_problems, relpath_problem, show
+from pipeline.release.layout import MANIFEST, RELEASE_FILE, show
+from pipeline.untrusted.files import Listing, ReleaseDir, file_problems, relpath_problem
 from pipeline.lifecycle.verify.options import VerifyOptions
 from pipeline.lifecycle.verify.view import ReleaseView
 
-# The files a release holds (README: Output layout); verify refuses any other name, so no file a loader would
-# treat specially (a loading script, dataset_infos.json, a pickle) can ride along in a release.
-_LAYOUT = re.compile(
-    r"^(README\.md|croissant\.json|ledger\.csv"
-    r"|data/(train|validation|test)-\d{5}-of-\d{5}\.parquet"
-    r"|wds/README\.md|wds/(train|validation|test)-\d{6}\.tar"
-    r"|sample/(train|validation|test)-\d{5}-of-\d{5}\.parquet"
-    r"|figures/[A-Za-z0-9_-]{1,100}\.png"
-    r"|release_notes/v[0-9A-Za-z.-]{1,100}\.md)$",
-    re.ASCII,
-)
 
 
 def check_files(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
@@ -33,7 +21,7 @@ def check_files(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     if not opts.files_hashed:
         yield from file_problems(view.files, view.manifest, view.listing)
     for path in sorted(view.declared):  # an unlisted file fails already
-        if relpath_problem(path) is None and path != MANIFEST and not _LAYOUT.match(path):
+        if relpath_problem(path) is None and path != MANIFEST and not RELEASE_FILE.match(path):
             yield f"{show(path)}: listed in {MANIFEST} but not a file of the release format (see the README's output layout)"
 
 

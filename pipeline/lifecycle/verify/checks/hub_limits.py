@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.release.manifest import MANIFEST
+from pipeline.release.layout import MANIFEST
 from pipeline.untrusted.files import ReleaseFileError
 from pipeline.lifecycle.verify.options import VerifyOptions
 from pipeline.lifecycle.verify.view import ReleaseView, Refused, parquet_metadata

@@ -6,8 +6,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from pipeline.records import FATES
-from pipeline.release.manifest import LEDGER, LEDGER_COLUMNS, MANIFEST
-from pipeline.untrusted.files import show
+from pipeline.release.layout import LEDGER, LEDGER_COLUMNS, MANIFEST, show
 from pipeline.lifecycle.verify.options import VerifyOptions
 from pipeline.lifecycle.verify.view import ReleaseView
 

@@ -13,10 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.release.croissant import CROISSANT
-from pipeline.release.manifest import MANIFEST
-from pipeline.release.wds import WDS_DIR
-from pipeline.untrusted.files import show
+from pipeline.release.layout import CROISSANT, MANIFEST, WDS_DIR, show
 from pipeline.untrusted.formats import WDS_IMAGE_SUFFIXES, decode_image
 from pipeline.lifecycle.verify.options import VerifyOptions
 from pipeline.lifecycle.verify.report import MAX_LISTED

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.release.manifest import MANIFEST
-from pipeline.untrusted.files import NOTES_CAP, ReleaseDir, ReleaseFileError, relpath_problem, show
+from pipeline.release.layout import MANIFEST, show
+from pipeline.untrusted.files import NOTES_CAP, ReleaseDir, ReleaseFileError, relpath_problem
 from pipeline.lifecycle.verify.options import VerifyOptions
 from pipeline.lifecycle.verify.view import ReleaseView
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from pipeline.build import BuildError, build_release
 from pipeline.config import ConfigError, validate_config
-from pipeline.lifecycle.ancestry import LineageError
-from pipeline.lifecycle.notes import NOTES_DIR, NotesError
-from pipeline.release.manifest import MANIFEST, list_release_files, sha256_file
-from pipeline.untrusted.files import MAX_LISTED_FILE_BYTES, NOTES_CAP, ReleaseDir, ReleaseFileError, fixed_cap, show
+from pipeline.lifecycle.ancestry import AncestryError
+from pipeline.lifecycle.notes import NotesError
+from pipeline.release.layout import MANIFEST, NOTES_DIR, list_release_files, sha256_file, show
+from pipeline.untrusted.files import MAX_LISTED_FILE_BYTES, NOTES_CAP, ReleaseDir, ReleaseFileError, fixed_cap
 from pipeline.lifecycle.verify.options import VerifyOptions
 from pipeline.lifecycle.verify.view import ReleaseView
 
@@ -77,7 +77,7 @@ def check_rebuild(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
         out = Path(tmp) / "release"
         try:
             build_release(raw, out, config, workers=request.workers, previous=prev_dir, notes_dir=notes_copy)
-        except (BuildError, LineageError, NotesError, FileNotFoundError) as exc:
+        except (BuildError, AncestryError, NotesError, FileNotFoundError) as exc:
             yield f"the rebuild from {raw} failed: {exc}"
             return
         yield from _differences(view, out, raw)

@@ -15,11 +15,12 @@ import pyarrow.parquet as pq
 
 from pipeline.stages.imagecheck import ImageRejected
 from pipeline.stages.validate import record_errors, record_validator
-from pipeline.untrusted.files import ReleaseFileError, show
+from pipeline.untrusted.files import ReleaseFileError
+from pipeline.release.layout import PARQUET_SHARD, SAMPLE_SHARD, show
 from pipeline.untrusted.formats import decode_image
 from pipeline.lifecycle.verify.options import VerifyOptions
 from pipeline.lifecycle.verify.report import MAX_LISTED
-from pipeline.lifecycle.verify.view import SAMPLE_PATH, SHARD_PATH, Refused, ReleaseView, open_parquet
+from pipeline.lifecycle.verify.view import Refused, ReleaseView, open_parquet
 
 _RECORD_BATCH = 16  # rows decoded into Python objects at a time by the records check
 # The feature types a shard may declare. `datasets` decodes a column by its declared type (Audio and Video hand
@@ -59,13 +60,13 @@ def _records_problems(view: ReleaseView, opts: VerifyOptions, failing: _Failing)
     names = view.class_names
     published = {(r.image_id, r.split, r.label) for r in view.rows}
     for shard in view.shard_paths + view.sample_paths:
-        split = (SHARD_PATH.match(shard) or SAMPLE_PATH.match(shard)).group(1)
+        split = (PARQUET_SHARD.match(shard) or SAMPLE_SHARD.match(shard)).group(1)
         try:
             with view.open(shard) as fh:
                 parquet = open_parquet(fh, shard, opts.read, view.shard_schema)
                 yield from _parquet_feature_problems(shard, parquet)
                 yield from _shard_records(parquet, shard, split, names, validator, failing, opts.read.max_failing_rows)
-                if SAMPLE_PATH.match(shard):
+                if SAMPLE_SHARD.match(shard):
                     yield from _sample_problems(parquet, shard, split, published)
                 if failing.rows >= opts.read.max_failing_rows:
                     failing.stopped_in = shard

@@ -9,12 +9,12 @@ import dataclasses
 from collections import Counter
 from collections.abc import Iterator
 
-from pipeline.release.manifest import MANIFEST
-from pipeline.release.wds import WDS_DIR, brace_pattern, shard_name
-from pipeline.untrusted.files import ReleaseFileError, relpath_problem, show
+from pipeline.release.layout import MANIFEST, TAR_SHARD, WDS_DIR, show
+from pipeline.release.wds import brace_pattern, shard_name
+from pipeline.untrusted.files import ReleaseFileError, relpath_problem
 from pipeline.untrusted.formats import MAX_LISTED_MEMBERS, MEMBERS_PER_SAMPLE, tar_problems
 from pipeline.lifecycle.verify.options import VerifyOptions
-from pipeline.lifecycle.verify.view import TAR_PATH, ReleaseView, as_dict, as_list
+from pipeline.lifecycle.verify.view import ReleaseView, as_dict, as_list
 
 
 def check_webdataset_tars(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
@@ -45,7 +45,7 @@ def _member_problems(view: ReleaseView, tars: list[str], opts: VerifyOptions) ->
     A few more than that are read, so that the first strays are named (the member check stops at that many)."""
     split_rows = Counter(r.split for r in view.rows)
     for rel in tars:
-        split = TAR_PATH.match(rel).group(1)
+        split = TAR_SHARD.match(rel).group(1)
         expected = MEMBERS_PER_SAMPLE * split_rows[split]
         limits = dataclasses.replace(
             opts.read.tar,

@@ -6,11 +6,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from pipeline.lifecycle.ancestry import LineageError, version_key
-from pipeline.release.manifest import MANIFEST
-from pipeline.untrusted.files import ReleaseFileError, relpath_problem, show
+from pipeline.release.layout import CARD, MANIFEST, VersionError, show, version_key
+from pipeline.untrusted.files import ReleaseFileError, relpath_problem
 from pipeline.lifecycle.verify.options import VerifyOptions
-from pipeline.lifecycle.verify.view import CARD, ReleaseView
+from pipeline.lifecycle.verify.view import ReleaseView
 
 # A Markdown link target: no brackets, parentheses or spaces inside, so every scan stops at the next `(`, `]`
 # or `)` and the search stays linear (the old `[^)#?]+` rescanned a README of "](" from every "(").
@@ -22,7 +21,7 @@ def check_version(view: ReleaseView, opts: VerifyOptions) -> Iterator[str]:
     version = view.manifest["version"]
     try:
         version_key(version)
-    except LineageError as exc:
+    except VersionError as exc:
         yield f"{MANIFEST}: version {exc}"
     config = view.manifest.get("config")
     if config is not None and config.get("version") != version:
