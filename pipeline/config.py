@@ -110,14 +110,14 @@ class CardConfig:
 @dataclass(frozen=True)
 class DatasetProse:
     """`[dataset]`: the sentences about the dataset that the card and croissant.json print around the measured
-    figures. The defaults are the wording of releases built before these keys existed (MLL23's), so a recorded
-    config without them renders the same card again."""
+    figures. Each dataset's config says them (MLL23's in configs/mll23.toml); the defaults claim nothing about a
+    particular dataset."""
 
-    cells: str = "single nucleated cells"  # "N images of <cells> in K classes"
-    class_balance: str = "Classes are strongly imbalanced; this reflects how often the cell types occur."
-    cleaning_intro: str = "Cleaning, as the dataset's paper describes it, reproduced by this release's build:"
-    excluded_cells: str = "dysplastic cells"  # "<excluded_cells> are excluded"
-    keywords: tuple[str, ...] = ("biology", "medical", "hematology", "microscopy", "blood-smear", "single-cell")
+    cells: str = "single cells"  # "N images of <cells> in K classes"
+    class_balance: str = ""  # the card's sentence on the class sizes, after the class table; none by default
+    cleaning_intro: str = "Cleaning, reproduced by this release's build:"
+    excluded_cells: str = "dysplastic cells"  # "<excluded_cells> are excluded": what the exclude stage removes
+    keywords: tuple[str, ...] = ("biology", "microscopy")
 
 
 @dataclass(frozen=True)
