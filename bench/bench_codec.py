@@ -3,7 +3,7 @@
     python bench/bench_codec.py [--crops 300] [--seed 0] [--images 41621] [--mbit 50]
 
 Renders ``--crops`` synthetic crops with `mll23 synth`'s field model (its sensor-noise model included: shot
-and read noise, Bayer demosaicing texture; pipeline/synth.py ``_sensor_noise``), every class in turn, and
+and read noise, Bayer demosaicing texture; pipeline/synth/camera.py ``sensor_noise``), every class in turn, and
 encodes each with every codec in one run, on one core (no process pool, one thread). Per codec it prints:
 
 - bytes per image (mean) and the ratio to the uncompressed TIFF the archive holds;
@@ -35,7 +35,7 @@ import PIL
 from PIL import Image, features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline import synth  # noqa: E402
+from pipeline.synth.field import Field  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def crops(n: int, seed: int) -> list[np.ndarray]:
     out = []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
-        out.append(synth._Field(classes[i % len(classes)], rng).render(rng))
+        out.append(Field(classes[i % len(classes)], rng).render(rng))
     return out
 
 

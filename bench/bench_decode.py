@@ -25,9 +25,9 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import archive, image_files  # noqa: E402
 
-from pipeline.decode import decode_file, open_rgb, pixel_sha256  # noqa: E402
-from pipeline.dedup import cell_features, centre_hash  # noqa: E402
-from pipeline.phash import phash_of_grey  # noqa: E402
+from pipeline.stages.decode import decode_file, open_rgb, pixel_sha256  # noqa: E402
+from pipeline.stages.similarity import cell_features, centre_hash  # noqa: E402
+from pipeline.stages.phash import phash_of_grey  # noqa: E402
 
 
 def best_us(fn, items, passes: int = 5) -> float:
@@ -57,10 +57,10 @@ def main() -> None:
         ("decode + checks (open_rgb)", lambda d: open_rgb(d, (288, 288)), datas),
         ("sha256 of pixels", lambda o: pixel_sha256(o[1]), opened),
         ("grey conversion", lambda o: np.asarray(o[0].convert("L")), opened),
-        ("pHash (pipeline.phash)", phash_of_grey, greys),
+        ("pHash (pipeline.stages.phash)", phash_of_grey, greys),
         ("pHash (imagehash, for comparison)", lambda o: int(str(imagehash.phash(o[0])), 16), opened),
         ("centre hash (dedup)", lambda o: centre_hash(o[1]), opened),
-        ("centre hash + same-cell signature (dedup.cell_features)", lambda o: cell_features(o[1]), opened),
+        ("centre hash + same-cell signature (similarity.cell_features)", lambda o: cell_features(o[1]), opened),
         ("decode_file, all of it", lambda p: decode_file(p, "x", "y", (288, 288)), files),
     ]
     print(f"{len(files)} uncompressed TIFF crops, one core, best of 5 passes")

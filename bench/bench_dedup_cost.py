@@ -33,11 +33,13 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from pipeline import dedup, neardup  # noqa: E402
-from pipeline.build import Progress, _load_pixels, run_decode, run_ingest  # noqa: E402
-from pipeline.cache import FactsCache  # noqa: E402
+from pipeline.stages import dedup, similarity  # noqa: E402
+from pipeline.stages import neardup  # noqa: E402
+from pipeline.build import Progress, run_decode, run_ingest  # noqa: E402
+from pipeline.stages.runners import load_pixels  # noqa: E402
+from pipeline.runtime.cache import FactsCache  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.executor import make_executor  # noqa: E402
+from pipeline.runtime.executor import make_executor  # noqa: E402
 
 
 def candidates(items, cfg) -> list[tuple[int, int]]:
@@ -58,13 +60,17 @@ def timed(fn, jobs) -> tuple[float, list]:
     return time.perf_counter() - start, out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--sample", type=int, default=300, help="candidate pairs timed to estimate the every-candidate rule")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _decoded(a: argparse.Namespace):
+    """The config, an executor, the archive's image facts sorted by path, and a picklable pixel loader."""
     raw = BENCH / ".cache" / f"raw-synth-scale{a.scale:g}-seed{a.seed}"
     if not raw.is_dir():
         raise SystemExit(f"{raw} not found: run `python bench/run.py --scale {a.scale:g} --seed {a.seed}` first (it makes the archive)")
@@ -74,31 +80,37 @@ def main(argv: list[str] | None = None) -> int:
     with FactsCache(BENCH / ".cache" / "facts-cost", cfg.image_size) as cache:
         facts, _, _ = run_decode(raw, ingested.items, cfg, executor, Progress(), cache)
     items = sorted(facts.values(), key=lambda f: f.relpath)
-    load = partial(_load_pixels, os.path.abspath(raw), cfg.image_size)  # picklable: the executor's workers load too
+    load = partial(load_pixels, os.path.abspath(raw), cfg.image_size)  # picklable: the executor's workers load too
+    return cfg, executor, items, load
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _arguments(argv)
+    cfg, executor, items, load = _decoded(a)
 
     t0 = time.perf_counter()
     cand = candidates(items, cfg)
     t_search = time.perf_counter() - t0
     t0 = time.perf_counter()
     coarse, sig = dedup._coarse_stage(items, cand, load, map, Counter())
-    gate = dict(zip(cand, dedup._gate_corrs(sig, cand)))
+    gate = dict(zip(cand, similarity.gate_corrs(sig, cand)))
     t_coarse = time.perf_counter() - t0
     floor = {p for p in cand if (items[p[0]].phash ^ items[p[1]].phash).bit_count() <= cfg.phash_threshold}
-    prefilter = {p for p in cand if coarse[p].coarse_corr >= dedup.SAME_CELL_COARSE_CORR}
-    gated = {p for p in cand if gate[p] >= dedup.DUP_GATE_MIN_CORR}
+    prefilter = {p for p in cand if coarse[p].coarse_corr >= similarity.SAME_CELL_COARSE_CORR}
+    gated = {p for p in cand if gate[p] >= similarity.DUP_GATE_MIN_CORR}
     now = sorted(floor | gated | prefilter)
 
     def dup_job(pair):
-        return dedup.compare_duplicate(load(items[pair[0]].relpath), load(items[pair[1]].relpath))
+        return similarity.compare_duplicate(load(items[pair[0]].relpath), load(items[pair[1]].relpath))
 
     def fine_job(pair):
-        return dedup._fine_test(coarse[pair].coarse_corr, dedup._fine_signature(load(items[pair[0]].relpath)), dedup._fine_signature(load(items[pair[1]].relpath)))
+        return similarity.fine_test(coarse[pair].coarse_corr, similarity.fine_signature(load(items[pair[0]].relpath)), similarity.fine_signature(load(items[pair[1]].relpath)))
 
     t_before_dup, before_tests = timed(dup_job, sorted(floor))
     before_dups = {p for p, t in zip(sorted(floor), before_tests) if t.duplicate}
     before_fine = sorted(prefilter - before_dups)
     t_before_fine, _ = timed(fine_job, before_fine)
-    job = lambda pair: dedup._pixel_tests_of(load, (items[pair[0]].relpath, items[pair[1]].relpath, coarse[pair]))  # noqa: E731
+    job = lambda pair: similarity.pixel_verdict(load, (items[pair[0]].relpath, items[pair[1]].relpath, coarse[pair]))  # noqa: E731
     t_now, verdicts = timed(job, now)
     t_now_dup, _ = timed(dup_job, now)
     sample = random.Random(a.seed).sample(cand, min(a.sample, len(cand)))

@@ -14,8 +14,8 @@ threshold sits.
 
 The crops are NOT the synthetic archive's: ``--source scene`` (default) draws fields with a generator
 of its own (below: smear background, red cells, one nucleated cell with a textured nucleus, optional
-white field-edge padding), independent of ``pipeline.synth``; ``--source field`` uses
-``pipeline.synth``'s field model with a random stream the synth never uses (its archive draws from
+white field-edge padding), independent of ``pipeline.synth.generator``; ``--source field`` uses
+``pipeline.synth.field``'s field model with a random stream the synth never uses (its archive draws from
 ``[seed, 0xF1E1D, cell]``). So the thresholds are checked on crops they were not tuned on.
 
 What each row should give (the paper's semantics, README "Dedup: where the line is"): a copy of one scan
@@ -45,9 +45,9 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import dedup  # noqa: E402
+from pipeline.stages import dedup, similarity  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.decode import decode_image  # noqa: E402
+from pipeline.stages.decode import decode_image  # noqa: E402
 
 SIZE = 288
 MARGIN = 32  # canvas margin around the crop: room for re-crops up to 24 px
@@ -70,7 +70,7 @@ def _disc(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: f
 
 
 class SceneCell:
-    """A field around one nucleated cell, from this module's own generator (not pipeline.synth)."""
+    """A field around one nucleated cell, from this module's own generator (not pipeline.synth.generator)."""
 
     def __init__(self, rng: np.random.Generator):
         yy, xx = np.mgrid[:CANVAS, :CANVAS].astype(np.float32)
@@ -115,12 +115,12 @@ class SceneCell:
 
 
 class FieldCell:
-    """pipeline.synth's field model, drawn from a random stream the synth's archives never use."""
+    """pipeline.synth.field's field model, drawn from a random stream the synth's archives never use."""
 
     def __init__(self, rng: np.random.Generator, label: str):
-        from pipeline import synth
+        from pipeline.synth.field import Field
 
-        self._field = synth._Field(label, rng)
+        self._field = Field(label, rng)
 
     def render(self, rng: np.random.Generator, offset: tuple[int, int] = (0, 0), extra_sigma: float = 0.0) -> np.ndarray:
         sigma = math.hypot(self._field.sigma0, extra_sigma) if extra_sigma else None
@@ -200,7 +200,7 @@ def rows() -> list[Row]:
         for k in (1, 2, 3):
             # past the duplicate test's +-2 px search the copy is left 1 px misaligned: a duplicate when the
             # residual still fits DUP_MAX_RMS (smooth crops), else a look-alike; never unrelated
-            exp = (DUPLICATE,) if k <= dedup.DUP_MAX_SHIFT else (DUPLICATE, LOOKALIKE)
+            exp = (DUPLICATE,) if k <= similarity.DUP_MAX_SHIFT else (DUPLICATE, LOOKALIKE)
             out.append(Row("shift" if k <= 2 else "shift 3", f"shift {k} px, {fill} fill", exp, lambda c, a, i, r, k=k, fill=fill: encode(shift(a, *_direction(i, k), fill))))
     out.append(Row("shift+brightness", "shift 1 px right, white fill, +2 levels", (DUPLICATE,), lambda c, a, i, r: encode(brightness(shift(a, 0, 1, "white"), 2))))
     out.append(Row("shift+brightness", "shift 2 px, edge fill, -4 levels", (DUPLICATE,), lambda c, a, i, r: encode(brightness(shift(a, *_direction(i, 2), "edge"), -4))))
@@ -284,10 +284,10 @@ def run_row(row: Row, cells: list, bases: list[np.ndarray], seed: int, scores: b
             answers.append(UNRELATED)
         dist.append((by_name[a].phash ^ by_name[b].phash).bit_count())
         if scores:
-            sig_a, sig_b = dedup.signature(pixels[a]), dedup.signature(pixels[b])
-            gate.append(dedup.gate_corr(sig_a, sig_b))
-            coarse.append(dedup._coarse_test((sig_a, sig_b)).coarse_corr)
-            d = dedup.compare_duplicate(pixels[a], pixels[b])
+            sig_a, sig_b = similarity.signature(pixels[a]), similarity.signature(pixels[b])
+            gate.append(similarity.gate_corr(sig_a, sig_b))
+            coarse.append(similarity.coarse_test((sig_a, sig_b)).coarse_corr)
+            d = similarity.compare_duplicate(pixels[a], pixels[b])
             rms.append(d.rms)
             hf.append(d.hf_ratio)
     return RowResult(row, answers, gate, coarse, rms, hf, dist)
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dedup robustness sweep: {a.crops} crops (source {a.source}, seed {a.seed}), {len(results)} rows, "
           f"phash_threshold {cfg.phash_threshold}, lookalike_threshold {cfg.lookalike_threshold}, {time.perf_counter() - start:.0f} s\n")
     print(table(results))
-    print(f"\nduplicate gate (interior signature correlation, DUP_GATE_MIN_CORR = {dedup.DUP_GATE_MIN_CORR}): "
+    print(f"\nduplicate gate (interior signature correlation, DUP_GATE_MIN_CORR = {similarity.DUP_GATE_MIN_CORR}): "
           f"copies (rows that allow a duplicate) {min(copies):.4f} at least, median {statistics.median(copies):.4f}; "
           f"rotations, re-crops and other cells {max(others):.4f} at most")
     failing = [r.row.name for r in results if not r.holds]

@@ -30,9 +30,9 @@ from huggingface_hub import constants  # noqa: E402
 
 from pipeline.build import build_release  # noqa: E402
 from pipeline.config import load_config, validate_config  # noqa: E402
-from pipeline.publish import publish  # noqa: E402
-from pipeline.remote_verify import verify_remote  # noqa: E402
-from pipeline.synth import synthesize  # noqa: E402
+from pipeline.lifecycle.publish.steps import publish  # noqa: E402
+from pipeline.lifecycle.verify.remote import verify_remote  # noqa: E402
+from pipeline.synth.generator import synthesize  # noqa: E402
 from tests.hubserver import HubServer  # noqa: E402
 
 REPO = "org/mll23"

@@ -3,10 +3,10 @@
     python bench/bench_io.py [--scale 1] [--files 4000] [--gb 4]
 
 1. Cold reads of the synthetic crops, one file after the other (what a decode worker does), without and
-   with pipeline.overlap.ReadAhead announcing the next files to the kernel. Needs to drop the page cache
+   with pipeline.runtime.overlap.ReadAhead announcing the next files to the kernel. Needs to drop the page cache
    (root: writes /proc/sys/vm/drop_caches); without that the read half is skipped.
 2. Writing a large file (default 12 GB: more than the kernel lets sit dirty, as a 21 GB release is): plain
-   buffered writes hashed with sha256 and one fsync at the end, against pipeline.overlap's HashingWriter
+   buffered writes hashed with sha256 and one fsync at the end, against pipeline.runtime.overlap's HashingWriter
    (sha256 on the way, write-behind with sync_file_range), also fsynced at the end.
 
 Each pair alternates twice (A B A B) on different files, so a drift of the shared machine shows.
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import OUT, archive, image_files  # noqa: E402
 
-from pipeline.overlap import HashingWriter, ReadAhead  # noqa: E402
+from pipeline.runtime.overlap import HashingWriter, ReadAhead  # noqa: E402
 
 CHUNK = 1 << 20
 

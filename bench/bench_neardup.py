@@ -1,4 +1,4 @@
-"""Benchmark of pipeline.neardup.near_pairs on uniform 64-bit hashes with planted near pairs.
+"""Benchmark of pipeline.stages.neardup.near_pairs on uniform 64-bit hashes with planted near pairs.
 
     python bench/bench_neardup.py [--n 1000000] [--threshold 4] [--check-n 100000] [--planted 1000]
 
@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.neardup import choose_blocks, near_pairs, near_pairs_bruteforce  # noqa: E402
+from pipeline.stages.neardup import choose_blocks, near_pairs, near_pairs_bruteforce  # noqa: E402
 
 
 def pin_to_one_cpu() -> str:

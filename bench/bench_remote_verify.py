@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline.publish import publish  # noqa: E402
-from pipeline.remote_verify import DEFAULT_SAMPLE, _sample_groups  # noqa: E402
+from pipeline.lifecycle.publish.steps import publish  # noqa: E402
+from pipeline.lifecycle.verify.remote import DEFAULT_SAMPLE, _sample_groups  # noqa: E402
 from tests.hubserver import HubServer  # noqa: E402
 
 REPO = "org/mll23"

@@ -97,7 +97,7 @@ def measure(name: str, cmd: list[str]) -> Run:
 
 
 def archive(scale: float, seed: int, workers: int) -> Path:
-    """The synthetic archive for (scale, seed) of pipeline.synth, generated once into bench/.cache/."""
+    """The synthetic archive for (scale, seed) of pipeline.synth.generator, generated once into bench/.cache/."""
     raw = CACHE / f"raw-synth-scale{scale:g}-seed{seed}"
     if (raw / ".complete").is_file():
         return raw
@@ -106,7 +106,7 @@ def archive(scale: float, seed: int, workers: int) -> Path:
     print(f"generating {raw.name} (once; cached) ...", flush=True)
     from pipeline.config import load_config
 
-    from pipeline.synth import synthesize
+    from pipeline.synth.generator import synthesize
 
     start = time.perf_counter()
     files = synthesize(raw, config=load_config(), scale=scale, seed=seed, workers=workers).files
@@ -235,7 +235,7 @@ def mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-def main(argv: list[str] | None = None) -> None:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="1 = 41,906 crops (MLL23's size)")
     ap.add_argument("--seed", type=int, default=0)
@@ -244,8 +244,46 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-incremental", action="store_true", help="skip the cached rebuild after a 1%% change")
     ap.add_argument("--no-record", action="store_true", help="do not append the run to bench/RESULTS.md")
     ap.add_argument("--replicate", type=int, default=1, help="each image K times under new names (hard links): K x the inputs, no extra disk")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def run_baseline(tree: Path, workers: int) -> list[Run]:
+    """The hand-written baseline, one part at a time (phash, parquet, wds), its outputs removed after each."""
+    baseline: list[Run] = []
+    bout = OUT / "baseline"
+    shutil.rmtree(bout, ignore_errors=True)
+    for part in ("phash", "parquet", "wds"):
+        run = measure(f"baseline-{part}", [sys.executable, str(BENCH / "baseline.py"), part, str(tree), str(bout), "--workers", str(workers)])
+        run.extra = json.loads(run.stdout.split("RESULT ", 1)[1])
+        baseline.append(run)
+        shutil.rmtree(bout / part, ignore_errors=True)
+        print(f"baseline {part}: {run.wall:.1f} s, {mib(run.rss_tree)} peak", flush=True)
+    shutil.rmtree(bout, ignore_errors=True)
+    return baseline
+
+
+def run_incremental(tree: Path, workers: int) -> dict:
+    """A cold cached build, a rebuild after changing 1% of the images, and a clean build to compare it with."""
+    cache = OUT / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    cold = mll23_build("cold-cache", tree, OUT / "release", workers, cache)
+    shutil.rmtree(OUT / "release")
+    changed = change_images(tree, CHANGED_FRACTION)
+    warm = mll23_build("rebuild-1pct", tree, OUT / "release", workers, cache)
+    # The manifest lists every file's sha256: equal manifests mean identical releases. One release on
+    # disk at a time (a full-scale one is ~21 GB).
+    rebuilt_manifest = (OUT / "release" / "manifest.json").read_bytes()
+    shutil.rmtree(OUT / "release")
+    clean = mll23_build("clean-after-change", tree, OUT / "release", workers, None)
+    identical = rebuilt_manifest == (OUT / "release" / "manifest.json").read_bytes()
+    shutil.rmtree(OUT / "release")
+    shutil.rmtree(cache)
+    print(f"rebuild after {changed} changed: {warm.wall:.1f} s vs clean {clean.wall:.1f} s; identical {identical}", flush=True)
+    return {"cold": cold, "warm": warm, "clean": clean, "changed": changed, "identical": identical}
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = _arguments(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     raw = archive(a.scale, a.seed, a.workers)
@@ -262,36 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(OUT / "release")
     print(f"mll23 build: {ours.wall:.1f} s, {mib(ours.rss_tree)} peak (tree), stages {ours.extra['stages']}", flush=True)
 
-    baseline: list[Run] = []
-    if not a.no_baseline:
-        bout = OUT / "baseline"
-        shutil.rmtree(bout, ignore_errors=True)
-        for part in ("phash", "parquet", "wds"):
-            run = measure(f"baseline-{part}", [sys.executable, str(BENCH / "baseline.py"), part, str(tree), str(bout), "--workers", str(a.workers)])
-            run.extra = json.loads(run.stdout.split("RESULT ", 1)[1])
-            baseline.append(run)
-            shutil.rmtree(bout / part, ignore_errors=True)
-            print(f"baseline {part}: {run.wall:.1f} s, {mib(run.rss_tree)} peak", flush=True)
-        shutil.rmtree(bout, ignore_errors=True)
-
-    incremental: dict = {}
-    if not a.no_incremental:
-        cache = OUT / "cache"
-        shutil.rmtree(cache, ignore_errors=True)
-        cold = mll23_build("cold-cache", tree, OUT / "release", a.workers, cache)
-        shutil.rmtree(OUT / "release")
-        changed = change_images(tree, CHANGED_FRACTION)
-        warm = mll23_build("rebuild-1pct", tree, OUT / "release", a.workers, cache)
-        # The manifest lists every file's sha256: equal manifests mean identical releases. One release on
-        # disk at a time (a full-scale one is ~21 GB).
-        rebuilt_manifest = (OUT / "release" / "manifest.json").read_bytes()
-        shutil.rmtree(OUT / "release")
-        clean = mll23_build("clean-after-change", tree, OUT / "release", a.workers, None)
-        identical = rebuilt_manifest == (OUT / "release" / "manifest.json").read_bytes()
-        shutil.rmtree(OUT / "release")
-        shutil.rmtree(cache)
-        incremental = {"cold": cold, "warm": warm, "clean": clean, "changed": changed, "identical": identical}
-        print(f"rebuild after {changed} changed: {warm.wall:.1f} s vs clean {clean.wall:.1f} s; identical {identical}", flush=True)
+    baseline = [] if a.no_baseline else run_baseline(tree, a.workers)
+    incremental = {} if a.no_incremental else run_incremental(tree, a.workers)
     shutil.rmtree(tree)
 
     report = render(a, raw, n, floor, ours, release_bytes, baseline, incremental, load_before, os.getloadavg())

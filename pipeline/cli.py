@@ -17,8 +17,8 @@ from rich.table import Table
 
 from pipeline import build as build_mod
 from pipeline.config import SPLITS, ConfigError, load_config
-from pipeline.integrity import IntegrityError
-from pipeline.safetext import DEFAULT_LIMIT, printable
+from pipeline.runtime.integrity import IntegrityError
+from pipeline.untrusted.safetext import DEFAULT_LIMIT, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Build, check and publish MLL23 dataset releases.")
 
@@ -92,11 +92,11 @@ def summary_table(report: build_mod.BuildReport) -> Table:
     table = Table(title=f"release {escape(str(report.out_dir))}", show_lines=False)
     table.add_column("fate")
     table.add_column("images", justify="right")
-    for fate, n in counts["ledger"].items():
+    for fate, n in counts.ledger.items():
         table.add_row(fate, f"{n:,}")
-    table.add_row("[bold]ledger total[/]", f"[bold]{sum(counts['ledger'].values()):,}[/]")
+    table.add_row("[bold]ledger total[/]", f"[bold]{sum(counts.ledger.values()):,}[/]")
     for split in SPLITS:
-        table.add_row(f"split {split}", f"{counts['splits'][split]['total']:,}")
+        table.add_row(f"split {split}", f"{counts.splits[split].total:,}")
     return table
 
 
@@ -109,7 +109,7 @@ def synth(
     config: Annotated[Path | None, typer.Option(help="Release config TOML, or a shipped config by name: mll23 (default), matek19, acevedo20")] = None,
 ) -> None:
     """Write realistic synthetic raw crops with planted duplicates, conflicts, dysplastic cells and look-alikes."""
-    from pipeline.synth import synthesize
+    from pipeline.synth.generator import synthesize
 
     out, _ = _consoles()
     cfg = _load_config(config, None)
@@ -145,10 +145,8 @@ def build(
     ] = None,
 ) -> None:
     """Build a release: ingest, decode, dedup, exclude, validate, split, write."""
-    from pipeline.cache import default_cache_dir
-    from pipeline.executor import ExecutorError, make_executor
-    from pipeline.lineage import LineageError
-    from pipeline.notes import NotesError
+    from pipeline.runtime.cache import default_cache_dir
+    from pipeline.runtime.executor import ExecutorError, make_executor
 
     out, err = _consoles()
     cfg = _load_config(config, version, repo, release_date)
@@ -159,19 +157,29 @@ def build(
         engine = make_executor(executor, workers or build_mod.default_workers(), scheduler)
     except ExecutorError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
-    progress = RichProgress(err)
+    report = _run_build(
+        engine, RichProgress(err), raw, out_dir, cfg, strict=strict, overwrite=overwrite, cache_dir=cache_dir,
+        verify_cache=verify_cache, previous=previous, notes_dir=notes_dir,
+    )
+    _print_build_report(report, out, err, f"{engine.describe()}", cache_dir)
+    _print_notes_location(report, out, out_dir, notes_dir)
+
+
+def _run_build(engine, progress: RichProgress, raw: Path, out_dir: Path, cfg, **options) -> build_mod.BuildReport:
+    """build_release on ``engine``, its failures turned into exit codes; the engine is closed either way."""
+    from pipeline.runtime.executor import ExecutorError
+    from pipeline.lifecycle.ancestry import AncestryError
+    from pipeline.lifecycle.notes import NotesError
+
     try:
-        report = build_mod.build_release(
-            raw, out_dir, cfg, strict=strict, overwrite=overwrite, progress=progress, executor=engine, cache_dir=cache_dir,
-            verify_cache=verify_cache, previous=previous, notes_dir=notes_dir,
-        )
+        report = build_mod.build_release(raw, out_dir, cfg, progress=progress, executor=engine, **options)
     except ExecutorError as exc:
         progress.close()
         raise _fail(str(exc), EXIT_USAGE) from None
     except (build_mod.BuildError, IntegrityError) as exc:
         progress.close()
         raise _fail_shown(str(exc), EXIT_CHECK_FAILED) from None
-    except (LineageError, NotesError) as exc:
+    except (AncestryError, NotesError) as exc:
         progress.close()
         raise _fail_shown(str(exc), EXIT_USAGE) from None
     except OSError as exc:  # a full disk, a vanished directory: the staging copy is gone, nothing is published
@@ -180,6 +188,10 @@ def build(
     finally:
         engine.close()
     progress.close()
+    return report
+
+
+def _print_build_report(report: build_mod.BuildReport, out: Console, err: Console, engine: str, cache_dir: Path | None) -> None:
     # Everything below may quote the raw archive (names, annotations.csv values): printed with markup off, via shown()
     for note in report.warnings:
         err.print(f"warning: {shown(note)}", style="yellow", highlight=False, markup=False, emoji=False, soft_wrap=True)
@@ -187,7 +199,7 @@ def build(
         err.print(f"split change: {shown(move.describe())}", style="yellow", highlight=False, markup=False, emoji=False, soft_wrap=True)
     work = report.work
     err.print(
-        f"per-image work on {engine.describe()}: {work['decoded']:,} decoded, {work['from_cache']:,} from the cache"
+        f"per-image work on {engine}: {work['decoded']:,} decoded, {work['from_cache']:,} from the cache"
         + (f" ({cache_dir})" if cache_dir else " (cache off)"),
         highlight=False,
         soft_wrap=True,
@@ -201,6 +213,9 @@ def build(
         err.print(f"ignored {len(report.ignored)} non-input file(s): {names}", highlight=False, markup=False, emoji=False, soft_wrap=True)
     out.print(summary_table(report))
     out.print(f"ledger: {report.balance.line()}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _print_notes_location(report: build_mod.BuildReport, out: Console, out_dir: Path, notes_dir: Path | None) -> None:
     editable = f" (editable copy: {notes_dir / Path(report.notes_path).name})" if notes_dir is not None else " (pass --notes-dir to keep an editable copy)"
     out.print(f"release notes: {out_dir / report.notes_path}{editable}", highlight=False, soft_wrap=True)
 
@@ -214,7 +229,7 @@ def diff(
     """Print what changed between two releases: the same text as the release notes' generated part."""
     import json
 
-    from pipeline.diff import DiffError, diff_releases, render_diff
+    from pipeline.lifecycle.diff import DiffError, diff_releases, render_diff
 
     try:
         d = diff_releases(old, new)
@@ -238,8 +253,8 @@ def verify(
     smoke: Annotated[bool, typer.Option(help="hf:// only: finish with a streaming load_dataset of the release")] = True,
 ) -> None:
     """Check a release for CI: exit 0 only when every check holds; each failure is named. An hf:// release is
-    checked on the Hub without downloading it (pipeline.remote_verify)."""
-    from pipeline.verify import run_checks
+    checked on the Hub without downloading it (pipeline.lifecycle.verify.remote)."""
+    from pipeline.lifecycle.verify import run_checks
 
     out, err = _consoles()
     if release_arg.startswith("hf://"):
@@ -257,7 +272,7 @@ def verify(
         out.print(f"{status} {r.name:<16} {r.description}", highlight=False, soft_wrap=True)
         if r.skipped:
             out.print(f"     ({r.skipped})", highlight=False, markup=False, soft_wrap=True)
-        # verify escapes what it quotes from the release (pipeline.safetext); markup=False: printed as written
+        # verify escapes what it quotes from the release (pipeline.untrusted.safetext); markup=False: printed as written
         for f in r.failures:
             out.print(f"     - {f.message}", highlight=False, markup=False, soft_wrap=True)
     if failed:
@@ -272,7 +287,7 @@ def _verify_remote(url: str, sample: str, endpoint: str | None, smoke: bool, out
 
     from huggingface_hub import get_token
 
-    from pipeline.remote_verify import RemoteError, release_urls, verify_remote
+    from pipeline.lifecycle.verify.remote import RemoteError, release_urls, verify_remote
 
     if sample != "all" and not (sample.isdigit() and int(sample) > 0):
         raise _fail(f"--sample must be a positive number or 'all', got {printable(sample)}", EXIT_USAGE)
@@ -334,20 +349,21 @@ def publish(
     goes to branch `webdataset`, tagged vX.Y.Z-webdataset.
 
     The token comes from the usual huggingface_hub places (HF_TOKEN, `hf auth login`); it is never printed."""
-    from pipeline.publish import PublishError
-    from pipeline.verify import verify_messages
-    from pipeline.publish import publish as publish_release
+    from pipeline.lifecycle.publish.plan import PublishError
+    from pipeline.lifecycle.verify import verify_messages
+    from pipeline.lifecycle.publish.steps import publish as publish_release
+    from pipeline.release.layout import MANIFEST
 
     out, _ = _consoles()
-    if not (release_dir / "manifest.json").is_file():
-        raise _fail(f"{release_dir} is not a release directory (no manifest.json)", EXIT_USAGE)
+    if not (release_dir / MANIFEST).is_file():
+        raise _fail(f"{release_dir} is not a release directory (no {MANIFEST})", EXIT_USAGE)
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise _fail(f"--repo must be ORG/NAME, got {repo!r}", EXIT_USAGE)
     try:
         result = publish_release(
             release_dir, repo, private=private, dry_run=dry_run, endpoint=endpoint,
-            # publish runs verify's file check itself (refusing hard links too), so each file is hashed once
-            verify=lambda path: verify_messages(path, skip=("files",)), verify_name="mll23 verify", log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
+            # publish runs verify's pass over the files' bytes itself (refusing hard links too), so each file is hashed once
+            verify=lambda path: verify_messages(path, files_hashed=True), verify_name="mll23 verify", log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
         )
     except PublishError as exc:
         raise _fail(str(exc), EXIT_CHECK_FAILED) from None
@@ -371,8 +387,8 @@ def harmonise(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing release directory")] = False,
 ) -> None:
     """One release of several releases' shared classes: a `source` column, per-source and leave-one-source-out configs."""
-    from pipeline.harmonise import HarmoniseError, iter_report_lines
-    from pipeline.harmonise import harmonise as harmonise_releases
+    from pipeline.lifecycle.harmonise import HarmoniseError, iter_report_lines
+    from pipeline.lifecycle.harmonise import harmonise as harmonise_releases
 
     out, _ = _consoles()
     try:
@@ -383,4 +399,4 @@ def harmonise(
         raise _fail(f"cannot write the harmonised release: {exc}; nothing was written to {out_dir}", EXIT_CHECK_FAILED) from None
     for line in iter_report_lines(report):
         out.print(line, highlight=False, markup=False, soft_wrap=True)
-    out.print(f"wrote {report.counts['ledger']['kept']:,} images in {len(report.counts['per_class'])} classes to {out_dir}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {report.counts.kept:,} images in {len(report.counts.per_class)} classes to {out_dir}", highlight=False, soft_wrap=True)

@@ -1,4 +1,8 @@
-"""Plain records passed from stage to stage. Data flows one way: RawItem -> ImageFacts -> LedgerEntry."""
+"""Plain records passed from stage to stage, and the counts of a release made from them.
+
+Data flows one way: RawItem -> ImageFacts -> Publishable -> ReleaseRecord (once the split is known); every raw
+input ends as one LedgerEntry, and ReleaseCounts sums up the ledger and the records.
+"""
 
 from __future__ import annotations
 
@@ -87,6 +91,20 @@ class DedupResult:
 
 
 @dataclass(frozen=True)
+class Publishable:
+    """An image that passed dedup, exclusion and the record schema: a ReleaseRecord once the split stage has
+    given it its split."""
+
+    item: RawItem
+    facts: ImageFacts
+    group_id: str  # look-alike group: images of one cell share it
+
+    @property
+    def image_id(self) -> str:
+        return self.facts.pixel_sha256[:16]
+
+
+@dataclass(frozen=True)
 class ReleaseRecord:
     """One published image: what goes into a Parquet row, a WebDataset sample and the record schema."""
 
@@ -123,3 +141,74 @@ class ReleaseRecord:
             "height": self.height,
             "extra": dict(self.extra),
         }
+
+
+@dataclass(frozen=True)
+class SplitCount:
+    """One split's published images, in total and per class (only the classes it holds, in publishing order)."""
+
+    total: int
+    per_class: dict[str, int]
+
+    def of(self, label: str) -> int:
+        return self.per_class.get(label, 0)
+
+
+@dataclass(frozen=True)
+class ClassCount:
+    """One class's images: raw input files, and published ones."""
+
+    raw: int = 0
+    kept: int = 0
+
+
+@dataclass(frozen=True)
+class ReleaseCounts:
+    """The figures of a release, as measured by the build: the manifest's `counts`, read by card, Croissant,
+    figures and notes."""
+
+    raw_images: int  # raw input files
+    annotation_rows_without_file: int  # annotations.csv rows naming no file (in the ledger, not raw images)
+    ledger_total: int  # rows of ledger.csv
+    ledger: dict[str, int]  # fate -> ledger rows, for every fate of FATES in that order
+    per_class: dict[str, ClassCount]  # every class of the config, in its order
+    splits: dict[str, SplitCount]  # every split, in SPLITS order
+
+    @property
+    def kept(self) -> int:
+        return self.ledger["kept"]
+
+    @classmethod
+    def from_manifest(cls, doc: dict) -> ReleaseCounts:
+        """The counts a written manifest records (schema-checked: a release read back); absent figures read as 0."""
+        return cls(
+            raw_images=doc.get("raw_images", 0),
+            annotation_rows_without_file=doc.get("annotation_rows_without_file", 0),
+            ledger_total=doc.get("ledger_total", 0),
+            ledger={f: doc.get("ledger", {}).get(f, 0) for f in FATES},
+            per_class={c: ClassCount(n.get("raw", 0), n.get("kept", 0)) for c, n in doc.get("per_class", {}).items()},
+            splits={s: SplitCount(n.get("total", 0), dict(n.get("per_class", {}))) for s, n in doc.get("splits", {}).items()},
+        )
+
+    def as_manifest(self) -> dict:
+        """The manifest's `counts` object, keys in the order the build has always written them."""
+        return {
+            "raw_images": self.raw_images,
+            "annotation_rows_without_file": self.annotation_rows_without_file,
+            "ledger_total": self.ledger_total,
+            "ledger": dict(self.ledger),
+            "per_class": {c: {"raw": n.raw, "kept": n.kept} for c, n in self.per_class.items()},
+            "splits": {s: {"total": n.total, "per_class": dict(n.per_class)} for s, n in self.splits.items()},
+        }
+
+
+@dataclass(frozen=True)
+class HarmonisedCounts(ReleaseCounts):
+    """A harmonised release's counts: a release's, plus each source's share."""
+
+    per_source: dict[str, dict[str, int]]  # source -> harmonised class -> published images
+    per_source_split: dict[str, dict[str, int]]  # source -> split -> published images
+
+    def as_manifest(self) -> dict:
+        return {**super().as_manifest(), "per_source": self.per_source, "per_source_split": self.per_source_split}
+

@@ -38,13 +38,19 @@ def shipped_config_path(name: str) -> Path | None:
 
 
 def harmonised_map_path() -> Path:
-    """The default label map of `mll23 harmonise` (the paper's 11 shared classes, FACTS.md "Sibling datasets")."""
+    """The default label map of `mll23 harmonise`: the 11 classes MLL23 shares with Matek 2019 and Acevedo 2020,
+    mapped as the MLL23 paper maps them (doi 10.1038/s41597-025-06223-x, the config's `doi`)."""
     return _PACKAGE_DIR / "configs" / "harmonised_labels.csv"
+
+
+def template_path(name: str) -> Path:
+    """A text template shipped in pipeline/templates/ (the dataset cards)."""
+    return _PACKAGE_DIR / "templates" / name
 
 
 def ci_workflow_path() -> Path:
     """The GitHub Actions workflow for maintainers' repositories (shipped inside the package)."""
-    return _PACKAGE_DIR / "templates" / "verify-release.yml"
+    return template_path("verify-release.yml")
 
 
 # The extras (pyproject's optional-dependencies) whose libraries `mll23 verify` loads a release with: the CI

@@ -11,7 +11,7 @@ HF_DATASETS_CACHE at import. Patching all of those per test would be fragile, so
   telemetry off (with telemetry on, building the user agent fetches `{ENDPOINT}/api/agent-harnesses`, i.e. the
   real Hub), offline mode off, and HF_HOME in a throw-away directory so the in-process constants never point at
   the machine's ~/.cache/huggingface or its token;
-* `pipeline.publish.publish` takes the endpoint as an argument (or reads HF_ENDPOINT when called) and gives it
+* `pipeline.lifecycle.publish.steps.publish` takes the endpoint as an argument (or reads HF_ENDPOINT when called) and gives it
   to `HfApi(endpoint=...)`, which all its calls honour, so publishing runs in-process against any server port;
 * consumers (`datasets.load_dataset`, `hf_hub_download`) run in a fresh Python subprocess whose environment has
   HF_ENDPOINT, HF_HOME and HF_DATASETS_CACHE pointing at this test's server and tmp_path, set before import, the
@@ -44,7 +44,7 @@ import pytest  # noqa: E402
 
 from tests.consumerkit import consumer_env  # noqa: E402
 from tests.hubserver import HubServer  # noqa: E402
-from tests.release_fixture import build_release  # noqa: E402
+from tests.release_fixture import write_fixture_release  # noqa: E402
 
 
 @pytest.fixture
@@ -91,13 +91,13 @@ def token(hub: HubServer) -> str:
 
 @pytest.fixture
 def release_v1(tmp_path: Path) -> Path:
-    return build_release(tmp_path / "release-1.0.0", version="1.0.0")
+    return write_fixture_release(tmp_path / "release-1.0.0", version="1.0.0")
 
 
 @pytest.fixture
 def release_v2(tmp_path: Path) -> Path:
     """v1.1.0: train split changed (one more row), one gallery image removed, a release note added."""
-    return build_release(
+    return write_fixture_release(
         tmp_path / "release-1.1.0",
         version="1.1.0",
         rows={"train": 7},

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from pipeline.config import ReleaseConfig, validate_config
-from pipeline.synth import synthesize
+from pipeline.synth.generator import synthesize
 from tests.rawkit import crop, save, simple_raw, write_annotations
 
 SCALE = 0.002  # about 110 raw crops in all 18 classes, with every planted duplicate and look-alike kind

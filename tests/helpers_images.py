@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 
 from pipeline.config import ReleaseConfig, load_config
-from pipeline.decode import decode_file, load_rgb
+from pipeline.stages.decode import decode_file, load_rgb
 from pipeline.records import ImageFacts
 
 SIZE = (288, 288)
@@ -32,7 +32,7 @@ def archive(scale: float = 0.01, seed: int = 0, workers: int = 1) -> Path:
 
 @cache
 def _archive(scale: float, seed: int, workers: int) -> Path:
-    from pipeline.synth import synthesize
+    from pipeline.synth.generator import synthesize
 
     out = _ROOT / f"s{scale}-seed{seed}-w{workers}"
     synthesize(out, config=config(), scale=scale, seed=seed, workers=workers)
@@ -65,7 +65,7 @@ def facts_of(root: Path) -> tuple[ImageFacts, ...]:
 @cache
 def centre_hashes_of(root: Path) -> dict[str, int]:
     """What decode would add per image (computed here from the pixels, as decode does once per image)."""
-    from pipeline.dedup import centre_hash
+    from pipeline.stages.similarity import centre_hash
 
     return {rel: centre_hash(load_rgb(root / rel, SIZE)) for rel in sorted(annotations(root))}
 

@@ -30,8 +30,9 @@ Implemented (``{t}`` is ``models``/``datasets``/``spaces``, ``{p}`` the URL pref
     GET    /__xet/bridge/{sha256}                  Xet mode: a file's bytes (ranges too) at the signed URL /resolve
                                                    redirects to, on another origin ("localhost"), like the CAS bridge
 
-Anything else is answered 404 with a JSON error naming the route, and recorded as ``kind="unknown"`` in the
-request log, so a test can assert that the clients never needed an endpoint this server lacks.
+Each of these is a row of `ROUTES` (methods, URL pattern, request kind, handler). Anything else is answered 404
+with a JSON error naming the route, and recorded as ``kind="unknown"`` in the request log, so a test can assert
+that the clients never needed an endpoint this server lacks.
 
 State lives in memory: repos with immutable commits (path -> git blob id / size / LFS sha256), branches, tags and
 a per-repo LFS object store. Blob, tree and commit ids are real git object ids (sha1 of the git object), with a
@@ -733,6 +734,123 @@ class HubServer:
         return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
 
 
+# ---------------------------------------------------------------------------------------------------- routing
+# A route is (methods, URL pattern, request kind, handler). A pattern is the path's "/"-separated segments, each
+# compared after unquoting: a literal, "{name}" (any one segment; "{plural}" only models/datasets/spaces), a
+# literal around a "{name}" ("{name}.git"), and a last "{path*}" (the rest, possibly empty) or "{path+}" (the rest,
+# at least one segment). Git-side routes are matched after the URL prefix datasets/ or spaces/ is taken off.
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_PLACEHOLDER_PATTERNS = {"plural": "|".join(PLURAL_TO_TYPE)}
+
+
+def _segment_regex(segment: str) -> re.Pattern[str]:
+    parts = _PLACEHOLDER.split(segment)  # literal, name, literal, name, ..., literal
+    regex = "".join(
+        re.escape(part) if i % 2 == 0 else f"(?P<{part}>{_PLACEHOLDER_PATTERNS.get(part, '.*')})"
+        for i, part in enumerate(parts)
+    )
+    return re.compile(regex, re.DOTALL)
+
+
+def _git_side(seg: list[str]) -> tuple[str, list[str]]:
+    """The repo type a git-side URL names by its prefix (none: a model), and the segments after the prefix."""
+    if seg and seg[0] in ("datasets", "spaces"):
+        return PLURAL_TO_TYPE[seg[0]], seg[1:]
+    return "model", seg
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """The named segments of a matched URL, the request method, and the repo type of a git-side URL."""
+
+    params: dict[str, str]
+    method: str
+    git_type: str | None = None
+
+    def __getitem__(self, name: str) -> str:
+        return self.params[name]
+
+    @property
+    def repo(self) -> str | None:
+        """The repo the URL names (namespace/name), for the request log; None for URLs without one."""
+        return f"{self['ns']}/{self['name']}" if "ns" in self.params else None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(repo type, repo id) of the URL's repo: from /api/{plural}/..., the LFS URLs' type, or the git prefix."""
+        if "plural" in self.params:
+            return PLURAL_TO_TYPE[self["plural"]], self.repo
+        return self["type"] if "type" in self.params else self.git_type, self.repo
+
+
+@dataclass(frozen=True)
+class Route:
+    methods: tuple[str, ...]
+    kind: str  # the request's kind in the log
+    handler: Any  # (request handler, RouteMatch) -> (bound handler method, its arguments)
+    segments: tuple[re.Pattern[str], ...]
+    rest: str | None  # "*" or "+" when the pattern ends in {path*} / {path+}
+    git_side: bool = False
+
+    def match(self, seg: list[str]) -> dict[str, str] | None:
+        n = len(self.segments)
+        if len(seg) < n + (self.rest == "+") or (self.rest is None and len(seg) != n):
+            return None
+        params: dict[str, str] = {}
+        for regex, value in zip(self.segments, seg):
+            found = regex.fullmatch(value)
+            if found is None:
+                return None
+            params.update(found.groupdict())
+        if self.rest is not None:
+            params["path"] = "/".join(seg[n:])
+        return params
+
+
+_REPO = "api/{plural}/{ns}/{name}"
+
+
+def _route(methods: str, pattern: str, kind: str, handler: Any, git_side: bool = False) -> Route:
+    parts = pattern.replace("{repo}", _REPO).split("/")
+    rest = parts.pop()[-2] if parts[-1] in ("{path*}", "{path+}") else None
+    return Route(tuple(methods.split("|")), kind, handler, tuple(map(_segment_regex, parts)), rest, git_side)
+
+
+ROUTES: tuple[Route, ...] = (
+    _route("GET", "api/whoami-v2", "whoami", lambda h, m: (h._whoami, ())),
+    _route("POST", "api/repos/create", "repo_create", lambda h, m: (h._repo_create, ())),
+    _route("DELETE", "api/repos/delete", "repo_delete", lambda h, m: (h._repo_delete, ())),
+    _route("POST", "api/validate-yaml", "validate_yaml", lambda h, m: (h._validate_yaml, ())),
+    _route("GET", "api/agent-harnesses", "agent_harnesses",
+           lambda h, m: ((lambda: (200, {"standardEnvVars": [], "harnesses": {}})), ())),
+    _route("GET", "{repo}", "repo_info", lambda h, m: (h._repo_info, (m.key, None))),
+    _route("GET", "{repo}/revision/{rev}", "repo_info", lambda h, m: (h._repo_info, (m.key, m["rev"]))),
+    _route("PUT", "{repo}/settings", "repo_settings", lambda h, m: (h._settings, (m.key,))),
+    _route("GET", "{repo}/refs", "refs", lambda h, m: (h._refs, (m.key,))),
+    _route("GET", "{repo}/tree/{rev}/{path*}", "tree", lambda h, m: (h._tree, (m.key, m["rev"], m["path"]))),
+    _route("POST", "{repo}/paths-info/{rev}", "paths_info", lambda h, m: (h._paths_info, (m.key, m["rev"]))),
+    _route("GET", "{repo}/commits/{rev}", "commits", lambda h, m: (h._commits, (m.key, m["rev"]))),
+    _route("POST", "{repo}/preupload/{rev}", "preupload", lambda h, m: (h._preupload, (m.key, m["rev"]))),
+    _route("POST", "{repo}/commit/{rev}", "commit", lambda h, m: (h._commit, (m.key, m["rev"]))),
+    _route("GET", "{repo}/xet-write-token/{rev}", "xet_write_token",
+           lambda h, m: (h._xet_token, (m.key, m["rev"], True))),
+    _route("GET", "{repo}/xet-read-token/{rev}", "xet_read_token",
+           lambda h, m: (h._xet_token, (m.key, m["rev"], False))),
+    _route("POST", "{repo}/tag/{ref}", "tag_create", lambda h, m: (h._tag_create, (m.key, m["ref"]))),
+    _route("DELETE", "{repo}/tag/{ref}", "tag_delete", lambda h, m: (h._tag_delete, (m.key, m["ref"]))),
+    _route("POST", "{repo}/branch/{ref}", "branch_create", lambda h, m: (h._branch_create, (m.key, m["ref"]))),
+    _route("DELETE", "{repo}/branch/{ref}", "branch_delete", lambda h, m: (h._branch_delete, (m.key, m["ref"]))),
+    _route("PUT", "__lfs/upload/{type}/{ns}/{name}/{oid}", "lfs_put", lambda h, m: (h._lfs_put, (m.key, m["oid"]))),
+    _route("GET|HEAD", "__xet/bridge/{sha256}", "xet_bridge", lambda h, m: (h._xet_bridge, (m["sha256"], m.method))),
+    _route("POST", "__lfs/verify/{type}/{ns}/{name}", "lfs_verify", lambda h, m: (h._lfs_verify, (m.key,))),
+    _route("POST", "{ns}/{name}.git/info/lfs/objects/batch", "lfs_batch", lambda h, m: (h._lfs_batch, (m.key,)),
+           git_side=True),
+    _route("GET|HEAD", "{ns}/{name}/resolve/{rev}/{path+}", "resolve",
+           lambda h, m: (h._resolve, (m.key, m["rev"], m["path"], m.method)), git_side=True),
+)
+
+
 # ------------------------------------------------------------------------------------------------- request handler
 
 
@@ -885,90 +1003,18 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ routing
 
     def _route(self, method: str, path: str) -> tuple[Any, tuple]:
-        raw = [s for s in path.split("/")][1:]
-        seg = [unquote(s) for s in raw]
-        r = self.record
-
-        def kind(name: str, repo: str | None = None) -> None:
-            r.kind, r.repo = name, repo
-
-        if seg == ["api", "whoami-v2"] and method == "GET":
-            kind("whoami")
-            return self._whoami, ()
-        if seg == ["api", "repos", "create"] and method == "POST":
-            kind("repo_create")
-            return self._repo_create, ()
-        if seg == ["api", "repos", "delete"] and method == "DELETE":
-            kind("repo_delete")
-            return self._repo_delete, ()
-        if seg == ["api", "validate-yaml"] and method == "POST":
-            kind("validate_yaml")
-            return self._validate_yaml, ()
-        if seg == ["api", "agent-harnesses"] and method == "GET":
-            kind("agent_harnesses")
-            return (lambda: (200, {"standardEnvVars": [], "harnesses": {}})), ()
-        if len(seg) >= 4 and seg[0] == "api" and seg[1] in PLURAL_TO_TYPE:
-            repo_type, repo_id, rest = PLURAL_TO_TYPE[seg[1]], f"{seg[2]}/{seg[3]}", seg[4:]
-            key = (repo_type, repo_id)
-            if method == "GET" and not rest:
-                kind("repo_info", repo_id)
-                return self._repo_info, (key, None)
-            if method == "GET" and len(rest) == 2 and rest[0] == "revision":
-                kind("repo_info", repo_id)
-                return self._repo_info, (key, rest[1])
-            if method == "PUT" and rest == ["settings"]:
-                kind("repo_settings", repo_id)
-                return self._settings, (key,)
-            if method == "GET" and rest == ["refs"]:
-                kind("refs", repo_id)
-                return self._refs, (key,)
-            if method == "GET" and len(rest) >= 2 and rest[0] == "tree":
-                kind("tree", repo_id)
-                return self._tree, (key, rest[1], "/".join(rest[2:]))
-            if method == "POST" and len(rest) == 2 and rest[0] == "paths-info":
-                kind("paths_info", repo_id)
-                return self._paths_info, (key, rest[1])
-            if method == "GET" and len(rest) == 2 and rest[0] == "commits":
-                kind("commits", repo_id)
-                return self._commits, (key, rest[1])
-            if method == "POST" and len(rest) == 2 and rest[0] == "preupload":
-                kind("preupload", repo_id)
-                return self._preupload, (key, rest[1])
-            if method == "POST" and len(rest) == 2 and rest[0] == "commit":
-                kind("commit", repo_id)
-                return self._commit, (key, rest[1])
-            if method == "GET" and len(rest) == 2 and rest[0] in ("xet-write-token", "xet-read-token"):
-                write = rest[0] == "xet-write-token"
-                kind("xet_write_token" if write else "xet_read_token", repo_id)
-                return self._xet_token, (key, rest[1], write)
-            if len(rest) == 2 and rest[0] == "tag" and method in ("POST", "DELETE"):
-                kind("tag_create" if method == "POST" else "tag_delete", repo_id)
-                return (self._tag_create if method == "POST" else self._tag_delete), (key, rest[1])
-            if len(rest) == 2 and rest[0] == "branch" and method in ("POST", "DELETE"):
-                kind("branch_create" if method == "POST" else "branch_delete", repo_id)
-                return (self._branch_create if method == "POST" else self._branch_delete), (key, rest[1])
-        if len(seg) == 6 and seg[:2] == ["__lfs", "upload"] and method == "PUT":
-            kind("lfs_put", f"{seg[3]}/{seg[4]}")
-            return self._lfs_put, ((seg[2], f"{seg[3]}/{seg[4]}"), seg[5])
-        if len(seg) == 3 and seg[:2] == ["__xet", "bridge"] and method in ("GET", "HEAD"):
-            kind("xet_bridge")
-            return self._xet_bridge, (seg[2], method)
-        if len(seg) == 5 and seg[:2] == ["__lfs", "verify"] and method == "POST":
-            kind("lfs_verify", f"{seg[3]}/{seg[4]}")
-            return self._lfs_verify, ((seg[2], f"{seg[3]}/{seg[4]}"),)
-        # Git-side URLs: /{prefix}{ns}/{name}.git/info/lfs/objects/batch and /{prefix}{ns}/{name}/resolve/{rev}/{path}
-        repo_type = "model"
-        if seg and seg[0] in ("datasets", "spaces"):
-            repo_type, seg = PLURAL_TO_TYPE[seg[0]], seg[1:]
-        if len(seg) == 6 and seg[1].endswith(".git") and seg[2:] == ["info", "lfs", "objects", "batch"] \
-                and method == "POST":
-            repo_id = f"{seg[0]}/{seg[1][:-4]}"
-            kind("lfs_batch", repo_id)
-            return self._lfs_batch, ((repo_type, repo_id),)
-        if len(seg) >= 5 and seg[2] == "resolve" and method in ("GET", "HEAD"):
-            repo_id = f"{seg[0]}/{seg[1]}"
-            kind("resolve", repo_id)
-            return self._resolve, ((repo_type, repo_id), seg[3], "/".join(seg[4:]), method)
+        """The handler of the first route of ROUTES that matches, and its arguments; records the request's kind."""
+        seg = [unquote(s) for s in path.split("/")][1:]
+        git_type, git_seg = _git_side(seg)
+        for route in ROUTES:
+            if method not in route.methods:
+                continue
+            params = route.match(git_seg if route.git_side else seg)
+            if params is None:
+                continue
+            found = RouteMatch(params, method, git_type if route.git_side else None)
+            self.record.kind, self.record.repo = route.kind, found.repo
+            return route.handler(self, found)
         raise HubError(404, f"hubserver: no route for {method} {path}")
 
     # ------------------------------------------------------------------ access helpers
@@ -1256,7 +1302,8 @@ class _Handler(BaseHTTPRequestHandler):
                               "oid": oid})
         return 200, {"files": files, "commitOid": commit.id}
 
-    def _commit(self, key: tuple[str, str], revision: str) -> tuple[int, Any]:
+    def _commit_payload(self) -> tuple[dict, str, list[dict]]:
+        """The commit's NDJSON body: its header, the commit title, and the operation lines after the header."""
         if _truthy((self.query.get("create_pr") or [None])[0]):
             raise HubError(400, "hubserver: pull requests are not supported")
         try:
@@ -1269,6 +1316,10 @@ class _Handler(BaseHTTPRequestHandler):
         title = str(header.get("summary") or "").strip()
         if not title:
             raise HubError(400, "Commit summary is required")
+        return header, title, lines[1:]
+
+    def _commit(self, key: tuple[str, str], revision: str) -> tuple[int, Any]:
+        header, title, operations = self._commit_payload()
         with self.hub.lock:
             repo = self._writable(key)
             branch = self._branch_head(repo, revision)
@@ -1278,52 +1329,62 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubError(412, "A commit has happened since. Please refresh and try again.")
             tree = dict(repo.commits[head].tree)
             new_blobs: dict[str, bytes] = {}
-            for line in lines[1:]:
-                op, value = line.get("key"), line.get("value") or {}
-                path = str(value.get("path", "")).strip("/") if op != "deletedFolder" else str(value.get("path", ""))
-                if op == "file":
-                    content = base64.b64decode(value.get("content", "")) if value.get("encoding") == "base64" \
-                        else str(value.get("content", "")).encode()
-                    if not _valid_path(path):
-                        raise HubError(400, f"Invalid path: {path!r}")
-                    if len(content) > self.hub.regular_file_max:
-                        raise HubError(400, f"{path}: files larger than 10 MiB must be uploaded with LFS")
-                    if b"\0" in content[:8000]:
-                        raise HubError(400, f"{path}: binary files must be uploaded with LFS")
-                    blob_id = git_blob_id(content)
-                    new_blobs[blob_id] = content
-                    tree[path] = Entry(len(content), blob_id)
-                elif op == "lfsFile":
-                    oid = str(value.get("oid", ""))
-                    if not _valid_path(path):
-                        raise HubError(400, f"Invalid path: {path!r}")
-                    if value.get("algo", "sha256") != "sha256":
-                        raise HubError(422, f"{path}: LFS objects are named by sha256")
-                    size, xet_hash = self._large_object(repo, path, oid)
-                    if value.get("size") is not None and int(value["size"]) != size:
-                        raise HubError(422, f"{path}: size {value['size']} does not match LFS object ({size})")
-                    pointer = lfs_pointer(oid, size)
-                    tree[path] = Entry(size, git_blob_id(pointer), oid, len(pointer), xet_hash)
-                elif op == "deletedFile":
-                    if path not in tree:
-                        raise HubError(404, f"A file with this name doesn't exist: {path}", code="EntryNotFound")
-                    del tree[path]
-                elif op == "deletedFolder":
-                    prefix = path.strip("/") + "/"
-                    doomed = [p for p in tree if p.startswith(prefix)]
-                    if not doomed:
-                        raise HubError(404, f"A folder with this name doesn't exist: {path}", code="EntryNotFound")
-                    for p in doomed:
-                        del tree[p]
-                else:
-                    raise HubError(400, f"Unknown commit operation {op!r}")
+            for line in operations:
+                self._apply_operation(repo, tree, new_blobs, line.get("key"), line.get("value") or {})
             repo.blobs.update(new_blobs)
             commit = self.hub._new_commit(repo, head, tree, title, str(header.get("description") or ""),
                                           self.user.name if self.user else "anonymous")
             repo.branches[branch] = commit.id
-        self.record.note = f"{len(lines) - 1} ops -> {commit.id[:12]}"
+        self.record.note = f"{len(operations)} ops -> {commit.id[:12]}"
         return 200, {"success": True, "commitOid": commit.id, "commitUrl": f"{self._repo_url(repo)}/commit/{commit.id}",
                      "hookOutput": "", "pullRequestUrl": None}
+
+    def _apply_operation(self, repo: Repo, tree: dict[str, Entry], new_blobs: dict[str, bytes], op: Any,
+                         value: dict) -> None:
+        """One line of a commit payload applied to `tree` (a regular file's bytes go to `new_blobs`)."""
+        path = str(value.get("path", "")).strip("/") if op != "deletedFolder" else str(value.get("path", ""))
+        if op == "file":
+            self._add_regular_file(tree, new_blobs, path, value)
+        elif op == "lfsFile":
+            self._add_large_file(repo, tree, path, value)
+        elif op == "deletedFile":
+            if path not in tree:
+                raise HubError(404, f"A file with this name doesn't exist: {path}", code="EntryNotFound")
+            del tree[path]
+        elif op == "deletedFolder":
+            prefix = path.strip("/") + "/"
+            doomed = [p for p in tree if p.startswith(prefix)]
+            if not doomed:
+                raise HubError(404, f"A folder with this name doesn't exist: {path}", code="EntryNotFound")
+            for p in doomed:
+                del tree[p]
+        else:
+            raise HubError(400, f"Unknown commit operation {op!r}")
+
+    def _add_regular_file(self, tree: dict[str, Entry], new_blobs: dict[str, bytes], path: str, value: dict) -> None:
+        content = base64.b64decode(value.get("content", "")) if value.get("encoding") == "base64" \
+            else str(value.get("content", "")).encode()
+        if not _valid_path(path):
+            raise HubError(400, f"Invalid path: {path!r}")
+        if len(content) > self.hub.regular_file_max:
+            raise HubError(400, f"{path}: files larger than 10 MiB must be uploaded with LFS")
+        if b"\0" in content[:8000]:
+            raise HubError(400, f"{path}: binary files must be uploaded with LFS")
+        blob_id = git_blob_id(content)
+        new_blobs[blob_id] = content
+        tree[path] = Entry(len(content), blob_id)
+
+    def _add_large_file(self, repo: Repo, tree: dict[str, Entry], path: str, value: dict) -> None:
+        oid = str(value.get("oid", ""))
+        if not _valid_path(path):
+            raise HubError(400, f"Invalid path: {path!r}")
+        if value.get("algo", "sha256") != "sha256":
+            raise HubError(422, f"{path}: LFS objects are named by sha256")
+        size, xet_hash = self._large_object(repo, path, oid)
+        if value.get("size") is not None and int(value["size"]) != size:
+            raise HubError(422, f"{path}: size {value['size']} does not match LFS object ({size})")
+        pointer = lfs_pointer(oid, size)
+        tree[path] = Entry(size, git_blob_id(pointer), oid, len(pointer), xet_hash)
 
     def _large_object(self, repo: Repo, path: str, oid: str) -> tuple[int, str | None]:
         """(size, Xet hash or None) of the large object a commit names by sha256: uploaded to this repo's LFS store,

@@ -1,18 +1,23 @@
-"""A tiny release directory in the layout `mll23 build` writes, for tests of publishing and loading.
+"""A hand-made minimal release, written in milliseconds, for the tests of publishing and loading.
 
-Stand-in until the real build is merged: swap `build_release` for a call to the build on a synthetic raw archive
-(`mll23 synth` + `mll23 build`). The tests only rely on the layout below and on `manifest.json`:
+Why not the real build (`pipeline.build.build_release` on a `mll23 synth` archive)? Publishing tests need many
+releases that differ in exactly one chosen way (one more train row, new pixels in one split, another version, a
+release note more or fewer) and need them fast; a real build takes seconds and cannot be steered like that. The
+tests that need a real release build one (test_publish_cli, test_publish_wds, test_publish_security, ...).
+
+What the publishing and loading tests rely on, in the file names of pipeline.release.layout:
 
     README.md                                  dataset card: YAML (license, pretty_name, configs with data_files per
                                                split, dataset_info.features image: image, label: class_label) + body
     data/{split}-00000-of-00001.parquet        image: struct<bytes: binary, path: string>, label: int64, image_id
-    images/{image_id}.png                      a few example crops
-    ledger.csv, croissant.json, release_notes/v{version}.md
+    images/{image_id}.png                      a few example crops (a file the real layout does not have)
+    ledger.csv, croissant.json, release_notes/v{version}.md   (short stand-ins, not the real formats)
     manifest.json                              name, version, release_date, files [{path, size, sha256}] (every
                                                file but itself), counts {"splits": {split: rows}, "labels": {...}}
 
-Everything is derived from the arguments (seeded pixels, no clock), so two builds with the same arguments are
-byte-identical, like the real build.
+Its manifest has only what publish reads (version, files), so it is read with `required=PUBLISH_KEYS`. Everything
+is derived from the arguments (seeded pixels, no clock), so two calls with the same arguments write byte-identical
+releases, like the real build.
 """
 
 from __future__ import annotations
@@ -27,6 +32,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+
+from pipeline.release.layout import (
+    CARD,
+    CROISSANT,
+    DATA_DIR,
+    LEDGER,
+    dumps_json,
+    notes_relpath,
+    parquet_shard_name,
+    read_manifest as read_checked_manifest,
+    write_manifest,
+)
+from pipeline.untrusted.files import PUBLISH_KEYS
 
 LABELS = ("myeloblast", "lymphocyte", "monocyte")
 SPLITS = ("train", "validation", "test")
@@ -116,7 +134,7 @@ Released {release_date}. Single-cell crops from peripheral blood smears, {len(LA
 """
 
 
-def build_release(
+def write_fixture_release(
     out: Path,
     *,
     version: str = "1.0.0",
@@ -140,39 +158,36 @@ def build_release(
     all_rows: dict[str, dict] = {}
     for split in SPLITS:
         split_rows = _rows(split, rows[split], salt.get(split, 0))
-        nbytes[split] = _write_parquet(out / "data" / f"{split}-00000-of-00001.parquet", split_rows)
+        nbytes[split] = _write_parquet(out / DATA_DIR / parquet_shard_name(split, 0, 1), split_rows)
         all_rows.update({r["image_id"]: {**r, "split": split} for r in split_rows})
-    (out / "README.md").write_text(_card(version, rows, nbytes, release_date), encoding="utf-8")
+    (out / CARD).write_text(_card(version, rows, nbytes, release_date), encoding="utf-8")
     for image_id in gallery:
         (out / "images").mkdir(exist_ok=True)
         (out / "images" / f"{image_id}.png").write_bytes(all_rows[image_id]["png"])
-    with (out / "ledger.csv").open("w", newline="", encoding="utf-8") as fh:
+    _write_ledger(out, all_rows)
+    croissant = {"@context": {"@vocab": "https://schema.org/"}, "@type": "Dataset", "name": "mll23",
+                 "version": version, "datePublished": release_date}
+    (out / CROISSANT).write_text(dumps_json(croissant), encoding="utf-8")
+    for note_version in notes or (version,):
+        (out / notes_relpath(note_version)).parent.mkdir(exist_ok=True)
+        (out / notes_relpath(note_version)).write_text(f"# v{note_version}\n\nTest release.\n")
+    label_counts = {name: sum(1 for r in all_rows.values() if r["label"] == i) for i, name in enumerate(LABELS)}
+    write_manifest(out, {"name": "mll23", "version": version, "release_date": release_date,
+                         "counts": {"splits": dict(rows), "labels": label_counts}})
+    return out
+
+
+def _write_ledger(out: Path, all_rows: dict[str, dict]) -> None:
+    with (out / LEDGER).open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["relpath", "label", "fate", "reason", "split", "image_id"])
         for image_id, r in sorted(all_rows.items()):
             writer.writerow([f"{LABELS[r['label']]}/{image_id}.tif", LABELS[r["label"]], "kept", "", r["split"],
                              image_id])
-    croissant = {"@context": {"@vocab": "https://schema.org/"}, "@type": "Dataset", "name": "mll23",
-                 "version": version, "datePublished": release_date}
-    (out / "croissant.json").write_text(json.dumps(croissant, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    for note_version in notes or (version,):
-        (out / "release_notes").mkdir(exist_ok=True)
-        (out / "release_notes" / f"v{note_version}.md").write_text(f"# v{note_version}\n\nTest release.\n")
-
-    files = []
-    for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        files.append({"path": path.relative_to(out).as_posix(), "size": len(data),
-                      "sha256": hashlib.sha256(data).hexdigest()})
-    label_counts = {name: sum(1 for r in all_rows.values() if r["label"] == i) for i, name in enumerate(LABELS)}
-    manifest = {"name": "mll23", "version": version, "release_date": release_date, "files": files,
-                "counts": {"splits": dict(rows), "labels": label_counts}}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return out
 
 
 def read_manifest(release: Path) -> dict:
-    return json.loads((Path(release) / "manifest.json").read_text(encoding="utf-8"))
+    return read_checked_manifest(release, required=PUBLISH_KEYS)
 
 
 def split_counts(release: Path) -> dict[str, int]:

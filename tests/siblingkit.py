@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.build import build_release
 from pipeline.config import ReleaseConfig, load_config
-from pipeline.synth import expected_counts, synthesize
+from pipeline.synth.generator import expected_counts, synthesize
 
 # Tens of images per source; Acevedo's smallest classes need a larger scale to hold more than the minimum.
 SCALES = {"mll23": 0.001, "matek19": 0.002, "acevedo20": 0.004}

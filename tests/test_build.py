@@ -5,7 +5,8 @@ from typer.testing import CliRunner
 
 from pipeline.build import BuildError, build_release
 from pipeline.cli import app
-from pipeline.manifest import read_ledger, sha256_file
+from pipeline.release.manifest import read_ledger
+from pipeline.release.layout import sha256_file
 from tests.rawkit import crop, save, simple_raw, write_annotations
 
 LABELS = ["myeloblast", "monocyte", "eosinophil"]
@@ -29,14 +30,14 @@ def raw(tmp_path):
 def test_build_writes_a_release_whose_ledger_accounts_for_every_input(raw, tmp_path, config):
     report = build_release(raw, tmp_path / "rel", config, workers=1)
     ledger = read_ledger(tmp_path / "rel" / "ledger.csv")
-    assert len(ledger) == 26 == report.counts["ledger_total"]
+    assert len(ledger) == 26 == report.counts.ledger_total
     fates = {row["source_file"]: row for row in ledger}
     assert fates["myeloblast/copy.png"]["fate"] == "duplicate"
     assert fates["myeloblast/copy.png"]["duplicate_of"] == "myeloblast/cell_000.tif"
     assert fates["myeloblast/cell_003.tif"]["fate"] == "excluded"
     assert fates["monocyte/broken.tif"]["fate"] == "invalid"
     assert "corrupt or truncated" in fates["monocyte/broken.tif"]["reason"] or "not a readable image" in fates["monocyte/broken.tif"]["reason"]
-    assert report.counts["ledger"] == {"kept": 23, "duplicate": 1, "label_conflict": 0, "excluded": 1, "invalid": 1}
+    assert report.counts.ledger == {"kept": 23, "duplicate": 1, "label_conflict": 0, "excluded": 1, "invalid": 1}
     kept = [r for r in ledger if r["fate"] == "kept"]
     assert len(kept) == 23 and all(r["split"] in ("train", "validation", "test") for r in kept)
 
@@ -147,7 +148,7 @@ def test_a_relabel_rewrites_only_its_own_row(tmp_path, config):
     import pyarrow.parquet as pq
 
     from pipeline.config import validate_config
-    from pipeline.wds_writer import shard_name
+    from pipeline.release.wds import shard_name
     from tests.consumerkit import small_shards
 
     raw = tmp_path / "raw"

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline.build import BuildError, build_release
 from pipeline.cli import app, shown
-from pipeline.manifest import read_ledger
+from pipeline.release.manifest import read_ledger
 from pipeline.resources import default_config_path
 from tests.rawkit import crop, save, simple_raw, write_annotations
 

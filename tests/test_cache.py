@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from pipeline import build as build_mod
-from pipeline import cache as cache_mod
+from pipeline.runtime import cache as cache_mod
 from pipeline.build import build_release
 from tests.rawkit import crop, raw_with_a_copy_and_a_broken_file, save, simple_raw
 
@@ -117,7 +117,7 @@ def test_a_killed_build_resumes_without_redoing_finished_images(tmp_path, config
 def test_context_separates_image_sizes_and_code_versions():
     assert cache_mod.facts_context((288, 288)) != cache_mod.facts_context((256, 256))
     names = [m.__name__ for m in cache_mod.facts_modules()]
-    assert {"pipeline.decode", "pipeline.phash", "pipeline.records"} <= set(names)
+    assert {"pipeline.stages.decode", "pipeline.stages.phash", "pipeline.records"} <= set(names)
 
 
 def test_cli_uses_the_default_cache_and_reports_the_work(raw, tmp_path, trust_fresh_files):
@@ -139,11 +139,11 @@ def test_cli_uses_the_default_cache_and_reports_the_work(raw, tmp_path, trust_fr
 
 def test_same_cell_tests_are_remembered_by_file_contents(tmp_path, config):
     from pipeline.build import Progress, run_decode, run_ingest
-    from pipeline.cache import FactsCache
-    from pipeline.decode import load_rgb
-    from pipeline.dedup import deduplicate
-    from pipeline.executor import SerialExecutor
-    from pipeline.synth import synthesize
+    from pipeline.runtime.cache import FactsCache
+    from pipeline.stages.decode import load_rgb
+    from pipeline.stages.dedup import deduplicate
+    from pipeline.runtime.executor import SerialExecutor
+    from pipeline.synth.generator import synthesize
 
     raw = tmp_path / "raw"
     synthesize(raw, config=config, scale=0.004, seed=5, workers=1)

@@ -15,8 +15,9 @@ import yaml
 
 from pipeline.build import build_release
 from pipeline.config import validate_config
-from pipeline.publish import WDS_TAG_SUFFIX, publish
-from pipeline.snippets import WDS_TAG_SUFFIX as CARD_WDS_TAG_SUFFIX
+from pipeline.lifecycle.publish.plan import WDS_TAG_SUFFIX
+from pipeline.lifecycle.publish.steps import publish
+from pipeline.release.snippets import WDS_TAG_SUFFIX as CARD_WDS_TAG_SUFFIX
 from tests.consumerkit import consumer_env, mixed_format_raw
 
 pytest.importorskip("torch")
@@ -93,7 +94,7 @@ def test_every_card_block_runs_as_printed_from_the_hub_and_from_the_download(hub
 
 
 def test_sample_config_is_a_stratified_percent_of_every_split(tmp_path, config):
-    from pipeline.synth import synthesize
+    from pipeline.synth.generator import synthesize
 
     import datasets
 
@@ -123,7 +124,8 @@ def test_sample_config_is_a_stratified_percent_of_every_split(tmp_path, config):
 
 
 def test_card_flags_rare_classes_from_the_measured_counts(tmp_path, config):
-    from pipeline.card import rare_classes
+    from pipeline.records import ReleaseCounts
+    from pipeline.release.card import rare_classes
 
     counts = {"splits": {s: {"total": 10, "per_class": {}} for s in ("train", "validation", "test")}}
     for c in config.class_names:
@@ -132,12 +134,12 @@ def test_card_flags_rare_classes_from_the_measured_counts(tmp_path, config):
     counts["splits"]["test"]["per_class"]["lymphocyte_reactive"] = 0
     counts["splits"]["validation"]["per_class"]["lymphocyte_reactive"] = 3
     counts["splits"]["train"]["per_class"]["basophil"] = config.rare_class_min_images - 1
-    text = rare_classes(config, counts)
+    text = rare_classes(config, ReleaseCounts.from_manifest(counts))
     floor = config.rare_class_min_images
     assert f"- `lymphocyte_reactive`: train 100, validation 3, test 0 (under {floor} in validation, test)" in text
     assert f"- `basophil`: train {floor - 1}, validation 100, test 100 (under {floor} in train)" in text
     assert text.count("\n- ") == 2
-    assert "33" not in config.datasheet["limitations"]  # no fixed count in the prose: the card measures them
+    assert "33" not in config.datasheet.limitations  # no fixed count in the prose: the card measures them
 
 
 @pytest.mark.parametrize(

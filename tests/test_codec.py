@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import cache as cache_mod
-from pipeline import decode
+from pipeline.runtime import cache as cache_mod
+from pipeline.stages import decode
 from pipeline.build import build_release
 from pipeline.config import ConfigError, load_config, validate_config
-from pipeline.decode import PUBLISH_CODECS, publish_as_original
+from pipeline.stages.decode import PUBLISH_CODECS, publish_as_original
 from pipeline.records import ImageFacts
 from tests.codeckit import with_codec
 from tests.test_schema import mixed_raw, parquet_schemas

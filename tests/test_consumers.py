@@ -16,12 +16,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import figures, wds_writer
+from pipeline.release import figures
+from pipeline.release.wds import MEMBER_MTIME
 from pipeline.build import build_release
 from pipeline.config import SPLITS
-from pipeline.croissant import CROISSANT
-from pipeline.decode import load_rgb
-from pipeline.manifest import MANIFEST, read_ledger, read_manifest
+from pipeline.release.layout import CROISSANT, MANIFEST, read_manifest
+from pipeline.stages.decode import load_rgb
+from pipeline.release.manifest import read_ledger
 from tests.codeckit import with_codec
 from tests.consumerkit import PNG_ONLY, SHARD_BYTES, consumer_raw, small_shards
 from tests.rawkit import crop
@@ -119,7 +120,7 @@ def test_manifest_lists_webdataset_shards_with_counts_and_pattern(release, manif
 
 
 def test_tar_shards_follow_webdataset_conventions_with_fixed_headers(release, manifest, config):
-    epoch = wds_writer.MEMBER_MTIME
+    epoch = MEMBER_MTIME
     for split in nonempty_splits(manifest):
         rows = parquet_rows(release, manifest, split)
         seen = []
@@ -207,7 +208,7 @@ def test_croissant_validates_lists_every_file_and_loads_records(release, manifes
     assert declared == expected
     for key in ("dataCollection", "dataPreprocessingProtocol", "dataAnnotationProtocol", "dataLimitations", "dataBiases", "personalSensitiveInformation", "dataReleaseMaintenancePlan"):
         assert doc[f"rai:{key}"].strip()
-    assert doc["rai:dataCollection"] == config.datasheet["collection"]
+    assert doc["rai:dataCollection"] == config.datasheet.collection
 
     dataset = mlc.Dataset(jsonld=str(release / CROISSANT))
     classes = sorted((r["classes/index"], r["classes/name"]) for r in dataset.records("classes"))

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from pipeline.build import build_release
-from pipeline.publish import publish
+from pipeline.lifecycle.publish.steps import publish
 from tests.consumerkit import consumer_env, mixed_format_raw, small_shards
 
 REPO = "org/mll23-consumers"

@@ -21,8 +21,8 @@ import pytest
 
 from pipeline.build import build_release
 from pipeline.config import SPLITS, validate_config
-from pipeline.manifest import read_manifest
-from pipeline.synth import synthesize
+from pipeline.release.layout import read_manifest
+from pipeline.synth.generator import synthesize
 
 pytest.importorskip("torch")
 

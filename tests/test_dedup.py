@@ -1,4 +1,4 @@
-"""pipeline.dedup on a synthetic archive: planted duplicates, conflicts and look-alikes, policies, order."""
+"""pipeline.stages.dedup on a synthetic archive: planted duplicates, conflicts and look-alikes, policies, order."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from pipeline import synth
-from pipeline.dedup import (
+from pipeline.synth import generator
+from pipeline.stages.dedup import deduplicate
+from pipeline.stages.similarity import (
     DUP_HF_RATIO,
     SAME_CELL_MIN_CORR,
-    _coarse_test,
-    _coarse_tests,
     cell_features,
     centre_hash,
+    coarse_test,
+    coarse_tests,
     compare_duplicate,
-    deduplicate,
     same_cell,
     signature,
 )
-from pipeline.decode import decode_file, load_rgb
+from pipeline.stages.decode import decode_file, load_rgb
 from pipeline.records import ImageFacts
 
 try:
@@ -73,7 +73,7 @@ def test_every_planted_case_gets_its_fate(root, result):
         elif kind in ("conflict_original", "conflict_copy"):
             assert fate == "label_conflict", (rel, r.fates[rel])
             assert dup_of is None and "label conflict" in reason
-        elif kind in synth.LOOKALIKE_KINDS:
+        elif kind in generator.LOOKALIKE_KINDS:
             assert fate == "kept", (rel, kind, r.fates[rel])
             assert r.group_of[rel] == r.group_of[row["source"]], (rel, kind, row["detail"])
         else:  # originals (dysplastic ones are removed later by the exclusion stage)
@@ -94,7 +94,7 @@ def test_kept_counts_per_class_equal_expected_published(root, result):
     r, _, _ = result
     ann = annotations(root)
     kept = Counter(rel.split("/")[0] for rel, (fate, _, _) in r.fates.items() if fate == "kept" and ann[rel]["dysplastic"] == "false")
-    expected = synth.expected_counts(config(), 0.01)
+    expected = generator.expected_counts(config(), 0.01)
     assert {lab: kept.get(lab, 0) for lab in expected} == {lab: p for lab, (_, p) in expected.items()}
 
 
@@ -102,7 +102,7 @@ def test_equal_phash_refocused_lookalikes_exist_and_are_kept(root, result):
     r, _, _ = result
     t = truth(root)
     facts = {f.relpath: f for f in facts_of(root)}
-    equal = [rel for rel, row in t.items() if row["kind"] in synth.LOOKALIKE_KINDS and facts[rel].phash == facts[row["source"]].phash]
+    equal = [rel for rel, row in t.items() if row["kind"] in generator.LOOKALIKE_KINDS and facts[rel].phash == facts[row["source"]].phash]
     assert len(equal) >= 2, "grouping equal pHashes as duplicates would drop these"
     for rel in equal:
         assert r.fates[rel][0] == "kept" and r.fates[t[rel]["source"]][0] == "kept"
@@ -256,7 +256,7 @@ def test_confirmation_margins_on_planted_pairs(root):
     for rel, row in sorted(t.items()):
         if row["kind"] in ("jpeg", "shift", "brighter") or (row["kind"] == "conflict_copy" and rel.endswith(".jpg")):
             dups.append(compare_duplicate(load(row["source"]), load(rel)))
-        elif row["kind"] in synth.LOOKALIKE_KINDS:
+        elif row["kind"] in generator.LOOKALIKE_KINDS:
             a, b = load(row["source"]), load(rel)
             looks.append((row["kind"], compare_duplicate(a, b), same_cell(a, b)))
     assert dups and looks
@@ -318,10 +318,10 @@ def test_batched_coarse_tests_equal_one_pair_at_a_time(root):
     """The vectorised coarse test gives the same bits as testing each pair alone, whatever the batch."""
     sigs = [signature(load_rgb(root / rel, SIZE)) for rel in sorted(annotations(root))[:24]]
     pairs = list(combinations(range(len(sigs)), 2))[:60]
-    alone = [_coarse_test((sigs[a], sigs[b])) for a, b in pairs]
+    alone = [coarse_test((sigs[a], sigs[b])) for a, b in pairs]
     for cut in (1, 7, 60):
         batched = []
         for k in range(0, len(pairs), cut):
             chunk = pairs[k : k + cut]
-            batched += _coarse_tests(np.stack(sigs), np.array([a for a, _ in chunk]), np.array([b for _, b in chunk]))
+            batched += coarse_tests(np.stack(sigs), np.array([a for a, _ in chunk]), np.array([b for _, b in chunk]))
         assert batched == alone

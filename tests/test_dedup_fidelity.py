@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import figures, synth
+from pipeline.release import figures
+from pipeline.synth.field import Field
 from pipeline.build import build_release
-from pipeline.decode import decode_file, load_rgb
-from pipeline.dedup import DUP_MAX_RMS, deduplicate
-from pipeline.manifest import read_ledger
+from pipeline.stages.decode import decode_file, load_rgb
+from pipeline.stages.dedup import deduplicate
+from pipeline.stages.similarity import DUP_MAX_RMS
+from pipeline.release.manifest import read_ledger
 from tests.rawkit import save, simple_raw, write_annotations
 
 LABEL = "neutrophil_segmented"
@@ -37,7 +39,7 @@ def cell_raw(tmp_path_factory):
     raw = tmp_path_factory.mktemp("fidelity") / "raw"
     rows = simple_raw(raw, ["myeloblast", "monocyte"], per_class=4)
     rng = np.random.default_rng(FIELD_SEED)
-    field = synth._Field(LABEL, rng)
+    field = Field(LABEL, rng)
     a = field.render(rng)
     save(raw / LABEL / "a_original.tif", a)
     save(raw / LABEL / "b_copy.tif", _shifted_right_white_brighter(a))

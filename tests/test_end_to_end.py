@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from pipeline.build import build_release
-from pipeline.manifest import read_ledger
-from pipeline.synth import expected_counts, synthesize
+from pipeline.release.manifest import read_ledger
+from pipeline.synth.generator import expected_counts, synthesize
 
 SCALE = 0.01
 
@@ -41,8 +41,8 @@ def test_every_planted_case_has_its_expected_fate(synth_release):
 def test_kept_counts_per_class_match_the_papers_table_at_this_scale(synth_release, config):
     _, report, _, _ = synth_release
     expected = expected_counts(config, SCALE)
-    assert {c: v["raw"] for c, v in report.counts["per_class"].items()} == {c: raw for c, (raw, _) in expected.items()}
-    assert {c: v["kept"] for c, v in report.counts["per_class"].items()} == {c: pub for c, (_, pub) in expected.items()}
+    assert {c: v.raw for c, v in report.counts.per_class.items()} == {c: raw for c, (raw, _) in expected.items()}
+    assert {c: v.kept for c, v in report.counts.per_class.items()} == {c: pub for c, (_, pub) in expected.items()}
 
 
 def test_lookalikes_share_a_group_and_no_group_or_patient_straddles_splits(synth_release):

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from pipeline.build import build_release
-from pipeline.executor import DaskExecutor, ExecutorError, LocalExecutor, SerialExecutor, batch_size, make_executor
+from pipeline.runtime.executor import DaskExecutor, ExecutorError, LocalExecutor, SerialExecutor, batch_size, make_executor
 from tests.rawkit import raw_with_a_copy_and_a_broken_file
 
 LABELS = ["myeloblast", "monocyte", "eosinophil"]
@@ -83,7 +83,7 @@ def test_dask_build_is_byte_identical_to_the_local_pool(tmp_path, config, dask_c
 
 def test_parallel_same_cell_tests_give_the_serial_dedup(tmp_path, config):
     from pipeline.build import run_decode, run_dedup, run_ingest, Progress
-    from pipeline.synth import synthesize
+    from pipeline.synth.generator import synthesize
 
     raw = tmp_path / "raw"
     synthesize(raw, config=config, scale=0.004, seed=3, workers=1)

@@ -21,10 +21,11 @@ from typer.testing import CliRunner
 from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.config import validate_config
-from pipeline.harmonise import HarmoniseError, harmonise
-from pipeline.manifest import read_ledger, read_manifest
+from pipeline.lifecycle.harmonise import HarmoniseError, harmonise
+from pipeline.release.manifest import read_ledger
+from pipeline.release.layout import read_manifest
 from pipeline.resources import harmonised_map_path
-from pipeline.verify import verify_messages
+from pipeline.lifecycle.verify import verify_messages
 from tests.rawkit import crop, save
 from tests.siblingkit import build_sibling, expected_published, sibling_config
 
@@ -263,7 +264,7 @@ def test_published_harmonised_release_loads_its_configs_from_the_hub(harmonised,
     import subprocess
     import sys
 
-    from pipeline.publish import publish
+    from pipeline.lifecycle.publish.steps import publish
     from tests.consumerkit import consumer_env
 
     publish(harmonised, "org/harmonised", token=token, endpoint=hub.url, log=lambda _: None)

@@ -24,8 +24,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.integrity import published_pixel_sha256
-from pipeline.manifest import read_ledger
+from pipeline.runtime.integrity import published_pixel_sha256
+from pipeline.release.manifest import read_ledger
 from pipeline.resources import default_config_path
 from tests import hostilekit as hk
 from tests.rawkit import crop, encode, save, write_annotations

@@ -1,4 +1,4 @@
-from pipeline.ingest import ingest, normalise_relpath, parse_bool
+from pipeline.stages.ingest import ingest, normalise_relpath, parse_bool
 from tests.rawkit import crop, save, simple_raw, write_annotations
 
 

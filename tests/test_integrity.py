@@ -11,12 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import build as build_mod
-from pipeline import integrity, parquet_writer, wds_writer
+from pipeline.release import writer as release_writer
+from pipeline.runtime import integrity
+from pipeline.release import parquet
+from pipeline.release import wds
 from pipeline.build import build_release
 from pipeline.cli import app
-from pipeline.integrity import IntegrityError, check_nothing_lost, verify_published_pixels
-from pipeline.manifest import read_ledger
+from pipeline.runtime.integrity import IntegrityError, check_nothing_lost, verify_published_pixels
+from pipeline.release.manifest import read_ledger
 from pipeline.records import LedgerEntry
 from pipeline.resources import default_config_path
 from tests.codeckit import with_codec
@@ -88,32 +90,32 @@ def test_rows_naming_no_file_are_not_raw_inputs():
 
 def _swap_bytes(monkeypatch, victim: str, replacement: bytes) -> None:
     """Fault injection: the image of `victim` is read wrong, so every copy of it (Parquet, tar) carries `replacement`."""
-    real = build_mod.publishable_bytes
+    real = release_writer.publishable_bytes
 
     def wrong(path: Path, facts, *codec_and_store):
         return replacement if path.as_posix().endswith(victim) else real(path, facts, *codec_and_store)
 
-    monkeypatch.setattr(build_mod, "publishable_bytes", wrong)
+    monkeypatch.setattr(release_writer, "publishable_bytes", wrong)
 
 
 def _corrupt_parquet(monkeypatch, victim: str, replacement: bytes) -> None:
     """Fault injection: the Parquet writer stores `replacement` for `victim` (the tar shards keep the right bytes)."""
-    real = parquet_writer._table
+    real = parquet._table
 
     def corrupting(rows, schema, *rest):
         return real([(r, replacement if r.source_file == victim else data) for r, data in rows], schema, *rest)
 
-    monkeypatch.setattr(parquet_writer, "_table", corrupting)
+    monkeypatch.setattr(parquet, "_table", corrupting)
 
 
 def _corrupt_tar(monkeypatch, victim: str, replacement: bytes) -> None:
     """Fault injection: the WebDataset writer stores `replacement` as the image of `victim`."""
-    real = wds_writer.sample_members
+    real = wds.sample_members
 
     def corrupting(record, image):
         return real(record, replacement if record.source_file == victim else image)
 
-    monkeypatch.setattr(wds_writer, "sample_members", corrupting)
+    monkeypatch.setattr(wds, "sample_members", corrupting)
 
 
 VICTIM = "myeloblast/cell_002.tif"
@@ -203,7 +205,7 @@ def test_config_errors_name_the_key_before_any_work(mutate, message, tmp_path: P
 
 
 def test_nothing_lost_on_a_synthetic_archive_with_hostile_additions(tmp_path: Path, config):
-    from pipeline.synth import synthesize
+    from pipeline.synth.generator import synthesize
 
     raw = tmp_path / "raw"
     synthesize(raw, config=config, scale=0.001, seed=3, workers=1)

@@ -12,11 +12,12 @@ import pipeline
 from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.config import load_config
-from pipeline.diff import config_changes, diff_releases, render_diff
-from pipeline.lineage import LineageError, version_key
-from pipeline.manifest import read_ledger, read_manifest
-from pipeline.notes import BEGIN, END, NotesError
-from pipeline.verify import verify_release
+from pipeline.lifecycle.diff import config_changes, diff_releases, render_diff
+from pipeline.lifecycle.ancestry import AncestryError
+from pipeline.release.layout import VersionError, read_manifest, version_key
+from pipeline.release.manifest import read_ledger
+from pipeline.lifecycle.notes import BEGIN, END, NotesError
+from pipeline.lifecycle.verify import verify_release
 from tests.rawkit import crop, save, simple_raw, write_annotations
 
 LABELS = ["myeloblast", "monocyte", "eosinophil"]
@@ -87,7 +88,7 @@ def v2(v1):
 def test_version_order_follows_semver():
     order = ["0.9.9", "1.0.0-alpha", "1.0.0-alpha.2", "1.0.0-alpha.10", "1.0.0-beta", "1.0.0", "1.0.1", "1.1.0", "2.0.0"]
     assert sorted(order, key=version_key) == order
-    with pytest.raises(LineageError, match="not a semantic version"):
+    with pytest.raises(VersionError, match="not a semantic version"):
         version_key("1.0")
 
 
@@ -157,7 +158,7 @@ def test_mll23_diff_prints_the_notes_generated_part(v2):
     assert missing.exit_code == 2 and "no manifest.json" in missing.output
 
 
-def test_release_carries_notes_card_links_them_and_manifest_records_lineage(v1, v2):
+def test_release_carries_notes_card_links_them_and_manifest_records_ancestry(v1, v2):
     base, _ = v2
     release = base / "v1.1.0"
     manifest = read_manifest(release)
@@ -209,14 +210,14 @@ def test_broken_markers_refuse_to_overwrite_the_words(v1, tmp_path):
 
 def test_previous_must_be_an_earlier_version(v1, tmp_path):
     base, _ = v1
-    with pytest.raises(LineageError, match="version 1.0.0 is not newer than the previous release's 1.0.0"):
+    with pytest.raises(AncestryError, match="version 1.0.0 is not newer than the previous release's 1.0.0"):
         build_release(base / "raw1", tmp_path / "rel", load_config(version="1.0.0"), workers=1, previous=base / "v1.0.0")
     result = CliRunner().invoke(
         app, ["build", str(base / "raw1"), "--out", str(tmp_path / "rel"), "--version", "0.9.0", "--previous", str(base / "v1.0.0"),
               "--notes-dir", str(tmp_path / "n")],
     )
     assert result.exit_code == 2 and "0.9.0 is not newer" in result.output
-    with pytest.raises(LineageError, match="no manifest.json there"):
+    with pytest.raises(AncestryError, match="no manifest.json there"):
         build_release(base / "raw1", tmp_path / "rel", load_config(version="2.0.0"), workers=1, previous=base / "raw1")
 
 
@@ -259,8 +260,8 @@ def test_a_patient_link_across_old_splits_moves_the_unit_towards_train_and_is_re
 
 
 def test_a_unit_straddling_old_splits_goes_to_the_split_nearest_train():
-    from pipeline.lineage import split_moves
-    from pipeline.split import SplitItem, assign_splits
+    from pipeline.lifecycle.ancestry import split_moves
+    from pipeline.stages.split import SplitItem, assign_splits
 
     fractions = {"train": 0.7, "validation": 0.1, "test": 0.2}
     # one patient whose earlier images were mostly in test, one in validation: a majority rule would pick test

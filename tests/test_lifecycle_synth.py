@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.config import load_config
-from pipeline.decode import load_rgb
-from pipeline.diff import diff_releases
-from pipeline.manifest import read_ledger
-from pipeline.notes import END
-from pipeline.verify import verify_release
+from pipeline.stages.decode import load_rgb
+from pipeline.lifecycle.diff import diff_releases
+from pipeline.release.manifest import read_ledger
+from pipeline.lifecycle.notes import END
+from pipeline.lifecycle.verify import verify_release
 from tests.helpers_images import archive, read_csv, truth
 from tests.rawkit import crop, save, write_annotations
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import neardup
-from pipeline.neardup import choose_blocks, hamming, near_pairs, near_pairs_bruteforce
+from pipeline.stages import neardup
+from pipeline.stages.neardup import choose_blocks, hamming, near_pairs, near_pairs_bruteforce
 
 ONE = np.uint64(1)
 
@@ -280,7 +280,7 @@ def test_property_equals_bruteforce(h, k, data):
 def test_combination_at_unranks_the_itertools_order():
     from itertools import combinations
 
-    from pipeline.neardup import _combination_at
+    from pipeline.stages.neardup import _combination_at
 
     for m in range(1, 13):
         for s in range(1, m + 1):

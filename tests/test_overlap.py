@@ -7,9 +7,9 @@ import threading
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import overlap
-from pipeline.overlap import BackgroundWriter, prefetch
-from pipeline.parquet_writer import write_split
+from pipeline.runtime import overlap
+from pipeline.runtime.overlap import BackgroundWriter, prefetch
+from pipeline.release.parquet import write_split
 from pipeline.records import ReleaseRecord
 
 
@@ -85,7 +85,7 @@ def test_image_column_codec_and_round_trip(tmp_path, config, codec, expected):
 
 
 def test_file_entries_reuse_known_digests_only_for_unchanged_sizes(tmp_path):
-    from pipeline.manifest import file_entries, sha256_file
+    from pipeline.release.layout import file_entries, sha256_file
 
     (tmp_path / "a.bin").write_bytes(b"a" * 100)
     (tmp_path / "b.bin").write_bytes(b"b" * 100)

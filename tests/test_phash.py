@@ -1,4 +1,4 @@
-"""pipeline.phash must give exactly imagehash.phash's bits: the release's phash column and dedup depend on it."""
+"""pipeline.stages.phash must give exactly imagehash.phash's bits: the release's phash column and dedup depend on it."""
 
 import imagehash
 import numpy as np
@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.decode import decode_file
-from pipeline.phash import phash, reduce_grey
+from pipeline.stages.decode import decode_file
+from pipeline.stages.phash import phash, reduce_grey
 from tests.rawkit import crop, encode, save
 
 
@@ -67,7 +67,7 @@ def test_decode_file_phash(tmp_path):
     dtype=st.sampled_from([np.float32, np.float64]),
 )
 def test_dedup_downscale_fast_path_equals_numpy_mean(size, factor, seed, dtype):
-    from pipeline.dedup import _down
+    from pipeline.stages.similarity import _down
 
     g = (np.random.default_rng(seed).random(size) * 255).astype(dtype)
     h, w = size

@@ -19,14 +19,14 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.annotations import normalise_relpath, parse_bool
+from pipeline.stages.annotations import normalise_relpath, parse_bool
 from pipeline.config import ConfigError, load_config, validate_config
-from pipeline.decode import decode_image
-from pipeline.dedup import deduplicate
-from pipeline.imagecheck import ImageRejected
-from pipeline.ingest import ingest
+from pipeline.stages.decode import decode_image
+from pipeline.stages.dedup import deduplicate
+from pipeline.stages.imagecheck import ImageRejected
+from pipeline.stages.ingest import ingest
 from pipeline.resources import default_config_path
-from pipeline.synth import synthesize
+from pipeline.synth.generator import synthesize
 from tests.rawkit import crop, encode
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the mangled EXIF it refuses

@@ -13,9 +13,10 @@ import pytest
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from pipeline.publish import PublishError, plan_publish, publish, self_check
+from pipeline.lifecycle.publish.plan import PublishError, plan_publish, self_check
+from pipeline.lifecycle.publish.steps import publish
 from tests.hubserver import HubServer
-from tests.release_fixture import build_release, read_manifest, split_counts
+from tests.release_fixture import read_manifest, split_counts, write_fixture_release
 
 REPO = "org/mll23"
 # huggingface_hub's own LFS PUT passes a file object as `data=`, which httpx2 deprecates: not ours to fix.
@@ -115,7 +116,7 @@ def test_second_version_keeps_the_first_loadable(hub, token, release_v1, release
 
 def test_refuses_to_move_an_existing_tag(hub, token, release_v1, tmp_path):
     first = publish(release_v1, REPO, token=token, endpoint=hub.url, log=lambda _: None)
-    other = build_release(tmp_path / "other-1.0.0", version="1.0.0", salt={"train": 1})  # same version, new pixels
+    other = write_fixture_release(tmp_path / "other-1.0.0", version="1.0.0", salt={"train": 1})  # same version, new pixels
     hub.clear_log()
 
     with pytest.raises(PublishError, match="refusing to move"):
@@ -219,7 +220,7 @@ def test_token_never_shows_up(hub, token, release_v1, release_v2, tmp_path, caps
     hub.clear_faults()
     attempt(release_v1, REPO)  # resumed
     attempt(release_v1, REPO)  # no-op
-    attempt(build_release(tmp_path / "clash", version="1.0.0", salt={"test": 3}), REPO)  # refused
+    attempt(write_fixture_release(tmp_path / "clash", version="1.0.0", salt={"test": 3}), REPO)  # refused
     assert len(errors) == 2
 
     # A misbehaving server that echoes the credential in an error: publish must redact it.
@@ -248,7 +249,7 @@ def test_visibility_public_by_default_private_on_request(hub, token, release_v1,
         anonymous.dataset_info("org/closed")
     assert HfApi(endpoint=hub.url, token=token).dataset_info("org/closed").private is True
 
-    v2 = build_release(tmp_path / "v2", version="1.0.1")
+    v2 = write_fixture_release(tmp_path / "v2", version="1.0.1")
     with pytest.raises(PublishError, match="is public but a private publish was requested"):
         publish(v2, "org/open", token=token, endpoint=hub.url, log=lambda _: None, private=True)
 
@@ -301,7 +302,7 @@ def test_plan_compares_sha256_for_lfs_and_git_blob_ids_for_small_files(hub, toke
 def test_an_unchanged_release_is_not_verified_again(hub, token, release_v1, tmp_path):
     import os
 
-    from pipeline import verify_stamp
+    from pipeline.lifecycle.verify import stamp
 
     calls: list[Path] = []
 
@@ -317,7 +318,7 @@ def test_an_unchanged_release_is_not_verified_again(hub, token, release_v1, tmp_
     run(verify_name="checks")
     lines = run(verify_name="checks")  # the no-op publish: nothing changed since the verify
     assert len(calls) == 1 and any("not verified again" in line for line in lines)
-    stamps = list(verify_stamp.stamp_dir().iterdir())
+    stamps = list(stamp.stamp_dir().iterdir())
     assert len(stamps) == 1 and not any(release_v1.rglob("*stamp*"))  # kept outside the release
     run()  # an anonymous verifier is never skipped
     assert len(calls) == 2
@@ -341,8 +342,8 @@ def test_an_unchanged_release_is_not_verified_again(hub, token, release_v1, tmp_
         run(verify_name="checks")
 
 
-def test_published_versions_follow_semver_precedence_as_lineage_does():
-    from pipeline.publish import published_versions
+def test_published_versions_follow_semver_precedence_as_the_build_does():
+    from pipeline.lifecycle.publish.plan import published_versions
 
     tags = {f"v{v}": "sha" for v in ("1.0.0", "1.0.0-rc.10", "1.0.0-rc.9", "0.9.1", "1.0.0-webdataset")}
     tags["v1.0.0-rc.9-webdataset"] = "sha"

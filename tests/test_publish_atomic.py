@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.publish import PublishError, choose_branch, publish
-from tests.release_fixture import build_release, split_counts
+from pipeline.lifecycle.publish.plan import PublishError, choose_branch
+from pipeline.lifecycle.publish.steps import publish
+from tests.release_fixture import split_counts, write_fixture_release
 from tests.test_publish import fast_retries, hub_tree, release_tree  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -53,9 +54,9 @@ print("RESULT " + json.dumps(out))
 @pytest.fixture
 def release_v11(tmp_path: Path) -> Path:
     """v1.1.0 changes every Parquet shard and the whole gallery: six new LFS objects to kill the upload between."""
-    return build_release(tmp_path / "release-1.1.0", version="1.1.0", rows={"train": 7},
-                         salt={"train": 1, "validation": 1, "test": 1},
-                         gallery=("mll23_00003", "mll23_00004", "mll23_00005"), notes=("1.0.0", "1.1.0"))
+    return write_fixture_release(tmp_path / "release-1.1.0", version="1.1.0", rows={"train": 7},
+                                 salt={"train": 1, "validation": 1, "test": 1},
+                                 gallery=("mll23_00003", "mll23_00004", "mll23_00005"), notes=("1.0.0", "1.1.0"))
 
 
 def image_ids(release: Path) -> dict[str, list[str]]:
@@ -124,9 +125,9 @@ def test_killed_anywhere_main_is_old_or_new_and_the_rerun_sends_only_what_is_mis
 
 
 def test_an_older_version_never_moves_main(hub, token, release_v1, tmp_path, run_consumer):
-    v12 = build_release(tmp_path / "release-1.2.0", version="1.2.0", rows={"train": 8}, notes=("1.0.0", "1.2.0"))
-    v101 = build_release(tmp_path / "release-1.0.1", version="1.0.1", salt={"test": 2}, notes=("1.0.0", "1.0.1"))
-    v103 = build_release(tmp_path / "release-1.0.3", version="1.0.3", salt={"test": 3}, notes=("1.0.0", "1.0.3"))
+    v12 = write_fixture_release(tmp_path / "release-1.2.0", version="1.2.0", rows={"train": 8}, notes=("1.0.0", "1.2.0"))
+    v101 = write_fixture_release(tmp_path / "release-1.0.1", version="1.0.1", salt={"test": 2}, notes=("1.0.0", "1.0.1"))
+    v103 = write_fixture_release(tmp_path / "release-1.0.3", version="1.0.3", salt={"test": 3}, notes=("1.0.0", "1.0.3"))
     first = publish(release_v1, REPO_OLD, token=token, endpoint=hub.url, log=lambda _: None)
     newest = publish(v12, REPO_OLD, token=token, endpoint=hub.url, log=lambda _: None)
     lines: list[str] = []
@@ -145,7 +146,7 @@ def test_an_older_version_never_moves_main(hub, token, release_v1, tmp_path, run
     assert following.branch == "v1.0.x" and repo.branches["v1.0.x"] == following.commit
     assert repo.commits[following.commit].parents == (patch.commit,)
     with pytest.raises(PublishError, match="1.0.2 is older than 1.0.3, already published in the same 1.0 line"):
-        publish(build_release(tmp_path / "late-1.0.2", version="1.0.2", salt={"test": 9}), REPO_OLD,
+        publish(write_fixture_release(tmp_path / "late-1.0.2", version="1.0.2", salt={"test": 9}), REPO_OLD,
                 token=token, endpoint=hub.url, log=lambda _: None)
     # publishing an already tagged old version again is a no-op wherever its tag is
     assert publish(v101, REPO_OLD, token=token, endpoint=hub.url, log=lambda _: None).already_published
@@ -183,7 +184,7 @@ import sys
 from pathlib import Path
 from huggingface_hub import constants
 constants.HF_HUB_DISABLE_XET = False
-from pipeline.publish import publish
+from pipeline.lifecycle.publish.steps import publish
 print("START", flush=True)
 publish(Path(sys.argv[1]), sys.argv[2], token=sys.argv[3], endpoint=sys.argv[4], log=lambda _: None)
 print("DONE", flush=True)
@@ -249,7 +250,7 @@ def test_a_xet_publish_killed_at_random_moments(hf_env, tmp_path, release_v1, re
 
 
 def test_publish_targets_and_branch_starts_of_an_old_line(release_v1):
-    from pipeline.publish import FileSource, PublishTarget, branch_start, publish_targets, read_manifest
+    from pipeline.lifecycle.publish.plan import FileSource, PublishTarget, branch_start, publish_targets, read_manifest
 
     tags = {"v1.0.0": "c100", "v1.0.0-webdataset": "w100", "v1.2.0": "c120", "v1.2.0-webdataset": "w120"}
     manifest = {**read_manifest(release_v1), "version": "1.0.1"}

@@ -13,10 +13,11 @@ import pytest
 from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
-from pipeline import manifest as manifest_mod
+from pipeline.release import manifest as manifest_mod
 from pipeline.build import build_release
 from pipeline.cli import app
-from pipeline.publish import PublishError, publish
+from pipeline.lifecycle.publish.plan import PublishError
+from pipeline.lifecycle.publish.steps import publish
 from tests.rawkit import crop, save, simple_raw
 
 REPO = "org/mll23-security"

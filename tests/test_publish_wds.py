@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from pipeline.build import build_release
 from pipeline.cli import app
-from pipeline.publish import PublishError, publish
+from pipeline.lifecycle.publish.plan import PublishError
+from pipeline.lifecycle.publish.steps import publish
 from tests.rawkit import simple_raw
 
 REPO = "org/mll23-wds"

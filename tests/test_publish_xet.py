@@ -9,8 +9,9 @@ import hashlib
 import pytest
 from huggingface_hub import HfApi, constants
 
-import pipeline.hub_upload as hub_upload
-from pipeline.publish import PublishError, publish
+import pipeline.lifecycle.publish.transport as hub_upload
+from pipeline.lifecycle.publish.plan import PublishError
+from pipeline.lifecycle.publish.steps import publish
 from tests.hubserver import HubServer
 from tests.release_fixture import split_counts
 from tests.test_publish import hub_tree, release_tree

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.build import build_release
-from pipeline.manifest import read_manifest, sha256_file
+from pipeline.release.layout import read_manifest, sha256_file
 from tests.consumerkit import consumer_raw, small_shards
 
 

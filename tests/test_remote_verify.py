@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from pipeline.build import build_release
 from pipeline.cli import app
-from pipeline.publish import publish
-from pipeline.remote_verify import RemoteError, parse_url, verify_remote
+from pipeline.lifecycle.publish.steps import publish
+from pipeline.lifecycle.verify.remote import RemoteError, parse_url, verify_remote
 from tests.consumerkit import small_shards
 from tests.rawkit import simple_raw
 

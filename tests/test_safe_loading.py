@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.build import build_release
-from pipeline.card import loading_safely_section
-from pipeline.manifest import read_manifest
+from pipeline.release.card import loading_safely_section
+from pipeline.release.layout import read_manifest
 from tests.consumerkit import mixed_format_raw
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -1,6 +1,6 @@
 """printable(): untrusted text printed as one visible line."""
 
-from pipeline.safetext import printable
+from pipeline.untrusted.safetext import printable
 
 
 def test_controls_newlines_and_escape_sequences_are_visible_escapes():

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from pipeline.build import build_release
-from pipeline.manifest import read_manifest
+from pipeline.release.layout import read_manifest
 from tests.codeckit import with_codec
 from tests.rawkit import crop, save, simple_raw, write_annotations
 

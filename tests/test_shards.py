@@ -11,13 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import shards, wds_writer
+from pipeline.release import shards
+from pipeline.release import wds
 from pipeline.build import BuildError, build_release
 from pipeline.config import SPLITS, validate_config
-from pipeline.manifest import read_manifest
-from pipeline.parquet_writer import write_split
+from pipeline.release.layout import read_manifest
+from pipeline.release.parquet import write_split
 from pipeline.records import ReleaseRecord
-from pipeline.shards import RowCost, ShardBudget, ShardPlanError, balanced_counts, plan_split
+from pipeline.release.shards import RowCost, ShardBudget, ShardPlanError, balanced_counts, plan_split
 from tests.rawkit import crop, save, simple_raw
 
 
@@ -99,7 +100,7 @@ def test_written_shards_stay_within_the_bound_counting_every_byte(tmp_path, conf
     doc["shards"] = {"max_shard_bytes": 1_000_000, "max_row_group_bytes": 250_000, "min_shards_per_split": 2}
     small = validate_config(doc, "test config")
     plan = shards.plan_release_split(records, [len(payload[r.source_file]) for r in records], small)
-    with wds_writer.ShardedTarWriter(tmp_path, "train", plan, small.max_shard_bytes, 0) as tars:
+    with wds.ShardedTarWriter(tmp_path, "train", plan, small.max_shard_bytes, 0) as tars:
         infos = write_split(
             tmp_path / "data", "train", records, lambda r: tars.add(r, payload[r.source_file]), small.class_names,
             shard_rows=plan, max_shard_bytes=small.max_shard_bytes, max_row_group_bytes=small.max_row_group_bytes,

@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config import ConfigError, validate_config
-from pipeline.ingest import ingest
-from pipeline.manifest import read_ledger, read_manifest
+from pipeline.stages.ingest import ingest
+from pipeline.release.manifest import read_ledger
+from pipeline.release.layout import read_manifest
 from pipeline.resources import shipped_config_path
-from pipeline.verify import verify_messages
+from pipeline.lifecycle.verify import verify_messages
 from tests.rawkit import crop, encode, save
 from tests.siblingkit import build_sibling, expected_published, sibling_config
 
@@ -163,7 +164,7 @@ def test_a_jpeg_archive_with_planted_duplicates_gets_every_expected_fate(tmp_pat
     for c in doc["classes"][:3]:
         c["raw_count"] = c["published_count"] + 2000  # removals to plant: copies, conflicts, dysplastic cells
     config = validate_config(doc, "acevedo with removals")
-    from pipeline.synth import synthesize
+    from pipeline.synth.generator import synthesize
 
     synthesize(tmp_path / "raw", config=config, scale=0.003, seed=11, workers=1)
     truth = list(csv.DictReader(open(tmp_path / "raw" / "synth_truth.csv", encoding="utf-8")))

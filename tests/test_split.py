@@ -1,6 +1,6 @@
 from collections import Counter
 
-from pipeline.split import SplitItem, assign_splits
+from pipeline.stages.split import SplitItem, assign_splits
 
 FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 

@@ -1,4 +1,4 @@
-"""pipeline.synth: counts, truth file, determinism, image format and content of synthetic archives."""
+"""pipeline.synth.generator: counts, truth file, determinism, image format and content of synthetic archives."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import synth
-from pipeline.decode import decode_file, load_rgb
+from pipeline.synth import generator
+from pipeline.synth.plan import plan_cells
+from pipeline.stages.decode import decode_file, load_rgb
 from pipeline.records import ImageFacts
 
 try:
@@ -26,8 +27,8 @@ FATE_OF_KIND = {
     "dysplastic": "excluded",
     "conflict_original": "label_conflict",
     "conflict_copy": "label_conflict",
-    **{k: "duplicate" for k in synth.DUPLICATE_KINDS},
-    **{k: "kept" for k in synth.LOOKALIKE_KINDS},
+    **{k: "duplicate" for k in generator.DUPLICATE_KINDS},
+    **{k: "kept" for k in generator.LOOKALIKE_KINDS},
 }
 
 
@@ -35,9 +36,9 @@ def _files(root):
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.parent != root)
 
 
-def test_expected_counts_at_scale_one_are_classes_csv():
+def test_expected_counts_at_scale_one_are_the_configs_counts():
     cfg = config()
-    counts = synth.expected_counts(cfg, 1.0)
+    counts = generator.expected_counts(cfg, 1.0)
     assert counts == {c.label: (c.raw_count, c.published_count) for c in cfg.classes}
     assert sum(r for r, _ in counts.values()) == 41_906
     assert sum(p for _, p in counts.values()) == 41_621
@@ -46,7 +47,7 @@ def test_expected_counts_at_scale_one_are_classes_csv():
 def test_plan_at_scale_one_has_the_papers_shape():
     """The full-scale plan (no rendering): per class raw/kept counts and the planted mix."""
     cfg = config()
-    cells = synth._plan(cfg, 1.0, seed=0)
+    cells = plan_cells(cfg, 1.0, seed=0)
     outputs = [o for c in cells for o in c.outputs]
     raw = Counter(o.label for o in outputs)
     kept = Counter(o.label for o in outputs if o.fate == "kept")
@@ -55,7 +56,7 @@ def test_plan_at_scale_one_has_the_papers_shape():
         assert kept[c.label] == c.published_count, c.label
     kinds = Counter(o.kind for o in outputs)
     assert kinds["refocus_samehash"] == 49
-    assert set(kinds) == set(synth.KINDS)
+    assert set(kinds) == set(generator.KINDS)
     # classes that lose nothing get no planted removals
     for c in cfg.classes:
         if c.raw_count == c.published_count:
@@ -65,16 +66,16 @@ def test_plan_at_scale_one_has_the_papers_shape():
 @pytest.mark.parametrize("scale", [0.004, 0.01])
 def test_counts_per_class_equal_expected_counts(scale):
     root = archive(scale)
-    expected = synth.expected_counts(config(), scale)
+    expected = generator.expected_counts(config(), scale)
     t = truth(root)
     raw = Counter(rel.split("/")[0] for rel in _files(root))
     kept = Counter(rel.split("/")[0] for rel, row in t.items() if row["expected_fate"] == "kept")
     for label, (n_raw, n_pub) in expected.items():
         assert raw[label] == n_raw, label
         assert kept[label] == n_pub, label
-        assert n_pub >= synth.MIN_KEPT
+        assert n_pub >= generator.MIN_KEPT
     if scale >= 0.01:
-        assert {row["kind"] for row in t.values()} == set(synth.KINDS), "every kind planted at scale >= 0.01"
+        assert {row["kind"] for row in t.values()} == set(generator.KINDS), "every kind planted at scale >= 0.01"
 
 
 def test_truth_consistent_with_annotations_and_files():
@@ -87,7 +88,7 @@ def test_truth_consistent_with_annotations_and_files():
         a = ann[rel]
         label = rel.split("/")[0]
         assert a["label"] == label
-        assert a["annotator"] in synth.ANNOTATORS
+        assert a["annotator"] in generator.ANNOTATORS
         assert a["patient_id"].startswith("P") and len(a["patient_id"]) == 5
         assert a["dysplastic"] in ("true", "false")
         assert row["expected_fate"] == FATE_OF_KIND[row["kind"]], rel
@@ -150,7 +151,7 @@ def test_byte_identical_for_same_seed_whatever_the_workers():
 
 
 def test_originals_are_distinct_cells():
-    from pipeline.dedup import same_cell
+    from pipeline.stages.similarity import same_cell
 
     root = archive(0.01)
     t = truth(root)
@@ -226,8 +227,8 @@ def test_detail_of_lossy_copies_is_real():
 
 def test_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
-        synth.expected_counts(config(), 0)
+        generator.expected_counts(config(), 0)
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "f").write_text("")
     with pytest.raises(FileExistsError):
-        synth.synthesize(tmp_path / "x", config=config(), scale=0.001)
+        generator.synthesize(tmp_path / "x", config=config(), scale=0.001)

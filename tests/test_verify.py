@@ -20,9 +20,9 @@ import pipeline
 from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.config import load_config, validate_config
-from pipeline.manifest import file_entries, read_manifest
+from pipeline.release.layout import file_entries, read_manifest
 from pipeline.resources import ci_workflow_text
-from pipeline.verify import CHECKS, HubLimits, run_checks, verify_release
+from pipeline.lifecycle.verify import CHECKS, HubLimits, listed_file_problems, run_checks, verify_release
 from tests.rawkit import crop, save, simple_raw
 
 LABELS = ["myeloblast", "monocyte", "eosinophil"]
@@ -103,6 +103,24 @@ def test_added_file(release):
     assert messages(release, skip=FAST) == [
         "[files] data/notes.txt is in the release but not listed in manifest.json (remove it, or rebuild)"
     ]
+
+
+def test_a_caller_that_hashed_the_files_still_has_their_names_held_to_the_format(release):
+    """`mll23 publish` makes the pass over the files' bytes itself (`listed_file_problems`, hard links refused) and
+    runs verify with files_hashed: verify reads no byte of them again, but still refuses a name a loader acts on."""
+    (release / "dataset_infos.json").write_text("{}")
+    resign(release)
+    figure = sorted((release / "figures").glob("*.png"))[0]
+    data = bytearray(figure.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # no check but the pass over the bytes reads a figure
+    figure.write_bytes(bytes(data))
+    rel = figure.relative_to(release).as_posix()
+    layout = "[files] dataset_infos.json: listed in manifest.json but not a file of the release format (see the README's output layout)"
+    found = messages(release, skip=FAST, files_hashed=True)
+    assert layout in found and not any(rel in m for m in found), found
+    assert any(m.startswith(f"[files] {rel}: sha256 is ") for m in messages(release, skip=FAST))
+    hashed = listed_file_problems(release, read_manifest(release), allow_hard_links=False)
+    assert [m for m in hashed if m.startswith(f"{rel}: sha256 is ")] and not any("dataset_infos" in m for m in hashed)
 
 
 @pytest.mark.parametrize("sign", [False, True], ids=["as-edited", "manifest-resigned"])

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import cache as cache_mod
+from pipeline.runtime import cache as cache_mod
 from pipeline.build import BuildError, build_release
 from pipeline.cli import app
-from pipeline.ingest import ingest
-from pipeline.integrity import clean_stale_staging, old_path, staging_path
-from pipeline.publish import self_check
+from pipeline.stages.ingest import ingest
+from pipeline.runtime.integrity import clean_stale_staging, old_path, staging_path
+from pipeline.lifecycle.publish.plan import self_check
 from tests.rawkit import crop, save, simple_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +172,7 @@ def test_moved_aside_release_is_dropped_once_the_new_one_is_in_place(raw: Path, 
     assert _tree(out) == reference and _leftovers(out) == []
 
 
-# ---- resuming from the per-image cache (pipeline/cache.py) -----------------------------------------------
+# ---- resuming from the per-image cache (pipeline/runtime/cache.py) -----------------------------------------------
 
 RESUME_SEEDS = (20, 21)
 
@@ -191,7 +191,7 @@ def _committed_paths(cache: Path) -> set[str]:
 
 def _resume_command(raw: Path, out: Path, cache: Path) -> list[str]:
     # Commit every 2 results instead of every 128, so that a small archive is killed with part of it saved.
-    program = "import pipeline.cache as c; c.COMMIT_EVERY_ROWS = 2; from pipeline.cli import app; app()"
+    program = "import pipeline.runtime.cache as c; c.COMMIT_EVERY_ROWS = 2; from pipeline.cli import app; app()"
     return [sys.executable, "-c", program, "build", str(raw), "--out", str(out), "--workers", "1", "--cache", str(cache)]
 
 
