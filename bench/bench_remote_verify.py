@@ -154,7 +154,7 @@ def tamper_sampled_image(hub: HubServer, release: Path) -> tuple[str, int, int]:
     return shard, group, at
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -164,71 +164,91 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--also-no-smoke", action="store_true", help="also a run with --no-smoke")
     parser.add_argument("--also-all", action="store_true", help="also a run with --sample all (reads every row group)")
-    args = parser.parse_args()
-    work = args.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    return parser.parse_args()
+
+
+def _isolate_hub_client(work: Path) -> None:
+    """This process publishes over LFS (the server stores plain objects, which can be tampered with), quietly,
+    with its own Hugging Face home."""
     os.environ["HF_HOME"] = str(work / "publish_hf_home")
     os.environ["XDG_CACHE_HOME"] = str(work / "xdg")
-    os.environ["HF_HUB_DISABLE_XET"] = "1"  # LFS: the server stores plain objects (and they can be tampered with)
+    os.environ["HF_HUB_DISABLE_XET"] = "1"
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     from huggingface_hub import constants
     constants.HF_HUB_DISABLE_XET = True
     constants.HF_HUB_DISABLE_PROGRESS_BARS = True
 
-    release = args.release
-    if release is None:
-        raw = args.raw
-        if raw is None:
-            raw = work / "raw"
-            s = timed_cli(["synth", str(raw), "--scale", str(args.scale), "--seed", str(args.seed), "--workers", "2"], work, "synth")
-            print(f"mll23 synth --scale {args.scale}: {s:.0f} s", flush=True)
-        release = work / "release"
-        s = timed_cli(["build", str(raw), "--out", str(release), "--workers", "2", "--no-cache"], work, "build")
-        print(f"mll23 build: {s:.0f} s", flush=True)
-    release = release.resolve()
+
+def _release(args: argparse.Namespace, work: Path) -> Path:
+    """The release to publish: the one given, or built (from the archive given, or a new synthetic one)."""
+    if args.release is not None:
+        return args.release.resolve()
+    raw = args.raw
+    if raw is None:
+        raw = work / "raw"
+        s = timed_cli(["synth", str(raw), "--scale", str(args.scale), "--seed", str(args.seed), "--workers", "2"], work, "synth")
+        print(f"mll23 synth --scale {args.scale}: {s:.0f} s", flush=True)
+    release = work / "release"
+    s = timed_cli(["build", str(raw), "--out", str(release), "--workers", "2", "--no-cache"], work, "build")
+    print(f"mll23 build: {s:.0f} s", flush=True)
+    return release.resolve()
+
+
+def _row(label: str, r: dict, total: int) -> str:
+    return (f"| {label} | {r['rc']} | {r['served']:,} | {r['served'] / total:.2%} | {r['requests']} | {r['small']:,} |"
+            f" {r['largest_temp']:,} | {r['peak_disk']:,} | {r['disk_at_end']:,} | {r['seconds']:.1f} |")
+
+
+def _verify_runs(hub: HubServer, token: str, work: Path, args: argparse.Namespace, total: int) -> None:
+    runs = [("default", [])]
+    if args.also_no_smoke:
+        runs.append(("no-smoke", ["--no-smoke"]))
+    if args.also_all:
+        runs.append(("sample-all", ["--sample", "all", "--no-smoke"]))
+    print("| run | exit | served B | share of the release | requests | small files B | largest temp dir B |"
+          " peak disk B (polled) | disk at end B | wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    for name, extra in runs:
+        r = verify_cli(hub, token, work, name, extra)
+        print(_row(f"`{' '.join(['mll23 verify', URL, *extra])}`", r, total), flush=True)
+        (work / f"verify-{name}.out").write_text(r["out"])
+        if r["rc"] != 0:
+            print(r["out"][-3000:])
+
+
+def _tampered_run(hub: HubServer, token: str, work: Path, release: Path, total: int) -> bool:
+    """Flip a byte of an image the default sample reads; True when verify exits 1 naming the shard."""
+    shard, group, at = tamper_sampled_image(hub, release)
+    print(f"tampered: {shard}, byte {at:,} flipped (an image of row group {group}, which the default sample reads)", flush=True)
+    r = verify_cli(hub, token, work, "tampered")
+    (work / "verify-tampered.out").write_text(r["out"])
+    named = [line.strip() for line in r["out"].splitlines() if shard in line]
+    print(_row(f"tampered: `mll23 verify {URL}`", r, total))
+    print("lines naming the shard:", *named[:5], sep="\n  ", flush=True)
+    ok = r["rc"] == 1 and bool(named)
+    print("tamper detected and named" if ok else "TAMPER NOT REPORTED AS EXPECTED", flush=True)
+    return ok
+
+
+def main() -> None:
+    args = _arguments()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    _isolate_hub_client(work)
+    release = _release(args, work)
     total = release_bytes(release)
     parquet = sum(p.stat().st_size for p in (release / "data").glob("*.parquet"))
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in (release / "data").glob("*.parquet"))
     print(f"release {release}: {total:,} B ({parquet:,} B of Parquet shards, {rows:,} rows)", flush=True)
-
     with HubServer(max_lifetime=None) as hub:
         token = hub.add_user("alice", orgs=["org"])
         start = time.perf_counter()
         publish(release, REPO, token=token, endpoint=hub.url, log=lambda _: None)
         print(f"publish (LFS, local server): {time.perf_counter() - start:.0f} s; server holds"
               f" {hub.store_usage().lfs_bytes:,} B", flush=True)
-
-        runs = [("default", [])]
-        if args.also_no_smoke:
-            runs.append(("no-smoke", ["--no-smoke"]))
-        if args.also_all:
-            runs.append(("sample-all", ["--sample", "all", "--no-smoke"]))
-        print("| run | exit | served B | share of the release | requests | small files B | largest temp dir B |"
-              " peak disk B (polled) | disk at end B | wall s |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
-        for name, extra in runs:
-            r = verify_cli(hub, token, work, name, extra)
-            command = " ".join(["mll23 verify", URL, *extra])
-            print(f"| `{command}` | {r['rc']} | {r['served']:,} |"
-                  f" {r['served'] / total:.2%} | {r['requests']} | {r['small']:,} | {r['largest_temp']:,} |"
-                  f" {r['peak_disk']:,} | {r['disk_at_end']:,} | {r['seconds']:.1f} |", flush=True)
-            (work / f"verify-{name}.out").write_text(r["out"])
-            if r["rc"] != 0:
-                print(r["out"][-3000:])
-
-        shard, group, at = tamper_sampled_image(hub, release)
-        print(f"tampered: {shard}, byte {at:,} flipped (an image of row group {group}, which the default sample reads)", flush=True)
-        r = verify_cli(hub, token, work, "tampered")
-        (work / "verify-tampered.out").write_text(r["out"])
-        named = [line.strip() for line in r["out"].splitlines() if shard in line]
-        print(f"| tampered: `mll23 verify {URL}` | {r['rc']} | {r['served']:,} | {r['served'] / total:.2%} |"
-              f" {r['requests']} | {r['small']:,} | {r['largest_temp']:,} | {r['peak_disk']:,} | {r['disk_at_end']:,} |"
-              f" {r['seconds']:.1f} |")
-        print("lines naming the shard:", *named[:5], sep="\n  ", flush=True)
-        ok = r["rc"] == 1 and named
-        print("tamper detected and named" if ok else "TAMPER NOT REPORTED AS EXPECTED", flush=True)
-
+        _verify_runs(hub, token, work, args, total)
+        ok = _tampered_run(hub, token, work, release, total)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     sys.exit(0 if ok else 1)
