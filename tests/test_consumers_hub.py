@@ -43,8 +43,8 @@ def describe(ds):
 def without_features():
     try:
         return describe(datasets.load_dataset(repo, revision="v1.0.0", data_dir="wds"))
-    except ValueError as exc:  # reported to the test, which expects none
-        return {"error": str(exc)}
+    except Exception as exc:  # reported to the test: inferring from five samples may fail outright
+        return {"error": f"{type(exc).__name__}: {exc} (cause: {exc.__cause__!r})"}
 
 print("RESULT " + json.dumps({
     "parquet": describe(datasets.load_dataset(repo, revision="v1.0.0")),
@@ -79,9 +79,12 @@ def test_both_formats_load_from_a_hub_repository(hub, token, tmp_path, config):
         for split in loaded[way].values():
             assert split["names"] == config.class_names, way
             assert "ClassLabel" in split["features"].values() and "Image" in split["features"].values(), way
-    # the contrast: through the root card the tar columns are inferred from the first samples, so the labels
-    # lose their names; the images all arrive, since every sample names its image member `png`
+    # the contrast: through the root card the tar columns are inferred from the first five samples, so at best the
+    # labels lose their names (the images all arrive: every sample names its image member `png`), and when a
+    # metadata field is empty in those five (this archive has images without a patient id) the load fails
     contrast = loaded["data_dir_wds"]
-    assert "error" not in contrast, contrast
-    assert all(v["names"] is None and v["features"]["cls"] == "Value" for v in contrast.values())
-    assert {s: v["images"] for s, v in contrast.items()} == expected
+    if "error" in contrast:
+        assert contrast["error"].startswith("DatasetGenerationError") and "Couldn't cast array of type" in contrast["error"], contrast
+    else:
+        assert all(v["names"] is None and v["features"]["cls"] == "Value" for v in contrast.values())
+        assert {s: v["images"] for s, v in contrast.items()} == expected

@@ -4,6 +4,7 @@ against the local Hub of tests/hubserver.py. See tests/conftest.py for how the e
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import types
@@ -267,6 +268,19 @@ def test_refuses_a_release_that_fails_verification(hub, token, release_v1):
     with pytest.raises(PublishError, match="failed verification"):
         publish(release_v1, REPO, token=token, endpoint=hub.url, verify=lambda d: [])
     assert hub.requests() == []  # refused before talking to the Hub
+
+
+def test_refuses_a_repository_other_than_the_one_its_card_loads_from(hub, token, release_v1):
+    """A card built for org/mll23 prints snippets that load org/mll23: published elsewhere, consumers would copy
+    code that loads another dataset. The repository the card names is accepted."""
+    manifest_path = release_v1 / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["config"] = {"card": {"repo_id": REPO}}
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(PublishError, match=f"card loads from {REPO}, not org/other: publish it to {REPO}, or rebuild with --repo org/other"):
+        publish(release_v1, "org/other", token=token, endpoint=hub.url)
+    assert hub.requests() == []  # refused before talking to the Hub
+    assert publish(release_v1, REPO, token=token, endpoint=hub.url).tag == "v1.0.0"
 
 
 def test_needs_a_token_and_uploads_without_xet(hub, token, release_v1, monkeypatch):

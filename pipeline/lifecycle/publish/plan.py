@@ -209,6 +209,18 @@ def self_check(release_dir: Path) -> list[str]:
     return [printable(m, limit=2000) for m in problems]
 
 
+def card_repo_problem(manifest: dict, repo_id: str) -> str | None:
+    """Why the release may not go to ``repo_id``: its card's snippets load from another repository (the config's
+    [card] repo_id, or `mll23 build --repo`), so consumers would copy code that loads some other dataset. None
+    when the card names this repository or none (then it shows how to load a local copy only)."""
+    card = manifest.get("config", {}).get("card", {}) if isinstance(manifest.get("config"), dict) else {}
+    named = card.get("repo_id") if isinstance(card, dict) else None
+    if not isinstance(named, str) or named == repo_id:
+        return None
+    return (f"the release's card loads from {printable(named, limit=200)!s}, not {printable(repo_id, limit=200)!s}: "
+            f"publish it to {printable(named, limit=200)!s}, or rebuild with --repo {printable(repo_id, limit=200)!s}")
+
+
 def release_source(release_dir: Path, manifest: dict) -> FileSource:
     """Every file of the release, manifest.json included (the manifest is trusted for the others: `publish` has
     checked it against the files before planning)."""

@@ -46,6 +46,7 @@ from pipeline.lifecycle.publish.plan import (
     PublishPlan,
     PublishTarget,
     branch_start,
+    card_repo_problem,
     human_size,
     plan_publish,
     publish_targets,
@@ -226,6 +227,7 @@ def publish(
       it private. An existing repo keeps its visibility, but ``private=True`` refuses to publish into a public one.
     - Idempotent: if tag ``v{version}`` exists with identical content nothing is done; if it exists with other
       content the publish is refused (tags are never moved). Both tags are checked before anything is written.
+    - Refused when the card's snippets load from another repository than `repo_id` (its config's [card] repo_id).
     - `dry_run=True` only reads from the Hub and prints the plan (file, size, "new" / "already on Hub").
     - Token: `token`, else the usual huggingface_hub places (``HF_TOKEN``, the token file of ``hf auth login``).
       It is never printed; error messages are redacted.
@@ -240,6 +242,8 @@ def publish(
         log(_redact(message, token))
 
     manifest = _check_release(release_dir, verify, verify_name, token, say)
+    if (wrong_repo := card_repo_problem(manifest, repo_id)) is not None:
+        raise PublishError(f"not publishing: {wrong_repo}")
     api = _hub_client(endpoint, token, dry_run)
     progress = _Progress(f"v{manifest['version']}", "reading the repo from the Hub")
     run = _Run(api, release_dir, repo_id, manifest, token, progress, say)
