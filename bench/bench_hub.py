@@ -1,6 +1,6 @@
 """Bytes a re-release newly stores on the Hub (Xet and LFS), and bytes `mll23 verify hf://...` reads.
 
-    python bench/bench_hub.py [--scale 0.02] [--seed 0]
+    python bench/bench_hub.py [--scale 0.02] [--seed 0] [--only 1pct|date|label ...] [--how same|fresh|lfs ...]
 
 Builds v1.0.0 from a synthetic archive, then three re-releases with `--previous`: v1.1.0 (1% of the images
 removed), v1.0.1-date (only the config's release_date changed) and v1.0.2-label (one image relabelled). Each is
@@ -125,6 +125,11 @@ def main() -> None:
     parser.add_argument("--verify-only", action="store_true", help="only the remote verify measurement")
     parser.add_argument("--no-verify", action="store_true", help="leave out the remote verify measurement")
     parser.add_argument("--no-fresh", action="store_true", help="leave out the 'xet, fresh machine' rows")
+    parser.add_argument("--how", choices=("same", "fresh", "lfs"), action="append",
+                        help="measure only these transports (repeatable): same = xet, same machine; fresh = xet,"
+                             " fresh machine; lfs")
+    parser.add_argument("--only", choices=("1pct", "date", "label"), action="append",
+                        help="measure only these re-releases (repeatable): 1pct = v1.1.0, date = v1.0.1, label = v1.0.2")
     parser.add_argument("--keep", type=Path, help="build in this directory and keep it (releases for byte-level diffs)")
     args = parser.parse_args()
     constants.HF_HUB_DISABLE_XET = False
@@ -143,7 +148,10 @@ def main() -> None:
     v1 = build_release(raw, work / "v1.0.0", config, workers=2).out_dir
     if not args.verify_only:
         hows = ("xet, same machine", "lfs") if args.no_fresh else ("xet, same machine", "xet, fresh machine", "lfs")
-        rerelease_table(v1, raw, config, work, args.scale, hows)
+        if args.how:
+            names = {"same": "xet, same machine", "fresh": "xet, fresh machine", "lfs": "lfs"}
+            hows = tuple(h for h in hows if any(names[k] == h for k in args.how))
+        rerelease_table(v1, raw, config, work, args.scale, hows, set(args.only or ("1pct", "date", "label")))
     if not args.no_verify:
         v = remote_verify_bytes(v1, work)
         print(f"remote verify of v1.0.0 (sample 300): {v['served']:,} B served of {v['bytes']:,} B"
@@ -156,20 +164,24 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def rerelease_table(v1: Path, raw: Path, config, work: Path, scale: float, hows: tuple[str, ...]) -> None:
+def rerelease_table(v1: Path, raw: Path, config, work: Path, scale: float, hows: tuple[str, ...],
+                    only: set[str]) -> None:
     labels = list(config.class_names)
-    raw_removed = copy_raw(raw, work / "raw-removed")
-    remove_one_percent(raw_removed)
-    raw_label = copy_raw(raw, work / "raw-label")
-    relabel_one(raw_label, labels)
-    releases = [
-        build_release(raw_removed, work / "v1.1.0", config_with(config, version="1.1.0"), workers=2,
-                      previous=v1).out_dir,
-        build_release(raw, work / "v1.0.1", config_with(config, version="1.0.1", release_date="2026-01-15"),
-                      workers=2, previous=v1).out_dir,
-        build_release(raw_label, work / "v1.0.2", config_with(config, version="1.0.2"), workers=2,
-                      previous=v1).out_dir,
-    ]
+    releases = []
+    if "1pct" in only:
+        raw_removed = copy_raw(raw, work / "raw-removed")
+        remove_one_percent(raw_removed)
+        releases.append(build_release(raw_removed, work / "v1.1.0", config_with(config, version="1.1.0"),
+                                      workers=2, previous=v1).out_dir)
+    if "date" in only:
+        releases.append(build_release(raw, work / "v1.0.1", config_with(config, version="1.0.1",
+                                                                          release_date="2026-01-15"),
+                                      workers=2, previous=v1).out_dir)
+    if "label" in only:
+        raw_label = copy_raw(raw, work / "raw-label")
+        relabel_one(raw_label, labels)
+        releases.append(build_release(raw_label, work / "v1.0.2", config_with(config, version="1.0.2"),
+                                      workers=2, previous=v1).out_dir)
     print(f"scale {scale}: v1.0.0 {release_bytes(v1):,} B", flush=True)
     print("| re-release | transport | newly stored B | share of the release | xorbs | shards | LFS | s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|", flush=True)
