@@ -18,6 +18,15 @@ def square_and_pid(x: int) -> tuple[int, int]:
     return x * x, os.getpid()
 
 
+def slow_square_and_pid(x: int) -> tuple[int, int]:
+    """10 ms a task: 500 of them outlast a second worker's start, even on a loaded machine (a fast task lets
+    the first worker finish every batch before the second has imported anything)."""
+    import time
+
+    time.sleep(0.01)
+    return square_and_pid(x)
+
+
 def release_bytes(release) -> dict[str, str]:
     return {p.relative_to(release).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(release.rglob("*")) if p.is_file()}
 
@@ -25,7 +34,7 @@ def release_bytes(release) -> dict[str, str]:
 def test_local_pool_keeps_input_order_and_uses_its_workers():
     items = list(range(500))
     with LocalExecutor(2) as pool:
-        results = list(pool.map(square_and_pid, items))
+        results = list(pool.map(slow_square_and_pid, items))
         pool.idle()  # between stages the workers exit; the next map starts fresh ones
         again = list(pool.map(square_and_pid, items))
     assert [r for r, _ in results] == [x * x for x in items] == [r for r, _ in again]

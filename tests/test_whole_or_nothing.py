@@ -42,7 +42,8 @@ def _command(raw: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO)}  # the checkout under test, not whatever is installed
+    # the checkout under test, not whatever is installed; a crash of the build prints its Python stack
+    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"}
 
 
 def _leftovers(out: Path) -> list[str]:
