@@ -20,6 +20,7 @@ from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.lifecycle import ancestry, notes
 from pipeline.records import FATES, ClassCount, DedupResult, ImageFacts, LedgerEntry, Publishable, RawItem, ReleaseCounts, ReleaseRecord, SplitCount
 from pipeline.release import manifest, writer
+from pipeline.release.layout import LEDGER
 from pipeline.release.writer import ReleaseContents, WrittenShards
 from pipeline.runtime import integrity
 from pipeline.runtime.cache import EncodedCache, FactsCache
@@ -302,7 +303,7 @@ def _write_staging(
         body = _manifest_body(request, contents, fingerprint, shards)
         notes_text = notes.notes_for_build(body, ledger_text, prev.path if prev else None, request.notes_words)
         card_link = notes.card_section(request.config.version, prev.version if prev else None)
-        writer.write_documents(staging, contents, shards, body, {manifest.LEDGER: ledger_text, request.notes_rel: notes_text}, [card_link])
+        writer.write_documents(staging, contents, shards, body, {LEDGER: ledger_text, request.notes_rel: notes_text}, [card_link])
         timer.lap("write")
         checker.result()  # most shards were checked while later ones were written
     return notes_text

@@ -13,7 +13,7 @@ import pytest
 from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
-from pipeline.release import manifest as manifest_mod
+from pipeline.release.layout import dumps_json, read_manifest
 from pipeline.build import build_release
 from pipeline.cli import app
 from pipeline.lifecycle.publish.plan import PublishError
@@ -59,7 +59,7 @@ def test_token_nowhere_and_only_release_files_uploaded(hub, token, raw, tmp_path
     caplog.set_level(logging.INFO, logger="huggingface_hub")
     cli = CliRunner().invoke(app, ["publish", str(release), "--repo", REPO, "--endpoint", hub.url])  # token from HF_TOKEN
     assert cli.exit_code == 0, cli.output
-    tag = "v" + manifest_mod.read_manifest(release)["version"]
+    tag = "v" + read_manifest(release)["version"]
 
     assert _tree(release) == before  # publishing writes nothing into the release
     assert not any(p.is_symlink() for p in release.rglob("*"))
@@ -101,7 +101,7 @@ def test_publish_refuses_files_from_outside_the_build_before_any_request(hub, to
     build_release(raw, release, config, workers=1)
     outside = tmp_path / "outside" / "private-notes.txt"
     outside.write_text("not for publication")
-    doc = manifest_mod.read_manifest(release)
+    doc = read_manifest(release)
     if tamper == "symlink listed in the manifest":
         os.symlink(outside, release / "data" / "notes.txt")
         doc["files"].append({"path": "data/notes.txt", "size": outside.stat().st_size, "sha256": hashlib.sha256(outside.read_bytes()).hexdigest()})
@@ -112,7 +112,7 @@ def test_publish_refuses_files_from_outside_the_build_before_any_request(hub, to
     else:
         (release / "notes.txt").write_text("stray")
         expected = "notes.txt is in the release but not listed in manifest.json"
-    (release / "manifest.json").write_text(manifest_mod.dumps_json(doc), encoding="utf-8")
+    (release / "manifest.json").write_text(dumps_json(doc), encoding="utf-8")
     with pytest.raises(PublishError, match="failed verification") as refused:
         publish(release, REPO, token=token, endpoint=hub.url, log=lambda _: None)
     assert expected in str(refused.value)

@@ -55,7 +55,20 @@ from pipeline.stages.imagecheck import ImageRejected
 from pipeline.release.parquet import SCHEMA_FIELDS, STRING_COLUMNS, hf_features
 from pipeline.records import FATES, ClassCount, HarmonisedCounts, LedgerEntry, SplitCount
 from pipeline.untrusted.files import ReleaseDir, load_manifest
-from pipeline.release.layout import CARD, CROISSANT, DATA_DIR, PARQUET_SHARD, ManifestError, parquet_shard_name
+from pipeline.release.layout import (
+    CARD,
+    CROISSANT,
+    DATA_DIR,
+    LEDGER,
+    MANIFEST,
+    PARQUET_SHARD,
+    ManifestError,
+    dumps_json,
+    file_entries,
+    parquet_shard_name,
+    sha256_file,
+    write_manifest,
+)
 from pipeline.resources import harmonised_map_path
 
 # Columns a harmonised release adds to every release's columns.
@@ -184,13 +197,13 @@ def _shards(doc: dict) -> dict[str, list[str]]:
 def open_source(path: Path) -> Source:
     """A source release, checked; HarmoniseError saying what is wrong with it."""
     path = Path(path)
-    if not (path / manifest_mod.MANIFEST).is_file():
-        raise HarmoniseError(f"{path}: no {manifest_mod.MANIFEST}; give release directories (built with `mll23 build`), not raw archives")
+    if not (path / MANIFEST).is_file():
+        raise HarmoniseError(f"{path}: no {MANIFEST}; give release directories (built with `mll23 build`), not raw archives")
     problems = _source_problems(path)
     if problems:
         listed = "\n  ".join(problems[:20])
         raise HarmoniseError(f"{path}: the release does not verify, so it cannot be a source (run `mll23 verify {path}`):\n  {listed}")
-    where = path / manifest_mod.MANIFEST
+    where = path / MANIFEST
     try:  # read as verify reads it: no link, size-capped, the manifest schema
         doc = load_manifest(ReleaseDir(path))
     except ManifestError as exc:
@@ -693,7 +706,7 @@ def croissant_config_of(manifest: dict) -> ReleaseConfig:
 
 
 def _write_croissant(staging: Path, config: ReleaseConfig, counts: HarmonisedCounts, sources: list[Source]) -> None:
-    files = [e for e in manifest_mod.file_entries(staging) if e["path"] not in (CROISSANT, manifest_mod.MANIFEST)]
+    files = [e for e in file_entries(staging) if e["path"] not in (CROISSANT, MANIFEST)]
     doc = croissant_document(config, counts, files)
     doc["rai:dataPreprocessingProtocol"] = (
         f"Built from verified source releases; classes outside the label map excluded; the same image in two sources "
@@ -702,7 +715,7 @@ def _write_croissant(staging: Path, config: ReleaseConfig, counts: HarmonisedCou
         f"{counts.ledger['excluded']:,} excluded (ledger.csv gives each image's fate and reason)."
     )
     add_source_fields(next(r for r in doc["recordSet"] if r["@id"] == "images"))
-    (staging / CROISSANT).write_text(manifest_mod.dumps_json(doc), encoding="utf-8")
+    (staging / CROISSANT).write_text(dumps_json(doc), encoding="utf-8")
 
 
 _SOURCE_FIELDS = (("source", "The source dataset."), ("original_label", "The class in the source release."),
@@ -772,7 +785,7 @@ def _write_shards(staging: Path, inputs: _Inputs, max_shard_bytes: int) -> dict[
 def _manifest_body(name: str, version: str, inputs: _Inputs, counts: HarmonisedCounts, named: dict[str, list[tuple[str, _ShardOut]]]) -> dict:
     return manifest_mod.manifest_body(
         name, version, inputs.release_date, inputs.label_map.classes, counts,
-        harmonised_from=[{"name": s.name, "version": s.version, "manifest_sha256": manifest_mod.sha256_file(s.dir / manifest_mod.MANIFEST)} for s in inputs.sources],
+        harmonised_from=[{"name": s.name, "version": s.version, "manifest_sha256": sha256_file(s.dir / MANIFEST)} for s in inputs.sources],
         label_map_sha256=inputs.label_map.sha256,
         splits={s: {"num_examples": counts.splits[s].total, "parquet": [rel for rel, _ in named[s]]} for s in SPLITS},
         release_notes=notes.notes_relpath(version),
@@ -787,7 +800,7 @@ def _write_release(staging: Path, out: Path, name: str, version: str, inputs: _I
     counts = compute_counts(inputs.items, label_map.classes, sources)
     split_bytes = {s: sum((staging / rel).stat().st_size for rel, _ in named[s]) for s in SPLITS}
     ledger_text = manifest_mod.ledger_text(ledger_entries(inputs.items))
-    (staging / manifest_mod.LEDGER).write_text(ledger_text, encoding="utf-8")
+    (staging / LEDGER).write_text(ledger_text, encoding="utf-8")
     body = _manifest_body(name, version, inputs, counts, named)
     notes_path = staging / notes.notes_relpath(version)
     notes_path.parent.mkdir(parents=True)
@@ -797,7 +810,7 @@ def _write_release(staging: Path, out: Path, name: str, version: str, inputs: _I
     croissant_config = _croissant_config(name, version, inputs.release_date, sources, label_map)
     body["config"] = croissant_config.raw  # what verify rebuilds croissant.json's record and file sets from
     _write_croissant(staging, croissant_config, counts, sources)
-    manifest_mod.write_manifest(staging, body)
+    write_manifest(staging, body)
     return counts
 
 

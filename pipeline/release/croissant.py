@@ -261,6 +261,6 @@ def croissant_document(config: ReleaseConfig, counts: ReleaseCounts, files: list
 
 def write_croissant(release_dir: Path, config: ReleaseConfig, counts: ReleaseCounts, entries: list[dict] | None = None) -> None:
     """Call after every other file except the manifest is written: it lists them with their sha256
-    (``entries``: manifest.file_entries of the release, when the caller has them already)."""
+    (``entries``: layout.file_entries of the release, when the caller has them already)."""
     files = [e for e in (entries if entries is not None else file_entries(release_dir)) if e["path"] not in (CROISSANT, MANIFEST)]
     (release_dir / CROISSANT).write_text(dumps_json(croissant_document(config, counts, files)), encoding="utf-8")

@@ -1,7 +1,7 @@
-"""ledger.csv (every raw input's fate) and the raw-input fingerprint; manifest.json itself is layout's.
+"""ledger.csv (every raw input's fate), the raw-input fingerprint and the manifest's body; its file is layout's.
 
-`MANIFEST`, `write_manifest`, `read_manifest`, `file_entries`, `sha256_file` and `dumps_json` are layout's, imported
-here too because the build and harmonise call them as `manifest.*`.
+pipeline/release/layout.py names, reads and writes manifest.json; this module says what a release's manifest
+holds besides its file list (`manifest_body`).
 """
 
 from __future__ import annotations
@@ -14,16 +14,7 @@ from pathlib import Path
 
 import pipeline
 from pipeline.records import LedgerEntry, ReleaseCounts
-from pipeline.release.layout import (  # noqa: F401 - re-exported: see the module docstring
-    LEDGER,
-    LEDGER_COLUMNS,
-    MANIFEST,
-    dumps_json,
-    file_entries,
-    read_manifest,
-    sha256_file,
-    write_manifest,
-)
+from pipeline.release.layout import LEDGER_COLUMNS
 
 
 def ledger_text(entries: Iterable[LedgerEntry]) -> str:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from pipeline.config import SPLITS, ReleaseConfig
 from pipeline.records import DedupResult, ImageFacts, ReleaseCounts, ReleaseRecord
-from pipeline.release import card, croissant, figures, manifest, wds
+from pipeline.release import card, croissant, figures, wds
 from pipeline.release.parquet import ShardInfo, write_split
 from pipeline.release.sample import sample_ids
-from pipeline.release.layout import SAMPLE_DIR
+from pipeline.release.layout import SAMPLE_DIR, file_entries, write_manifest
 from pipeline.release.shards import ShardPlanError, plan_release_split, published_size_bound
 from pipeline.runtime import integrity
 from pipeline.runtime.overlap import prefetch
@@ -191,7 +191,7 @@ def write_documents(
         (staging / relpath).parent.mkdir(parents=True, exist_ok=True)
         (staging / relpath).write_text(text, encoding="utf-8")
     entries = _write_cards_and_pictures(staging, contents, shards, card_sections)
-    manifest.write_manifest(staging, body, known=entries)
+    write_manifest(staging, body, known=entries)
 
 
 def _write_cards_and_pictures(staging: Path, contents: ReleaseContents, shards: WrittenShards, card_sections: list[str]) -> list[dict]:
@@ -204,6 +204,6 @@ def _write_cards_and_pictures(staging: Path, contents: ReleaseContents, shards: 
     extra_sections = [card.wds_and_croissant_section(config, shards.tars), figures.card_section(pictures), card.loading_safely_section(config), *card_sections]
     layout = card.Layout({s: len(shards.tars[s]) for s in SPLITS}, shards.sample_rows)
     card.write_card(staging, card.render_card(config, counts, shards.split_bytes, layout, extra_sections=extra_sections))
-    entries = manifest.file_entries(staging, known=shards.digests)  # shards were hashed as they were written
+    entries = file_entries(staging, known=shards.digests)  # shards were hashed as they were written
     croissant.write_croissant(staging, config, counts, entries)
     return entries  # the manifest reuses these digests instead of hashing every shard again
