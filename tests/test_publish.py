@@ -280,6 +280,15 @@ def test_refuses_a_repository_other_than_the_one_its_card_loads_from(hub, token,
     with pytest.raises(PublishError, match=f"card loads from {REPO}, not org/other: publish it to {REPO}, or rebuild with --repo org/other"):
         publish(release_v1, "org/other", token=token, endpoint=hub.url)
     assert hub.requests() == []  # refused before talking to the Hub
+    manifest["config"] = {"card": {"repo_id": "org/x\x1b[2J::warning::" + "y" * 5000}}  # a hostile card repo id
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(PublishError) as refused:
+        publish(release_v1, "org/other", token=token, endpoint=hub.url)
+    message = str(refused.value)
+    assert "\x1b" not in message and "::warning::" not in message and len(message) < 1000, message
+    assert "card loads from org/x\\x1b[2J" in message  # escaped, shown, capped
+    manifest["config"] = {"card": {"repo_id": REPO}}
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     assert publish(release_v1, REPO, token=token, endpoint=hub.url).tag == "v1.0.0"
 
 
